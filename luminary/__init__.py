@@ -1,0 +1,59 @@
+"""Luminary: a distributed execution framework with Ray Core's API.
+
+``import luminary as ray`` runs Ray Core programs: tasks (``@remote`` functions), objects
+(``put``/``get``/``wait`` over a shared-memory store) and the cluster around them.
+"""
+from __future__ import annotations
+
+import logging as _logging
+
+from . import exceptions
+from ._private.worker.api import (available_resources, cancel, cluster_resources, get, get_gpu_ids,
+                                  init, is_initialized, nodes, put, shutdown, wait)
+from ._private.worker.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
+from ._private.worker.remote_function import RemoteFunction
+from .runtime_context import get_runtime_context
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
+__version__ = "0.1.0"
+
+
+def remote(*args, **kwargs):
+    """Make a function a remote function: ``@remote`` or ``@remote(num_cpus=..., ...)``."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("The @remote decorator takes either a function/class alone or only keyword "
+                        "options, e.g. @remote(num_cpus=2).")
+
+    def decorator(fn):
+        return _make_remote(fn, kwargs)
+    return decorator
+
+
+def _make_remote(obj, options):
+    import inspect
+    if inspect.isclass(obj):
+        from ._private.worker.actor import ActorClass  # noqa: F401  (actors arrive with issue 3)
+        return ActorClass._create(obj, options)
+    if not callable(obj):
+        raise TypeError(f"@remote can only decorate functions and classes, not {type(obj).__name__}.")
+    return RemoteFunction(obj, options)
+
+
+def method(*args, **kwargs):
+    """Options for an actor method: ``@method(num_returns=2)``."""
+    def decorator(fn):
+        fn.__luminary_method_options__ = kwargs
+        return fn
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return decorator(args[0])
+    return decorator
+
+
+__all__ = [
+    "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "available_resources", "cancel",
+    "cluster_resources", "exceptions", "get", "get_gpu_ids", "get_runtime_context", "init",
+    "is_initialized", "method", "nodes", "put", "remote", "shutdown", "wait",
+]

@@ -1,0 +1,1 @@
+"""The global control store: cluster membership, jobs, the KV table, health checks."""

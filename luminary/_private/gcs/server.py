@@ -1,0 +1,137 @@
+"""The GCS server process.
+
+    node managers ──register / heartbeat──▶ ┌──────────────┐ ◀──nodes(), resources, KV── drivers
+                                            │  GCS tables   │
+                                            │  nodes  jobs  │──▶ storage (memory | SQLite)
+                                            │  KV           │
+                                            └──────────────┘
+It is never on the per-task path: tasks and objects go owner ⇄ node manager ⇄ worker directly.
+A node that misses HEARTBEAT_MISSES heartbeats is marked dead.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from ..config import HEARTBEAT_MISSES, HEARTBEAT_S
+from ..rpc import protocol
+from .storage import MemoryStorage, SqliteStorage
+
+logger = logging.getLogger(__name__)
+
+
+class GcsServer:
+    def __init__(self, secret: bytes, storage=None):
+        self.secret = secret
+        self.storage = storage or MemoryStorage()
+        self.nodes: dict[bytes, dict] = {}
+        self.node_conns: dict[bytes, protocol.Connection] = {}
+        self.next_job = int.from_bytes(self.storage.get("meta", b"job") or b"\x00", "big")
+        self.handlers = {
+            "register_node": self.register_node,
+            "heartbeat": self.heartbeat,
+            "get_nodes": self.get_nodes,
+            "next_job_id": self.next_job_id,
+            "kv_put": self.kv_put,
+            "kv_get": self.kv_get,
+            "kv_del": self.kv_del,
+            "kv_keys": self.kv_keys,
+            "cluster_resources": self.cluster_resources,
+            "ping": lambda conn, p: "pong",
+        }
+
+    async def start(self, address):
+        self.server, self.address = await protocol.serve(address, self.secret, self.handlers, name="gcs")
+        asyncio.get_event_loop().create_task(self._health_loop())
+        return self.address
+
+    # --- nodes -------------------------------------------------------------------------------
+    def register_node(self, conn, p):
+        nid = p["node_id"]
+        self.nodes[nid] = {"NodeID": nid.hex(), "Alive": True, "NodeManagerAddress": p["ip"],
+                           "NodeManagerPort": p.get("port", 0), "Address": p["address"],
+                           "Resources": p["resources"], "Available": dict(p["resources"]),
+                           "NodeName": p["ip"], "ObjectStoreSocketName": "memfd",
+                           "IsHead": p.get("head", False), "pid": p.get("pid"),
+                           "last": time.monotonic(), "Labels": {}}
+        self.node_conns[nid] = conn
+        conn.close_callbacks.append(lambda c, nid=nid: self._node_lost(nid, "connection closed"))
+        return True
+
+    def heartbeat(self, conn, p):
+        node = self.nodes.get(p["node_id"])
+        if node is not None and node["Alive"]:
+            node["last"] = time.monotonic()
+            node["Available"] = p["available"]
+            node["pending"] = p.get("pending", [])
+
+    def _node_lost(self, nid, why):
+        node = self.nodes.get(nid)
+        if node is not None and node["Alive"]:
+            node["Alive"] = False
+            node["death_reason"] = why
+            logger.warning("node %s is dead: %s", nid.hex(), why)
+
+    async def _health_loop(self):
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            now = time.monotonic()
+            for nid, node in list(self.nodes.items()):
+                if node["Alive"] and now - node["last"] > HEARTBEAT_S * HEARTBEAT_MISSES:
+                    self._node_lost(nid, f"missed heartbeats for {now - node['last']:.1f}s")
+
+    def get_nodes(self, conn, p):
+        return [{k: v for k, v in n.items() if k not in ("last",)} for n in self.nodes.values()]
+
+    def cluster_resources(self, conn, p):
+        total, avail = {}, {}
+        for n in self.nodes.values():
+            if not n["Alive"]:
+                continue
+            for k, v in n["Resources"].items():
+                total[k] = total.get(k, 0) + v
+            for k, v in n["Available"].items():
+                avail[k] = avail.get(k, 0) + v
+        return {"total": total, "available": avail}
+
+    # --- jobs and KV ---------------------------------------------------------------------------
+    def next_job_id(self, conn, p):
+        self.next_job += 1
+        self.storage.put("meta", b"job", self.next_job.to_bytes(4, "big"))
+        return self.next_job
+
+    def kv_put(self, conn, p):
+        ns = p.get("ns") or ""
+        key = ns.encode() + b"\x00" + p["key"]
+        if not p.get("overwrite", True) and self.storage.get("kv", key) is not None:
+            return False
+        self.storage.put("kv", key, p["value"])
+        return True
+
+    def kv_get(self, conn, p):
+        return self.storage.get("kv", (p.get("ns") or "").encode() + b"\x00" + p["key"])
+
+    def kv_del(self, conn, p):
+        return self.storage.delete("kv", (p.get("ns") or "").encode() + b"\x00" + p["key"])
+
+    def kv_keys(self, conn, p):
+        ns = (p.get("ns") or "").encode() + b"\x00"
+        return [k[len(ns):] for k in self.storage.keys("kv", ns + p.get("prefix", b""))]
+
+
+def run_gcs(secret: bytes, address: str, ready_fd: int, storage_path: str | None = None):
+    """Entry point of the GCS process (forked from the head node process)."""
+    from ..rpc.loop import new_event_loop
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    storage = SqliteStorage(storage_path) if storage_path else MemoryStorage()
+    gcs = GcsServer(secret, storage)
+    bound = loop.run_until_complete(gcs.start(address))
+    os.write(ready_fd, bound.encode() + b"\n")
+    os.close(ready_fd)
+    try:
+        loop.run_forever()
+    finally:
+        storage.close()

@@ -1,0 +1,1 @@
+"""The node manager: local scheduler, worker pool, shared-memory object store."""

@@ -1,0 +1,152 @@
+"""Entry point of a node process: ``python -m luminary._private.node``, config on stdin.
+
+    node process ─┬─ fork ─▶ GCS            (head node only; dies with the node: PDEATHSIG)
+                  ├─ fork ─▶ zygote ─ fork ─▶ workers   (each dies with its parent)
+                  └─ runs the node manager's event loop
+The config (msgpack, length-prefixed) arrives on stdin so the cluster secret never appears on a
+command line; one JSON line on stdout says where the node listens.  When started by ``init()``,
+stdin stays open: its end means the driver died and the node ends its whole cluster.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mmap
+import os
+import socket
+import struct
+import sys
+
+import msgpack
+
+from .. import procutil
+
+
+def read_config(fd=0) -> dict:
+    head = _read_exact(fd, 4)
+    (n,) = struct.unpack("<I", head)
+    return msgpack.unpackb(_read_exact(fd, n), raw=False)
+
+
+def _read_exact(fd, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise SystemExit("node: config stream closed early")
+        buf += chunk
+    return buf
+
+
+def main():
+    cfg = read_config()
+    session_dir = cfg["session_dir"]
+    os.makedirs(os.path.join(session_dir, "logs"), mode=0o700, exist_ok=True)
+    logging.basicConfig(filename=os.path.join(session_dir, "logs", "node.log"), level=logging.INFO,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    procutil.set_name("luminary:node")
+    with open(os.path.join(session_dir, "node.pid"), "w") as f:
+        f.write(str(os.getpid()))
+
+    capacity = int(cfg["object_store_memory"])
+    arena_fd = os.memfd_create("luminary-object-store", 0)
+    os.ftruncate(arena_fd, capacity)
+    arena = mmap.mmap(arena_fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    gcs_pid = None
+    if cfg.get("head"):
+        if cfg.get("gcs_port") is not None:
+            gcs_address = f"tcp:{cfg['node_ip']}:{cfg['gcs_port']}"
+        else:
+            gcs_address = f"unix:{os.path.join(session_dir, 'gcs.sock')}"
+        r, w = os.pipe()
+        gcs_pid = os.fork()
+        if gcs_pid == 0:
+            os.close(r)
+            try:
+                procutil.die_with_parent()
+                procutil.set_name("luminary:gcs")
+                arena.close()
+                os.close(arena_fd)
+                from ..gcs.server import run_gcs
+                run_gcs(cfg["secret"], gcs_address, w, cfg.get("gcs_storage"))
+            finally:
+                os._exit(1)
+        os.close(w)
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(r, 1024)
+            if not chunk:
+                print(json.dumps({"error": "the GCS failed to start; see logs/node.log"}), flush=True)
+                sys.exit(1)
+            line += chunk
+        os.close(r)
+        cfg["gcs_address"] = line.decode().strip()
+
+    parent_sock, child_sock = socket.socketpair()
+    zpid = os.fork()
+    if zpid == 0:
+        parent_sock.close()
+        try:
+            from .zygote import run_zygote
+            worker_cfg = {"secret": cfg["secret"], "session_dir": session_dir,
+                          "nm_address": f"unix:{os.path.join(session_dir, 'nm.sock')}",
+                          "arena_fd": arena_fd, "capacity": capacity, "node_ip": cfg["node_ip"],
+                          "gcs_address": cfg["gcs_address"], "tcp": cfg.get("tcp_port") is not None}
+            run_zygote(child_sock, worker_cfg)
+        finally:
+            os._exit(1)
+    child_sock.close()
+
+    from ..rpc.loop import new_event_loop
+    from .manager import NodeManager
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    nm = NodeManager(cfg, parent_sock, arena_fd, arena, gcs_pid=gcs_pid)
+    try:
+        loop.run_until_complete(nm.start())
+    except Exception as e:
+        logging.exception("node manager failed to start")
+        print(json.dumps({"error": f"node manager failed to start: {type(e).__name__}: {e}"}), flush=True)
+        nm.shutdown("start failed")
+        _cleanup(cfg, session_dir)
+        sys.exit(1)
+    print(json.dumps({"node_id": nm.node_id.hex(), "nm_address": nm.address, "tcp_address": nm.tcp_address,
+                      "gcs_address": cfg["gcs_address"], "pid": os.getpid(), "arena_fd": arena_fd,
+                      "session_dir": session_dir}), flush=True)
+    why = loop.run_until_complete(nm.stopped)
+    logging.info("node stopped: %s", why)
+    # give the loop a moment to flush replies (e.g. the shutdown request's answer)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    _reap_children(gcs_pid, zpid)
+    _cleanup(cfg, session_dir)
+
+
+def _reap_children(*pids):
+    import signal
+    import time
+    for pid in pids:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    deadline = time.monotonic() + 2
+    for pid in pids:
+        if not pid:
+            continue
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.005)
+
+
+def _cleanup(cfg, session_dir):
+    if cfg.get("remove_session_dir", True):
+        import shutil
+        shutil.rmtree(session_dir, ignore_errors=True)

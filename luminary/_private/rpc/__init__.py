@@ -1,0 +1,1 @@
+"""Framing, authentication and connections shared by every Luminary process."""

@@ -1,0 +1,84 @@
+"""The one I/O thread of a process.
+
+User code runs on the main thread; every socket is owned by this thread's event loop.
+``post(fn, *args)`` is the only entry point safe from any thread: it appends to a deque and wakes
+the loop once per batch (not once per item), because a thread hand-off costs as much as a message
+to another process.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    uvloop = None
+
+
+def new_event_loop():
+    return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+
+
+class IOThread:
+    def __init__(self, name="luminary-io"):
+        self.loop = new_event_loop()
+        self._queue = collections.deque()
+        self._wake_pending = False
+        self._lock = threading.Lock()
+        self._started = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+        self._started.wait()
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._started.set)
+        self.loop.run_forever()
+        try:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        except Exception:
+            pass
+        self.loop.close()
+
+    def in_loop(self) -> bool:
+        return threading.current_thread() is self.thread
+
+    def post(self, fn, *args):
+        """Run ``fn(*args)`` on the loop thread soon (FIFO).  Safe from any thread."""
+        self._queue.append((fn, args))
+        if not self._wake_pending:
+            with self._lock:
+                if self._wake_pending:
+                    return
+                self._wake_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # loop closed during shutdown
+                pass
+
+    def _drain(self):
+        with self._lock:
+            self._wake_pending = False
+        q = self._queue
+        while q:
+            fn, args = q.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                import logging
+                logging.getLogger(__name__).exception("posted callback failed")
+
+    def run_coro(self, coro, timeout=None):
+        """Run a coroutine on the loop from another thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, timeout=5.0):
+        if self.thread.is_alive():
+            try:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            except RuntimeError:
+                pass
+            if not self.in_loop():
+                self.thread.join(timeout)

@@ -1,0 +1,310 @@
+"""Authenticated msgpack connections over Unix or TCP sockets.
+
+    peer A                                        peer B (listening)
+      │ ◀──── "LUM1" + server nonce (32 B) ─────────│   fixed-size bytes only:
+      │ ───── "LUM1" + HMAC(secret, "C"+nonce_s) ──▶│   nothing is parsed, let alone
+      │        + client nonce (32 B)                │   unpickled, before both sides
+      │ ◀──── HMAC(secret, "S"+nonce_c) ────────────│   proved they hold the secret
+      │ ═════ msgpack frames, both directions ═════ │
+
+After the handshake every message is one msgpack array:
+    [0, request_id, method, payload]    request, answered by exactly one response
+    [1, request_id, ok, payload]        response (payload is an error text when not ok)
+    [2, method, payload]                notification, never answered
+Handlers are looked up by method name in a dict given to the connection (a message table).
+Writes are batched: every send appends to a buffer flushed once per event-loop iteration, so a
+burst of messages costs one system call.  Everything here runs on the owning event loop's thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import inspect
+import logging
+import os
+import socket
+
+import msgpack
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+MAGIC = b"LUM1"          # bump when the wire format changes: peers of other versions are refused
+NONCE = 32
+MAC = 32
+REQ, RESP, NOTE = 0, 1, 2
+MAX_BUFFER = 1 << 31     # largest single message accepted (inline objects are <= 100 KiB; chunks a few MiB)
+
+
+class ConnectionLost(ConnectionError):
+    pass
+
+
+class AuthenticationError(ConnectionError):
+    pass
+
+
+class RemoteError(Exception):
+    """The peer's handler raised; the text names the failure."""
+
+
+def _mac(secret: bytes, tag: bytes, nonce: bytes) -> bytes:
+    return hmac.new(secret, tag + nonce, hashlib.sha256).digest()
+
+
+class Connection(asyncio.Protocol):
+    """One side of an authenticated connection; created by ``connect`` or ``serve``."""
+
+    def __init__(self, secret: bytes, handlers: dict, server: bool, name: str = ""):
+        self.secret = secret
+        self.handlers = handlers
+        self.server = server
+        self.name = name
+        self.transport = None
+        self.loop = asyncio.get_event_loop()
+        self.ready = self.loop.create_future()
+        self.closed = False
+        self.close_callbacks = []
+        self.state = {}          # per-connection data owned by whoever handles it
+        self._stage = 0
+        self._raw = b""
+        self._nonce = os.urandom(NONCE)
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER)
+        self._next_id = 0
+        self._pending = {}
+        self._out = []
+        self._flush_scheduled = False
+        self.peer = None
+
+    # --- asyncio protocol -------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        try:
+            self.peer = transport.get_extra_info("peername")
+        except Exception:
+            self.peer = None
+        if self.server:
+            transport.write(MAGIC + self._nonce)
+
+    def data_received(self, data):
+        if self._stage < 3:
+            self._handshake(data)
+            return
+        self._unpacker.feed(data)
+        for msg in self._unpacker:
+            self._dispatch(msg)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionLost(f"connection to {self.name or self.peer} closed during handshake"))
+            self.ready.exception()
+        pending, self._pending = self._pending, {}
+        err = ConnectionLost(f"connection {self.name} lost")
+        for cb in pending.values():
+            try:
+                cb(False, err)
+            except Exception:
+                logger.exception("response callback failed")
+        for cb in self.close_callbacks:
+            try:
+                cb(self)
+            except Exception:
+                logger.exception("close callback failed")
+
+    # --- handshake -----------------------------------------------------------------------------
+    def _handshake(self, data):
+        self._raw += data
+        if self.server:
+            if self._stage == 0:
+                if len(self._raw) < 4 + MAC + NONCE:
+                    return
+                head, self._raw = self._raw[:4 + MAC + NONCE], self._raw[4 + MAC + NONCE:]
+                if head[:4] != MAGIC:
+                    logger.warning("refused connection from %s: not a Luminary peer of this version", self.peer)
+                    self.transport.close()
+                    return
+                proof, client_nonce = head[4:4 + MAC], head[4 + MAC:]
+                if not hmac.compare_digest(proof, _mac(self.secret, b"C", self._nonce)):
+                    logger.warning("refused connection from %s: wrong cluster secret", self.peer)
+                    self.transport.close()
+                    return
+                self.transport.write(_mac(self.secret, b"S", client_nonce))
+                self._become_ready()
+        else:
+            if self._stage == 0:
+                if len(self._raw) < 4 + NONCE:
+                    return
+                head, self._raw = self._raw[:4 + NONCE], self._raw[4 + NONCE:]
+                if head[:4] != MAGIC:
+                    self._fail_handshake(AuthenticationError(
+                        f"{self.name}: the peer is not a Luminary node of this version "
+                        f"(expected {MAGIC!r}, got {head[:4]!r}); install the same Luminary version everywhere"))
+                    return
+                self.transport.write(MAGIC + _mac(self.secret, b"C", head[4:]) + self._nonce)
+                self._stage = 1
+            if self._stage == 1:
+                if len(self._raw) < MAC:
+                    return
+                proof, self._raw = self._raw[:MAC], self._raw[MAC:]
+                if not hmac.compare_digest(proof, _mac(self.secret, b"S", self._nonce)):
+                    self._fail_handshake(AuthenticationError(f"{self.name}: the peer does not hold this cluster's secret"))
+                    return
+                self._become_ready()
+
+    def _fail_handshake(self, exc):
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+        self.transport.close()
+
+    def _become_ready(self):
+        self._stage = 3
+        rest, self._raw = self._raw, b""
+        if not self.ready.done():
+            self.ready.set_result(self)
+        if rest:
+            self.data_received(rest)
+
+    # --- messages ------------------------------------------------------------------------------
+    def _dispatch(self, msg):
+        kind = msg[0]
+        if kind == RESP:
+            cb = self._pending.pop(msg[1], None)
+            if cb is not None:
+                cb(msg[2], msg[3] if msg[2] else RemoteError(msg[3]))
+            return
+        if kind == NOTE:
+            handler = self.handlers.get(msg[1])
+            if handler is None:
+                logger.warning("%s: unknown notification %r", self.name, msg[1])
+                return
+            try:
+                res = handler(self, msg[2])
+                if inspect.iscoroutine(res):
+                    asyncio.ensure_future(res)
+            except Exception:
+                logger.exception("%s: handler for %s failed", self.name, msg[1])
+            return
+        rid, method, payload = msg[1], msg[2], msg[3]
+        handler = self.handlers.get(method)
+        if handler is None:
+            self._send([RESP, rid, False, f"unknown method {method!r}"])
+            return
+        try:
+            res = handler(self, payload)
+        except Exception as e:
+            logger.debug("%s: handler %s raised", self.name, method, exc_info=True)
+            self._send([RESP, rid, False, f"{type(e).__name__}: {e}"])
+            return
+        if inspect.isawaitable(res):
+            fut = asyncio.ensure_future(res)
+            fut.add_done_callback(lambda f, rid=rid: self._reply_from_future(rid, f))
+        else:
+            self._send([RESP, rid, True, res])
+
+    def _reply_from_future(self, rid, fut):
+        if self.closed:
+            return
+        if fut.cancelled():
+            self._send([RESP, rid, False, "cancelled"])
+        elif fut.exception() is not None:
+            e = fut.exception()
+            self._send([RESP, rid, False, f"{type(e).__name__}: {e}"])
+        else:
+            self._send([RESP, rid, True, fut.result()])
+
+    def reply_later(self):
+        """Not used by handlers that return futures; kept for symmetry."""
+
+    def _send(self, msg):
+        if self.closed:
+            return
+        self._out.append(msgpack.packb(msg, use_bin_type=True))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self):
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if out and not self.closed:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+
+    def notify(self, method, payload=None):
+        self._send([NOTE, method, payload])
+
+    def request(self, method, payload, callback):
+        """Send a request; ``callback(ok, result_or_error)`` runs on this loop when answered."""
+        if self.closed:
+            callback(False, ConnectionLost(f"connection {self.name} is closed"))
+            return
+        self._next_id += 1
+        rid = self._next_id
+        self._pending[rid] = callback
+        self._send([REQ, rid, method, payload])
+
+    def call(self, method, payload=None):
+        """Awaitable request; raises RemoteError or ConnectionLost."""
+        fut = self.loop.create_future()
+
+        def done(ok, res):
+            if fut.done():
+                return
+            if ok:
+                fut.set_result(res)
+            else:
+                fut.set_exception(res if isinstance(res, BaseException) else RemoteError(str(res)))
+        self.request(method, payload, done)
+        return fut
+
+    def close(self):
+        if self.transport is not None and not self.closed:
+            self._flush()
+            self.transport.close()
+
+
+def parse_address(address: str):
+    if address.startswith("unix:"):
+        return "unix", address[5:]
+    if address.startswith("tcp:"):
+        host, _, port = address[4:].rpartition(":")
+        return "tcp", (host, int(port))
+    raise ValueError(f"bad address {address!r}: expected 'unix:/path' or 'tcp:host:port'")
+
+
+async def connect(address: str, secret: bytes, handlers: dict, name: str = "", timeout: float = 10.0) -> Connection:
+    loop = asyncio.get_event_loop()
+    kind, where = parse_address(address)
+    factory = lambda: Connection(secret, handlers, server=False, name=name or address)  # noqa: E731
+    if kind == "unix":
+        _, conn = await asyncio.wait_for(loop.create_unix_connection(factory, where), timeout)
+    else:
+        _, conn = await asyncio.wait_for(loop.create_connection(factory, where[0], where[1]), timeout)
+        sock = conn.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    await asyncio.wait_for(conn.ready, timeout)
+    return conn
+
+
+async def serve(address: str, secret: bytes, handlers: dict, on_connect=None, name: str = ""):
+    """Listen on ``address``; returns (server, bound_address).  ``on_connect(conn)`` runs after auth."""
+    loop = asyncio.get_event_loop()
+    kind, where = parse_address(address)
+
+    def factory():
+        conn = Connection(secret, handlers, server=True, name=name)
+        if on_connect is not None:
+            conn.ready.add_done_callback(lambda f: (not f.exception()) and on_connect(conn))
+        return conn
+    if kind == "unix":
+        server = await loop.create_unix_server(factory, where)
+        os.chmod(where, 0o600)
+        return server, address
+    server = await loop.create_server(factory, where[0], where[1], reuse_address=True)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"tcp:{where[0]}:{port}"

@@ -1,0 +1,180 @@
+"""Values to bytes and back: pickle protocol 5 with out-of-band buffers.
+
+Small values (<= INLINE_MAX_BYTES in all) travel inline as ``bytes`` (no buffers) or
+``[pickle, [buffer, ...]]``.  Larger ones are written into the node's shared-memory store with
+this layout, every buffer 64-byte aligned so numpy views are aligned:
+
+    0         8                 h                      b0         b1
+    │ u64: h  │ msgpack header  │ pickle stream ...    │ buffer 0 │ buffer 1 │ ...
+              [pickle_off, pickle_len, [[b0, len0], [b1, len1], ...]]
+
+Reading maps the object read-only and hands the buffers to pickle, so numpy arrays come back as
+read-only views of shared memory (no copy).  ObjectRefs met while pickling are collected (the
+owner keeps them alive while the outer object lives); ObjectRefs met while unpickling are
+collected so the reader can register as a borrower before user code sees them.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+import threading
+
+import cloudpickle
+import msgpack
+
+from .config import BUFFER_ALIGN, INLINE_MAX_BYTES
+
+_local = threading.local()
+_SIMPLE = (int, float, str, bytes, bool, type(None))
+
+
+class SerializedObject:
+    __slots__ = ("data", "buffers", "contained", "size")
+
+    def __init__(self, data, buffers, contained):
+        self.data = data
+        self.buffers = buffers
+        self.contained = contained
+        self.size = len(data) + sum(b.nbytes for b in buffers)
+
+    @property
+    def inline(self) -> bool:
+        return self.size <= INLINE_MAX_BYTES
+
+    def to_inline(self):
+        if not self.buffers:
+            return self.data
+        return [self.data, [b.tobytes() for b in self.buffers]]
+
+    def layout(self):
+        """Return (header_bytes, pickle_offset, [buffer offsets], total_size)."""
+        offs = []
+        # header size depends on offsets; compute with a generous first guess then fix up
+        guess = 64 + 24 * len(self.buffers)
+        while True:
+            pos = 8 + guess
+            p_off = pos
+            pos += len(self.data)
+            offs = []
+            for b in self.buffers:
+                pos = (pos + BUFFER_ALIGN - 1) // BUFFER_ALIGN * BUFFER_ALIGN
+                offs.append(pos)
+                pos += b.nbytes
+            header = msgpack.packb([p_off, len(self.data), [[o, b.nbytes] for o, b in zip(offs, self.buffers)]])
+            if len(header) <= guess:
+                return header, p_off, offs, pos
+            guess = len(header) + 16
+
+    def write_into(self, mv: memoryview, layout=None):
+        header, p_off, offs, total = layout or self.layout()
+        mv[0:8] = struct.pack("<Q", len(header))
+        mv[8:8 + len(header)] = header
+        mv[p_off:p_off + len(self.data)] = self.data
+        for o, b in zip(offs, self.buffers):
+            n = b.nbytes
+            if n:
+                mv[o:o + n] = b.cast("B") if b.ndim != 1 or b.format != "B" else b
+
+
+def _dumps(value, buffers):
+    if type(value) in _SIMPLE:
+        return pickle.dumps(value, 5)
+    try:
+        return pickle.dumps(value, 5, buffer_callback=buffers.append) if _plain(value) else \
+            cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception:
+        buffers.clear()
+        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+
+
+def _plain(value):
+    """Containers of simple values pickle faster with the C pickler and need no cloudpickle."""
+    t = type(value)
+    if t in (list, tuple):
+        return len(value) < 64 and all(type(v) in _SIMPLE for v in value)
+    if t is dict:
+        return len(value) < 64 and all(type(k) in _SIMPLE and type(v) in _SIMPLE for k, v in value.items())
+    return False
+
+
+def serialize(value) -> SerializedObject:
+    """Pickle ``value``; raises TypeError naming the value when it cannot be pickled."""
+    contained = []
+    prev = getattr(_local, "refs", None)
+    _local.refs = contained
+    buffers = []
+    try:
+        data = _dumps(value, buffers)
+    except Exception as e:
+        raise TypeError(
+            f"Could not serialize {_describe(value)}: {type(e).__name__}: {e}. "
+            "Values passed to or returned from remote functions must be picklable "
+            "(cloudpickle); create unpicklable things such as locks, sockets or open files "
+            "inside the task instead of passing them.") from e
+    finally:
+        _local.refs = prev
+    return SerializedObject(data, [memoryview(b.raw()) if isinstance(b, pickle.PickleBuffer) else b for b in buffers], contained)
+
+
+def _describe(value):
+    try:
+        r = repr(value)
+    except Exception:
+        r = object.__repr__(value)
+    if len(r) > 80:
+        r = r[:77] + "..."
+    return f"{type(value).__name__} value {r}"
+
+
+def note_ref(ref):
+    """Called by ObjectRef.__reduce__: records refs nested in the value being pickled."""
+    refs = getattr(_local, "refs", None)
+    if refs is not None:
+        refs.append(ref)
+
+
+def note_deserialized_ref(ref):
+    refs = getattr(_local, "deser", None)
+    if refs is not None:
+        refs.append(ref)
+
+
+class collect_deserialized_refs:
+    def __enter__(self):
+        self.prev = getattr(_local, "deser", None)
+        self.refs = []
+        _local.deser = self.refs
+        return self.refs
+
+    def __exit__(self, *exc):
+        _local.deser = self.prev
+
+
+def loads_inline(payload):
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return pickle.loads(payload)
+    data, bufs = payload
+    return pickle.loads(data, buffers=[bytearray(b) for b in bufs])
+
+
+def loads_store(mv: memoryview):
+    (hlen,) = struct.unpack_from("<Q", mv, 0)
+    p_off, p_len, bufs = msgpack.unpackb(mv[8:8 + hlen])
+    return pickle.loads(mv[p_off:p_off + p_len], buffers=[mv[o:o + n] for o, n in bufs])
+
+
+def dumps_function(fn) -> bytes:
+    return cloudpickle.dumps(fn, protocol=5)
+
+
+def dumps_error(err) -> bytes:
+    """Pickle an exception, falling back to a text copy when it cannot be pickled."""
+    try:
+        return cloudpickle.dumps(err, protocol=5)
+    except Exception:
+        from ..exceptions import RayTaskError
+        if isinstance(err, RayTaskError):
+            text = RayTaskError(err.function_name, err.traceback_str, None, None, err.pid, err.ip)
+            return cloudpickle.dumps(text, protocol=5)
+        from ..exceptions import RaySystemError
+        return cloudpickle.dumps(RaySystemError(f"{type(err).__name__}: {err}"), protocol=5)

@@ -1,0 +1,1 @@
+"""The core worker: runs in the driver and in every worker process."""

@@ -1,0 +1,338 @@
+"""The public functions of ``luminary`` (re-exported by ``luminary/__init__.py``)."""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import select
+import struct
+import subprocess
+import sys
+import time
+
+import msgpack
+
+from ... import exceptions as exc
+from .. import ids, procutil
+from ..config import DEFAULT_STORE_FRACTION
+from . import state
+from .core import DRIVER, CoreWorker
+from .object_ref import ObjectRef, ObjectRefGenerator
+
+logger = logging.getLogger(__name__)
+
+# keywords ray.init accepts; those Luminary does not act on are accepted and documented in the README
+_INIT_KEYWORDS = {
+    "address", "num_cpus", "num_gpus", "resources", "labels", "object_store_memory", "local_mode",
+    "ignore_reinit_error", "include_dashboard", "dashboard_host", "dashboard_port", "job_config",
+    "configure_logging", "logging_level", "logging_format", "logging_config", "log_to_driver",
+    "namespace", "runtime_env", "storage", "enable_resource_isolation", "system_reserved_cpu",
+    "system_reserved_memory", "_cgroup_path", "_system_config", "_temp_dir", "_node_ip_address",
+    "_plasma_directory", "_object_spilling_directory", "_redis_password", "_enable_object_reconstruction",
+    "_metrics_export_port", "_memory", "_node_name", "_driver_object_store_memory", "_tracing_startup_hook",
+    "_skip_env_hook", "_worker_type",
+}
+
+
+class _Session:
+    """What init() started: the node process and its session directory."""
+
+    def __init__(self):
+        self.proc = None
+        self.session_dir = None
+        self.info = None
+        self.namespace = None
+        self.owns_cluster = False
+        self.arena_fd = None
+
+
+_session = None
+
+
+class RayContext(dict):
+    """Returned by init(); usable as a context manager that shuts the cluster down."""
+
+    def __init__(self, info):
+        super().__init__(info)
+        self.address_info = info
+        self.dashboard_url = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        shutdown()
+
+    def disconnect(self):
+        shutdown()
+
+
+def _total_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
+         ignore_reinit_error=False, namespace=None, log_to_driver=True, **kwargs):
+    """Start a local cluster (or, with ``address``, connect to a running one) and connect to it."""
+    global _session
+    unknown = set(kwargs) - _INIT_KEYWORDS
+    if unknown:
+        raise TypeError(f"init() got unknown keyword argument(s): {', '.join(sorted(unknown))}. "
+                        "See luminary.init's documentation for the accepted keywords.")
+    if state.core is not None:
+        if ignore_reinit_error:
+            return RayContext(_session.info if _session else {})
+        raise RuntimeError("Maybe you called luminary.init twice by accident? This error can be suppressed "
+                           "by passing in 'ignore_reinit_error=True' or by calling 'luminary.shutdown()' "
+                           "prior to 'luminary.init()'.")
+    if num_cpus is not None and (not isinstance(num_cpus, (int, float)) or num_cpus < 0):
+        raise ValueError(f"num_cpus must be a non-negative number, got {num_cpus!r}")
+    if num_gpus is not None and (not isinstance(num_gpus, (int, float)) or num_gpus < 0):
+        raise ValueError(f"num_gpus must be a non-negative number, got {num_gpus!r}")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            raise TypeError("resources must be a dict of resource name to amount")
+        if "CPU" in resources or "GPU" in resources:
+            raise ValueError("Use the 'num_cpus' and 'num_gpus' keywords instead of 'CPU' and 'GPU' in 'resources'.")
+    if kwargs.get("local_mode"):
+        logger.warning("local_mode is deprecated in Ray and not supported by Luminary; starting a normal local cluster.")
+    if address in ("local", None) or address == "":
+        env_addr = None if address == "local" else os.environ.get("LUMINARY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+        if env_addr and env_addr != "local":
+            address = env_addr
+    if address not in (None, "local", ""):
+        from .connect import connect_existing
+        sess, cfg = connect_existing(address)
+    else:
+        sess, cfg = _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs)
+    sess.namespace = namespace or f"anon-{os.urandom(4).hex()}"
+    _session = sess
+    cfg["log_to_driver"] = log_to_driver
+    core = CoreWorker(DRIVER, cfg)
+    try:
+        core.start("register_driver")
+        core.job_id = core.call_sync_gcs("next_job_id", None, timeout=10)
+    except Exception as e:
+        core.stop()
+        _stop_session(sess)
+        _session = None
+        raise RuntimeError(f"Could not connect to the cluster: {e}") from e
+    core.namespace = sess.namespace
+    state.core = core
+    atexit.register(shutdown)
+    return RayContext({"node_id": core.node_id.hex(), "session_dir": sess.session_dir,
+                       "address": cfg.get("gcs_address"), "node_ip_address": cfg.get("node_ip"),
+                       "gcs_address": cfg.get("gcs_address"), "webui_url": None})
+
+
+def _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs):
+    procutil.cleanup_stale_sessions()
+    root = procutil.session_root()
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    session_dir = os.path.join(kwargs.get("_temp_dir") or root, f"session_{stamp}_{os.getpid()}_{os.urandom(3).hex()}")
+    os.makedirs(os.path.join(session_dir, "logs"), mode=0o700)
+    secret = os.urandom(32)
+    if object_store_memory is None:
+        object_store_memory = int(_total_memory() * DEFAULT_STORE_FRACTION)
+    object_store_memory = int(object_store_memory) // 4096 * 4096
+    if object_store_memory < 1 << 20:
+        raise ValueError("object_store_memory must be at least 1 MiB")
+    node_ip = kwargs.get("_node_ip_address") or "127.0.0.1"
+    cfg = {"secret": secret, "session_dir": session_dir, "head": True, "node_ip": node_ip,
+           "num_cpus": os.cpu_count() if num_cpus is None else num_cpus, "num_gpus": num_gpus or 0,
+           "resources": resources or {}, "object_store_memory": object_store_memory,
+           "memory": kwargs.get("_memory") or int(_total_memory() * 0.7),
+           "exit_with_driver": True, "remove_session_dir": True}
+    env = dict(os.environ)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    err = open(os.path.join(session_dir, "logs", "node.err"), "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "luminary._private.node"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=err, start_new_session=True, close_fds=True, env=env)
+    err.close()
+    blob = msgpack.packb(cfg, use_bin_type=True)
+    proc.stdin.write(struct.pack("<I", len(blob)) + blob)
+    proc.stdin.flush()
+    info = _read_ready_line(proc, session_dir)
+    sess = _Session()
+    sess.proc = proc
+    sess.session_dir = session_dir
+    sess.info = info
+    sess.owns_cluster = True
+    arena = os.open(f"/proc/{info['pid']}/fd/{info['arena_fd']}", os.O_RDWR)
+    sess.arena_fd = arena
+    wcfg = {"secret": secret, "session_dir": session_dir, "nm_address": info["nm_address"],
+            "gcs_address": info["gcs_address"], "node_ip": node_ip, "arena_fd": arena,
+            "capacity": object_store_memory, "worker_id": ids.random_id()}
+    return sess, wcfg
+
+
+def _read_ready_line(proc, session_dir, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    buf = b""
+    fd = proc.stdout.fileno()
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            proc.kill()
+            raise RuntimeError(f"The local node did not start within {timeout}s; see {session_dir}/logs")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                proc.wait()
+                log = ""
+                try:
+                    with open(os.path.join(session_dir, "logs", "node.err")) as f:
+                        log = f.read()[-2000:]
+                except OSError:
+                    pass
+                raise RuntimeError(f"The local node exited during start-up (code {proc.returncode}).\n{log}")
+            buf += chunk
+    info = json.loads(buf.decode())
+    if "error" in info:
+        raise RuntimeError(info["error"])
+    return info
+
+
+def shutdown(_exiting_interpreter=False):
+    """Disconnect this driver; a cluster started by init() ends with all its processes and files."""
+    global _session
+    core = state.core
+    sess = _session
+    if core is None and sess is None:
+        return
+    if core is not None:
+        if sess is not None and sess.owns_cluster:
+            try:
+                core.call_sync("nm", "shutdown", None, timeout=5)
+            except Exception:
+                pass
+        core.stop()
+    state.core = None
+    _session = None
+    if sess is not None:
+        _stop_session(sess)
+
+
+def _stop_session(sess):
+    if sess.arena_fd is not None:
+        try:
+            os.close(sess.arena_fd)
+        except OSError:
+            pass
+    proc = sess.proc
+    if proc is not None:
+        try:
+            proc.stdin.close()
+        except Exception:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        try:
+            proc.stdout.close()
+        except Exception:
+            pass
+    if sess.owns_cluster and sess.session_dir:
+        import shutil
+        shutil.rmtree(sess.session_dir, ignore_errors=True)
+
+
+def is_initialized() -> bool:
+    return state.core is not None
+
+
+def _core():
+    if state.core is None:
+        init()
+    return state.core
+
+
+def get(object_refs, *, timeout=None):
+    """Values of one ObjectRef or a list of them; blocks until ready or ``timeout`` seconds pass."""
+    core = _core()
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be None or a non-negative number of seconds, got {timeout!r}")
+    if isinstance(object_refs, ObjectRef):
+        return core.get_objects([object_refs], timeout)[0]
+    if isinstance(object_refs, ObjectRefGenerator):
+        raise TypeError("get() cannot take an ObjectRefGenerator: iterate it and get() each ObjectRef it yields.")
+    if isinstance(object_refs, (list, tuple)):
+        return core.get_objects(list(object_refs), timeout)
+    raise ValueError(f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got "
+                     f"{type(object_refs).__name__}. Pass what .remote() or put() returned.")
+
+
+def put(value, *, _owner=None):
+    """Store ``value`` in the object store and return its ObjectRef (owned by this process)."""
+    return _core().put_object(value)
+
+
+def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
+    """Return (ready, not_ready): the first ``num_returns`` refs ready, in input order."""
+    core = _core()
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}.")
+    for r in object_refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"wait() expects a list of ObjectRefs, but it contains {type(r).__name__}.")
+    if len(set(r.id for r in object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if not isinstance(num_returns, int) or num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns!r}: it must be a positive int.")
+    if num_returns > len(object_refs):
+        raise ValueError("num_returns cannot be greater than the number of objects provided to wait(): "
+                         f"{num_returns} > {len(object_refs)}.")
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be None or non-negative")
+    return core.wait_objects(list(object_refs), num_returns, timeout, fetch_local)
+
+
+def cancel(object_ref, *, force=False, recursive=True):
+    """Cancel the task that makes ``object_ref``: queued tasks never run; running ones are
+    interrupted (TaskCancelledError) or, with ``force``, their worker is killed."""
+    core = _core()
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = ObjectRef(object_ref._tid + b"\x00\x00\x00\x01", object_ref._owner, _register=False)
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}.")
+    if object_ref.owner != core.address:
+        raise ValueError("Only the process that submitted a task (its owner) can cancel it.")
+    core.io.post(core.submitter.cancel, object_ref.id, force, recursive)
+
+
+def get_gpu_ids():
+    core = _core()
+    return list(core.gpu_ids)
+
+
+def cluster_resources() -> dict:
+    core = _core()
+    return core.call_sync_gcs("cluster_resources")["total"]
+
+
+def available_resources() -> dict:
+    core = _core()
+    avail = core.call_sync_gcs("cluster_resources")["available"]
+    return {k: v for k, v in avail.items() if v > 0}
+
+
+def nodes() -> list:
+    core = _core()
+    out = []
+    for n in core.call_sync_gcs("get_nodes"):
+        d = dict(n)
+        d.pop("Available", None)
+        d.pop("pending", None)
+        d["alive"] = d["Alive"]
+        d["NodeManagerHostname"] = d["NodeName"]
+        out.append(d)
+    return out

@@ -1,0 +1,528 @@
+"""The core worker: one per driver and per worker process.
+
+    main thread (user code)                 │ I/O thread (event loop, owns every socket)
+    ─────────────────────────────────────────┼──────────────────────────────────────────────
+    f.remote() ─ serialize ─ post(submit) ──▶│ TaskSubmitter: resolve args, lease, push ─────▶ worker
+    get() ─ MemoryStore.wait ◀── put value ──│◀── task replies, owners' answers
+    ObjectRef() / del ─ post(incref/decref) ▶│ ReferenceTable ─▶ free / unborrow actions
+    read large object ─ mmap(memfd) ◀─ pin ──│◀─▶ node manager (store_get / store_release)
+
+The process owns what it creates: return values of the tasks it submits and objects it puts.
+It answers other processes' questions about them (``get_object``, ``add_borrower``) from the
+I/O thread, so an owner busy in user code still serves its objects.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+import pickle
+import sys
+import threading
+import weakref
+
+from ... import exceptions as exc
+from .. import ids, serialization
+from ..rpc import protocol
+from ..rpc.loop import IOThread
+from .memory_store import MemoryStore
+from .object_ref import ObjectRef
+from .refs import ReferenceTable
+
+logger = logging.getLogger(__name__)
+
+DRIVER, WORKER = "driver", "worker"
+
+
+class SyncCall:
+    """A result the main thread waits for, filled in by the I/O thread."""
+    __slots__ = ("lock", "ok", "value")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.ok = None
+        self.value = None
+
+    def __call__(self, ok, value):
+        self.ok, self.value = ok, value
+        self.lock.release()
+
+    def wait(self, timeout=None):
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise exc.GetTimeoutError("timed out waiting for the node manager")
+        if not self.ok:
+            raise self.value if isinstance(self.value, BaseException) else exc.RaySystemError(str(self.value))
+        return self.value
+
+
+class CoreWorker:
+    def __init__(self, mode, cfg):
+        self.mode = mode
+        self.cfg = cfg
+        self.secret = cfg["secret"]
+        self.worker_id = cfg["worker_id"]
+        self.job_id = cfg.get("job_id", 0)
+        self.session_dir = cfg["session_dir"]
+        sock_dir = os.path.join(self.session_dir, "sockets")
+        os.makedirs(sock_dir, mode=0o700, exist_ok=True)
+        if cfg.get("tcp"):
+            self.address = f"tcp:{cfg['node_ip']}:0"
+        else:
+            self.address = f"unix:{os.path.join(sock_dir, self.worker_id.hex()[:16])}"
+        self.io = IOThread()
+        self.memory = MemoryStore()
+        self.conns: dict[str, protocol.Connection] = {}
+        self._connecting: dict[str, list] = {}
+        self.functions: dict[bytes, object] = {}
+        self._mm_cache: dict[bytes, weakref.ref] = {}
+        self._arena_rw = None
+        self.current_task_id = None
+        self.current_task_name = None
+        self.current_actor = None
+        self.gpu_ids = []
+        self.node_id = None
+        self.shutting_down = False
+        self._store_deletes = []
+        self._releases = []
+        self.infeasible_warned = set()
+        self.handlers = {
+            "get_object": self.h_get_object,
+            "add_borrower": self.h_add_borrower,
+            "remove_borrower": self.h_remove_borrower,
+            "log": self.h_log,
+            "infeasible": self.h_infeasible,
+            "ping": lambda c, p: "pong",
+        }
+        from .submitter import TaskSubmitter
+        self.submitter = TaskSubmitter(self)
+        self.handlers["gen_item"] = self.submitter.h_gen_item
+
+    # --- start / stop -------------------------------------------------------------------------
+    def start(self, register_as):
+        self.refs = None
+        info = self.io.run_coro(self._start(register_as), timeout=30)
+        return info
+
+    async def _start(self, register_as):
+        self.server, self.address = await protocol.serve(self.address, self.secret, self.handlers,
+                                                        on_connect=self._on_peer, name="core-worker")
+        self.refs = ReferenceTable(self.address)
+        self.nm = await protocol.connect(self.cfg["nm_address"], self.secret, self.handlers, name="node-manager")
+        self.nm.close_callbacks.append(self._nm_lost)
+        payload = {"worker_id": self.worker_id, "pid": os.getpid(), "address": self.address,
+                   "log_to_driver": self.cfg.get("log_to_driver", True)}
+        info = await self.nm.call(register_as, payload)
+        self.node_id = info["node_id"]
+        self.gcs = await protocol.connect(info["gcs_address"], self.secret, self.handlers, name="gcs")
+        return info
+
+    def _on_peer(self, conn):
+        conn.close_callbacks.append(self._peer_gone)
+
+    def _nm_lost(self, conn):
+        if not self.shutting_down:
+            if self.mode == WORKER:
+                os._exit(0)  # the node is gone: a worker has nothing left to do
+            logger.error("lost the connection to the local node manager")
+            self.submitter.fail_all(exc.LocalRayletDiedError(
+                "The local node manager died or the cluster was shut down; call luminary.init() again."))
+
+    def _peer_gone(self, conn):
+        borrowed = conn.state.get("borrowed")
+        addr = conn.state.get("borrower_addr")
+        if borrowed and addr:
+            actions = []
+            for oid in borrowed:
+                self.refs.remove_borrower(oid, addr, actions)
+            self.run_actions(actions)
+
+    def stop(self):
+        self.shutting_down = True
+        from . import state
+        if state.core is self:
+            state.core = None
+
+        async def close():
+            for c in list(self.conns.values()):
+                c.close()
+            for c in (getattr(self, "nm", None), getattr(self, "gcs", None)):
+                if c is not None:
+                    c.close()
+            if getattr(self, "server", None) is not None:
+                self.server.close()
+        try:
+            self.io.run_coro(close(), timeout=5)
+        except Exception:
+            pass
+        self.io.stop()
+        if self.address.startswith("unix:"):
+            try:
+                os.unlink(self.address[5:])
+            except OSError:
+                pass
+
+    # --- connections to peers (I/O thread) ------------------------------------------------------
+    def with_conn(self, address, cb):
+        """Call ``cb(conn_or_None, error)`` with a connection to another core worker."""
+        conn = self.conns.get(address)
+        if conn is not None and not conn.closed:
+            cb(conn, None)
+            return
+        waiting = self._connecting.get(address)
+        if waiting is not None:
+            waiting.append(cb)
+            return
+        self._connecting[address] = [cb]
+        asyncio.ensure_future(self._connect(address))
+
+    async def _connect(self, address):
+        try:
+            conn = await protocol.connect(address, self.secret, self.handlers, name=address)
+            conn.close_callbacks.append(lambda c, a=address: self._conn_closed(a, c))
+            self.conns[address] = conn
+            err = None
+        except Exception as e:  # noqa: BLE001
+            conn, err = None, e
+        for cb in self._connecting.pop(address, []):
+            try:
+                cb(conn, err)
+            except Exception:
+                logger.exception("connection callback failed")
+
+    def _conn_closed(self, address, conn):
+        if self.conns.get(address) is conn:
+            del self.conns[address]
+
+    def call_sync_gcs(self, method, payload=None, timeout=30):
+        res = SyncCall()
+        self.io.post(lambda: self.gcs.request(method, payload, res))
+        return res.wait(timeout)
+
+    def call_sync(self, target, method, payload, timeout=None):
+        """From the main thread: send a request on the I/O thread and wait for the answer."""
+        res = SyncCall()
+
+        def send():
+            if target == "nm":
+                self.nm.request(method, payload, res)
+            else:
+                self.with_conn(target, lambda c, e: res(False, e) if c is None else c.request(method, payload, res))
+        self.io.post(send)
+        return res.wait(timeout)
+
+    # --- references (I/O thread) ------------------------------------------------------------------
+    def on_incref(self, oid, owner):
+        self.refs.add_local(oid, owner)
+
+    def on_decref(self, oid):
+        actions = []
+        self.refs.remove_local(oid, actions)
+        if actions:
+            self.run_actions(actions)
+
+    def run_actions(self, actions):
+        unborrow = {}
+        for a in actions:
+            if a[0] == "free":
+                oid = a[1]
+                v = self.memory.values.get(oid)
+                self.memory.delete(oid)
+                if v is not None and v[0] == "s":
+                    self._store_deletes.append(oid)
+                self.submitter.on_object_freed(oid)
+            else:
+                _, oid, owner = a
+                v = self.memory.values.get(oid)
+                self.memory.delete(oid)
+                unborrow.setdefault(owner, []).append(oid)
+        if self._store_deletes:
+            dels, self._store_deletes = self._store_deletes, []
+            self.nm.notify("store_delete", {"oids": dels})
+        for owner, oids in unborrow.items():
+            self.with_conn(owner, lambda c, e, oids=oids: c is not None and c.notify(
+                "remove_borrower", {"oids": oids, "addr": self.address}))
+
+    def register_borrowed(self, refs):
+        """From the main thread: make sure the owners know we hold ``refs`` before we use them."""
+        res = SyncCall()
+        self.io.post(self._register_borrowed, refs, res)
+        res.wait(30)
+
+    def _register_borrowed(self, refs, done):
+        by_owner = {}
+        for r in refs:
+            if r.owner != self.address and self.refs.needs_registration(r.id):
+                self.refs.mark_registered(r.id)
+                by_owner.setdefault(r.owner, []).append(r.id)
+        if not by_owner:
+            done(True, None)
+            return
+        remaining = [len(by_owner)]
+
+        def acked(ok, res):
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                done(True, None)
+        for owner, oids in by_owner.items():
+            def send(conn, err, oids=oids):
+                if conn is None:
+                    for oid in oids:
+                        self.memory.put(oid, "e", pickle.dumps(exc.OwnerDiedError(oid.hex(), owner)))
+                    acked(False, err)
+                else:
+                    conn.request("add_borrower", {"oids": oids, "addr": self.address}, acked)
+            self.with_conn(owner, send)
+
+    def register_borrowed_async(self, refs):
+        self.io.post(self._register_borrowed, refs, lambda ok, res: None)
+
+    # --- owner-side handlers ----------------------------------------------------------------------------
+    def h_get_object(self, conn, p):
+        oid = p["oid"]
+        v = self.memory.values.get(oid)
+        if v is not None:
+            return list(v)
+        e = self.refs.entries.get(oid)
+        if e is None or not e.owned:
+            return ["e", pickle.dumps(exc.ObjectLostError(oid.hex(), self.address, message=(
+                f"Object {oid.hex()} is not known to its owner {self.address}: it was freed "
+                "because no reference to it was held, or it was never created.")))]
+        fut = asyncio.get_event_loop().create_future()
+        self.memory.on_ready(oid, lambda o, k, d: fut.done() or fut.set_result([k, d]))
+        return fut
+
+    def h_add_borrower(self, conn, p):
+        addr = p["addr"]
+        conn.state["borrower_addr"] = addr
+        borrowed = conn.state.setdefault("borrowed", set())
+        for oid in p["oids"]:
+            if self.refs.add_borrower(oid, addr):
+                borrowed.add(oid)
+        return True
+
+    def h_remove_borrower(self, conn, p):
+        actions = []
+        borrowed = conn.state.get("borrowed")
+        for oid in p["oids"]:
+            if borrowed is not None:
+                borrowed.discard(oid)
+            self.refs.remove_borrower(oid, p["addr"], actions)
+        if actions:
+            self.run_actions(actions)
+
+    def h_log(self, conn, p):
+        out = sys.stderr if p.get("err") else sys.stdout
+        try:
+            out.write("".join(p["lines"]))
+            out.flush()
+        except Exception:
+            pass
+
+    def h_infeasible(self, conn, p):
+        key = tuple(sorted(p["missing"].items()))
+        if key not in self.infeasible_warned:
+            self.infeasible_warned.add(key)
+            missing = ", ".join(f"{k}: {v}" for k, v in p["missing"].items())
+            msg = (f"Warning: a task or actor cannot be scheduled: it needs {{{missing}}}, which no node has "
+                   f"(this node has {p['node_resources']}). It will wait until a node with these resources joins. "
+                   "Lower its resource request or add a node that has them.\n")
+            try:
+                sys.stderr.write(msg)
+                sys.stderr.flush()
+            except Exception:
+                pass
+
+    # --- objects (main thread) ------------------------------------------------------------------
+    def put_object(self, value, _owner_id=None) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling put() on an ObjectRef is not allowed: put the value itself, "
+                            "or pass the ObjectRef directly (it can be nested inside a list or dict).")
+        sobj = serialization.serialize(value)
+        oid = ids.put_object_id()
+        self.store_value(oid, sobj, self.worker_id)
+        ref = ObjectRef(oid, self.address)
+        if sobj.contained:
+            inner = [(r.id, r.owner) for r in sobj.contained]
+            self.io.post(self.refs.set_contains, oid, inner)
+        return ref
+
+    def store_value(self, oid, sobj, owner_id):
+        """Keep an owned value: inline in memory, or written to the node's store."""
+        if sobj.inline:
+            self.memory.put(oid, "v", sobj.to_inline())
+            return "v", sobj.to_inline()
+        self.write_to_store(oid, sobj, owner_id)
+        self.memory.put(oid, "s", self.node_id)
+        return "s", self.node_id
+
+    def store_value_for(self, oid, sobj, owner_id):
+        """Keep a value another process owns (a task's return): inline, or in this node's store."""
+        if sobj.inline:
+            return "v", sobj.to_inline()
+        self.write_to_store(oid, sobj, owner_id)
+        return "s", self.node_id
+
+    def write_to_store(self, oid, sobj, owner_id):
+        layout = sobj.layout()
+        size = layout[3]
+        res = self.call_sync("nm", "store_create", {"oid": oid, "size": size, "owner": owner_id})
+        if isinstance(res, dict):
+            raise getattr(exc, res["error"], exc.ObjectStoreFullError)(res["message"]) \
+                if res["error"] == "ObjectStoreFullError" else exc.RaySystemError(res["message"])
+        offset = res
+        arena = self._arena()
+        try:
+            sobj.write_into(memoryview(arena)[offset:offset + size], layout)
+        except BaseException:
+            self.io.post(self.nm.notify, "store_abort", {"oid": oid})
+            raise
+        self.io.post(self.nm.notify, "store_seal", {"oid": oid})
+
+    def _arena(self):
+        if self._arena_rw is None:
+            fd = self.arena_fd()
+            self._arena_rw = mmap.mmap(fd, self.cfg["capacity"], mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        return self._arena_rw
+
+    def arena_fd(self):
+        return self.cfg["arena_fd"]
+
+    def read_store_object(self, oid):
+        wr = self._mm_cache.get(oid)
+        mm = wr() if wr is not None else None
+        if mm is None:
+            loc = self.call_sync("nm", "store_get", {"oid": oid, "wait": True})
+            if loc is None or isinstance(loc, dict):
+                msg = loc.get("message") if isinstance(loc, dict) else ""
+                raise exc.ObjectLostError(oid.hex(), "", message=f"Object {oid.hex()} is not in the object store: {msg}")
+            offset, size = loc
+            mm = mmap.mmap(self.arena_fd(), size, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset)
+            weakref.finalize(mm, self._release_pin, oid)
+            self._mm_cache[oid] = weakref.ref(mm)
+        with serialization.collect_deserialized_refs() as refs:
+            value = serialization.loads_store(memoryview(mm))
+        if refs:
+            self.register_borrowed(refs)
+        return value
+
+    def _release_pin(self, oid):
+        if self.shutting_down:
+            return
+        self._mm_cache.pop(oid, None)
+        self._releases.append(oid)
+        if len(self._releases) == 1:
+            self.io.post(self._flush_releases)
+
+    def _flush_releases(self):
+        rel, self._releases = self._releases, []
+        if rel and not self.nm.closed:
+            self.nm.notify("store_release", {"oids": rel})
+
+    def notify_when_ready(self, ref, cb):
+        """Run ``cb()`` (on the I/O thread) once the object's value is known here."""
+        def setup():
+            self.memory.on_ready(ref.id, lambda o, k, d: cb())
+            if ref.owner != self.address and ref.id not in self.memory.values:
+                self._fetch(ref.id, ref.owner)
+        self.io.post(setup)
+
+    def _fetch(self, oid, owner):
+        """Ask the owner for a borrowed object's value (I/O thread)."""
+        def got(ok, res):
+            if ok:
+                self.memory.put(oid, res[0], res[1])
+            else:
+                self.memory.put(oid, "e", pickle.dumps(exc.OwnerDiedError(oid.hex(), owner)))
+
+        def send(conn, err):
+            if conn is None:
+                got(False, err)
+            else:
+                conn.request("get_object", {"oid": oid}, got)
+        self.with_conn(owner, send)
+
+    def get_objects(self, refs, timeout):
+        oids = []
+        for r in refs:
+            if not isinstance(r, ObjectRef):
+                raise TypeError(f"get() expects an ObjectRef or a list of ObjectRefs, got {type(r).__name__}: {r!r:.80}. "
+                                "Pass the refs returned by .remote() or put().")
+            oids.append(r.id)
+        values = self.memory.values
+        missing = [r for r in refs if r.id not in values]
+        if missing:
+            for r in missing:
+                if r.owner != self.address:
+                    self.io.post(self._fetch_if_missing, r.id, r.owner)
+            blocked = self.mode == WORKER and self.current_task_id is not None
+            if blocked:
+                self.io.post(self.submitter.on_blocked)
+            try:
+                ok = self.memory.wait(oids, len(oids), timeout)
+            finally:
+                if blocked:
+                    self.io.post(self.nm.notify, "unblocked", None)
+            if not ok:
+                raise exc.GetTimeoutError(f"get() timed out after {timeout} seconds; "
+                                          f"{sum(1 for o in oids if o not in values)} of {len(oids)} objects not ready.")
+        return [self.deserialize(oid, *values[oid]) for oid in oids]
+
+    def _fetch_if_missing(self, oid, owner):
+        if oid not in self.memory.values and oid not in self.submitter.fetching:
+            self.submitter.fetching.add(oid)
+            self._fetch(oid, owner)
+
+    def deserialize(self, oid, kind, data):
+        if kind == "v":
+            with serialization.collect_deserialized_refs() as refs:
+                value = serialization.loads_inline(data)
+            if refs:
+                self.register_borrowed(refs)
+            return value
+        if kind == "s":
+            return self.read_store_object(oid)
+        if kind == "e":
+            err = pickle.loads(data)
+            raise err
+        if kind == "end":
+            raise exc.ObjectLostError(oid.hex(), message="this generator ended before producing this item")
+        raise exc.RaySystemError(f"unknown object kind {kind!r}")
+
+    def wait_objects(self, refs, num_returns, timeout, fetch_local=True):
+        values = self.memory.values
+        for r in refs:
+            if r.id not in values and r.owner != self.address:
+                self.io.post(self._fetch_if_missing, r.id, r.owner)
+        oids = list(dict.fromkeys(r.id for r in refs))
+        blocked = self.mode == WORKER and self.current_task_id is not None and timeout != 0
+        if blocked:
+            self.io.post(self.submitter.on_blocked)
+        try:
+            self.memory.wait(oids, min(num_returns, len(oids)), timeout)
+        finally:
+            if blocked:
+                self.io.post(self.nm.notify, "unblocked", None)
+        ready, not_ready = [], []
+        for r in refs:
+            if r.id in values and len(ready) < num_returns:
+                ready.append(r)
+            else:
+                not_ready.append(r)
+        return ready, not_ready
+
+    def wait_generator_item(self, oid, timeout):
+        values = self.memory.values
+        if oid not in values:
+            blocked = self.mode == WORKER and self.current_task_id is not None
+            if blocked:
+                self.io.post(self.submitter.on_blocked)
+            try:
+                ok = self.memory.wait([oid], 1, timeout)
+            finally:
+                if blocked:
+                    self.io.post(self.nm.notify, "unblocked", None)
+            if not ok:
+                raise exc.GetTimeoutError("timed out waiting for the next generator item")
+        return values[oid][0]

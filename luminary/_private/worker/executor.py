@@ -1,0 +1,307 @@
+"""Running pushed tasks in a worker process.
+
+    I/O thread                               │ main thread
+    push_task ─▶ ExecTask(QUEUED) ─ queue ──▶│ claim (QUEUED→RUNNING) ─ load args ─ run ─ pack
+    cancel_task: QUEUED → CANCELLED          │   returns (inline, or written to the store)
+                 RUNNING → SIGINT (or exit)  │ ◀── post(reply) ─────────────────────────────
+    blocked in get: QUEUED tasks → BOUNCED back to their owners (so they run elsewhere)
+
+Each ExecTask has a small lock so the two threads never both claim it.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from ... import exceptions as exc
+from .. import ids, serialization
+
+QUEUED, RUNNING, FINISHED, CANCELLED, BOUNCED = range(5)
+
+
+class TaskCancelled(BaseException):
+    """Raised in the main thread by the SIGINT handler when the running task is cancelled."""
+
+
+class ExecTask:
+    __slots__ = ("spec", "conn", "fut", "lock", "state", "cancel_requested")
+
+    def __init__(self, spec, conn, fut):
+        self.spec = spec
+        self.conn = conn
+        self.fut = fut
+        self.lock = threading.Lock()
+        self.state = QUEUED
+        self.cancel_requested = False
+
+
+class Executor:
+    def __init__(self, core):
+        self.core = core
+        self.queue = queue.SimpleQueue()
+        self.pending: dict[bytes, ExecTask] = {}
+        self.running = None
+        self.functions = {}
+        self.node_ip = core.cfg.get("node_ip", "127.0.0.1")
+        core.executor = self
+        core.handlers["push_task"] = self.h_push_task
+        core.handlers["cancel_task"] = self.h_cancel_task
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    # --- I/O thread -------------------------------------------------------------------------------
+    def h_push_task(self, conn, spec):
+        fut = asyncio.get_event_loop().create_future()
+        t = ExecTask(spec, conn, fut)
+        self.pending[spec["tid"]] = t
+        if "fn" in spec:
+            self.functions.setdefault(spec["fid"], spec["fn"])
+        self.queue.put(t)
+        return fut
+
+    def _reply(self, t, reply):
+        self.pending.pop(t.spec["tid"], None)
+        if not t.fut.done():
+            t.fut.set_result(reply)
+
+    def h_cancel_task(self, conn, p):
+        t = self.pending.get(p["tid"])
+        if t is None:
+            return
+        with t.lock:
+            if t.state == QUEUED:
+                t.state = CANCELLED
+                self._reply(t, {"cancelled": True})
+                return
+            if t.state != RUNNING:
+                return
+            t.cancel_requested = True
+        if p.get("force"):
+            try:
+                sys.stdout.flush()
+            except Exception:
+                pass
+            os._exit(1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def bounce_queued(self):
+        for t in list(self.pending.values()):
+            with t.lock:
+                if t.state == QUEUED:
+                    t.state = BOUNCED
+                    self._reply(t, {"bounced": True})
+
+    # --- main thread ----------------------------------------------------------------------------------
+    def _on_sigint(self, signum, frame):
+        t = self.running
+        if t is not None and t.cancel_requested:
+            raise TaskCancelled()
+        raise KeyboardInterrupt
+
+    def run_forever(self):
+        q = self.queue
+        while True:
+            try:
+                t = q.get()
+                with t.lock:
+                    if t.state != QUEUED:
+                        continue
+                    t.state = RUNNING
+                self.running = t
+                reply = self.execute(t)
+                self.running = None
+                with t.lock:
+                    t.state = FINISHED
+                self.finish(t, reply)
+            except (KeyboardInterrupt, TaskCancelled):
+                # a cancel that arrived just after its task finished
+                self.running = None
+                continue
+
+    def finish(self, t, reply):
+        """Send the reply once the owners of refs we return know the caller holds them."""
+        third = reply.pop("_register", None)
+        if not third:
+            self.core.io.post(self._reply, t, reply)
+            return
+        self.core.io.post(self._register_then_reply, t, reply, third)
+
+    def _register_then_reply(self, t, reply, third):
+        owner_addr = t.spec["owner"]
+        by_owner = {}
+        for oid, owner in third:
+            by_owner.setdefault(owner, []).append(oid)
+        remaining = [len(by_owner)]
+
+        def acked(ok, res):
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._reply(t, reply)
+        for owner, oids in by_owner.items():
+            self.core.with_conn(owner, lambda c, e, oids=oids: acked(False, e) if c is None else c.request(
+                "add_borrower", {"oids": oids, "addr": owner_addr}, acked))
+
+    def get_function(self, fid):
+        fn = self.functions.get(fid)
+        if isinstance(fn, bytes):
+            import cloudpickle
+            fn = cloudpickle.loads(fn)
+            self.functions[fid] = fn
+        if fn is None:
+            raise exc.RaySystemError(f"function {fid.hex()} was never sent to this worker")
+        return fn
+
+    def load_args(self, spec):
+        core = self.core
+        kind, data = spec["args"]
+        if kind == "v":
+            with serialization.collect_deserialized_refs() as refs:
+                args, kwargs = serialization.loads_inline(data)
+            if refs:
+                core.register_borrowed(refs)
+        else:
+            args, kwargs = core.read_store_object(data)
+        resolved = spec.get("refs")
+        if resolved:
+            args = list(args)
+            for pos, rkind, rdata, oid in resolved:
+                value = core.deserialize(oid, rkind, rdata)
+                if isinstance(pos, int):
+                    args[pos] = value
+                else:
+                    kwargs[pos] = value
+        return args, kwargs
+
+    def execute(self, t):
+        spec = t.spec
+        core = self.core
+        name = spec["name"]
+        core.current_task_id = spec["tid"]
+        core.current_task_name = name
+        nret = spec["nret"]
+        start = time.perf_counter()
+        try:
+            fn = self.get_function(spec["fid"])
+            args, kwargs = self.load_args(spec)
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            if nret in ("streaming", "dynamic"):
+                return self._run_generator(t, result, nret, start)
+            if inspect.isgenerator(result) and isinstance(nret, int) and nret != 1:
+                result = self._collect_static(result, nret)
+            reply = self._pack(spec, result, nret)
+        except TaskCancelled:
+            reply = {"cancelled": True}
+        except KeyboardInterrupt:
+            if t.cancel_requested:
+                reply = {"cancelled": True}
+            else:
+                reply = self._error_reply(spec, KeyboardInterrupt("interrupted"), nret)
+        except Exception as e:  # noqa: BLE001 - user code may raise anything
+            reply = self._error_reply(spec, e, nret)
+        finally:
+            core.current_task_id = None
+            core.current_task_name = None
+        reply["dur"] = time.perf_counter() - start
+        return reply
+
+    def _collect_static(self, gen, nret):
+        out = []
+        for v in gen:
+            out.append(v)
+            if len(out) > nret:
+                break
+        if len(out) != nret:
+            raise ValueError(f"Task returned a generator that produced {'more than ' if len(out) > nret else ''}"
+                             f"{len(out) if len(out) <= nret else nret} values, but num_returns={nret}.")
+        return out
+
+    def _error_reply(self, spec, e, nret):
+        tb = traceback.format_exc()
+        err = exc.RayTaskError(spec["name"], tb, e, pid=os.getpid(), ip=self.node_ip)
+        blob = serialization.dumps_error(err)
+        n = nret if isinstance(nret, int) else 1
+        return {"rets": [["e", blob]] * max(n, 1), "app_error": True}
+
+    def _store(self, spec, oid, value, reply, idx):
+        sobj = serialization.serialize(value)
+        kind, data = self.core.store_value_for(oid, sobj, spec["owner_id"])
+        if sobj.contained:
+            self._note_contained(spec, sobj.contained, reply, idx)
+        return [kind, data]
+
+    def _note_contained(self, spec, contained, reply, idx):
+        me = self.core.address
+        owner = spec["owner"]
+        mine, third = [], reply.setdefault("_register", [])
+        for r in contained:
+            reply.setdefault("contained", []).append([idx, r.id, r.owner])
+            if r.owner == me:
+                mine.append(r.id)
+            elif r.owner != owner:
+                third.append((r.id, r.owner))
+        if mine:
+            self.core.io.post(self._add_borrowers, mine, owner)
+        if not third:
+            reply.pop("_register")
+
+    def _add_borrowers(self, oids, addr):
+        for oid in oids:
+            self.core.refs.add_borrower(oid, addr)
+
+    def _pack(self, spec, result, nret):
+        tid = spec["tid"]
+        reply = {}
+        if nret == 1:
+            reply["rets"] = [self._store(spec, ids.object_id(tid, 1), result, reply, 0)]
+            return reply
+        if nret == 0:
+            reply["rets"] = []
+            return reply
+        try:
+            values = list(result)
+        except TypeError:
+            raise ValueError(f"Task {spec['name']} has num_returns={nret} but returned a "
+                             f"{type(result).__name__}, not a sequence of {nret} values.") from None
+        if len(values) != nret:
+            raise ValueError(f"Task {spec['name']} returned {len(values)} values, but num_returns={nret}.")
+        reply["rets"] = [self._store(spec, ids.object_id(tid, i + 1), v, reply, i) for i, v in enumerate(values)]
+        return reply
+
+    def _run_generator(self, t, gen, nret, start):
+        spec = t.spec
+        tid = spec["tid"]
+        first = 1 if nret == "streaming" else 2
+        idx = first
+        core = self.core
+        if not inspect.isgenerator(gen) and not hasattr(gen, "__next__"):
+            try:
+                gen = iter(gen)
+            except TypeError:
+                raise ValueError(f"Task {spec['name']} was called with num_returns={nret!r} "
+                                 f"but returned {type(gen).__name__}, not a generator.") from None
+        try:
+            for value in gen:
+                item = {}
+                ret = self._store(spec, ids.object_id(tid, idx), value, item, 0)
+                msg = {"tid": tid, "idx": idx, "ret": ret}
+                if item.get("contained"):
+                    msg["contained"] = [[o, w] for _, o, w in item["contained"]]
+                core.io.post(t.conn.notify, "gen_item", msg)
+                idx += 1
+        except TaskCancelled:
+            return {"cancelled": True, "dur": time.perf_counter() - start}
+        except Exception as e:  # noqa: BLE001
+            err = self._error_reply(spec, e, 1)["rets"][0]
+            core.io.post(t.conn.notify, "gen_item", {"tid": tid, "idx": idx, "ret": err})
+            idx += 1
+        n = idx - first
+        reply = {"gen_count": n} if nret == "streaming" else {"dynamic": n, "rets": []}
+        reply["dur"] = time.perf_counter() - start
+        return reply

@@ -1,0 +1,154 @@
+"""``@remote`` on a function: a RemoteFunction whose ``.remote()`` submits a task."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+
+from .. import ids, serialization
+from ..config import DEFAULT_MAX_RETRIES
+from . import options as opt
+from . import state
+from .object_ref import ObjectRef, ObjectRefGenerator
+from .submitter import Task
+
+
+class RemoteFunction:
+    def __init__(self, function, options):
+        opt.validate(options, opt.TASK_OPTIONS)
+        self._function = function
+        self._default_options = options
+        self._blob = None
+        self._fid = None
+        self._is_generator = inspect.isgeneratorfunction(function)
+        self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Remote functions cannot be called directly. Instead of running "
+                        f"'{self._name}()', try '{self._name}.remote()'.")
+
+    def __getstate__(self):
+        return {"_function": self._function, "_default_options": self._default_options}
+
+    def __setstate__(self, st):
+        self.__init__(st["_function"], st["_default_options"])
+
+    def remote(self, *args, **kwargs):
+        return submit_task(self, args, kwargs, self._default_options)
+
+    def options(self, **options):
+        opt.validate(options, opt.TASK_OPTIONS)
+        merged = dict(self._default_options, **options)
+        rf = self
+
+        class _Bound:
+            def remote(self, *args, **kwargs):
+                return submit_task(rf, args, kwargs, merged)
+
+            def options(self, **more):
+                return rf.options(**dict(options, **more))
+
+            def __call__(self, *a, **k):
+                return rf(*a, **k)
+        return _Bound()
+
+    def _export(self):
+        if self._blob is None:
+            try:
+                blob = serialization.dumps_function(self._function)
+            except Exception as e:
+                raise TypeError(f"Could not serialize the function {self._name}: {type(e).__name__}: {e}. "
+                                "A remote function and everything it references must be picklable "
+                                "(cloudpickle); create locks, sockets, clients inside the function.") from e
+            self._fid = hashlib.sha1(blob).digest()[:16]
+            self._blob = blob
+        return self._fid, self._blob
+
+
+def _auto_init():
+    if state.core is None:
+        from .api import init
+        init()
+    return state.core
+
+
+def split_refs(args, kwargs):
+    """Take top-level ObjectRefs out of the arguments: they are resolved before the task runs."""
+    arg_refs = []
+    if any(type(a) is ObjectRef for a in args):
+        args = list(args)
+        for i, a in enumerate(args):
+            if type(a) is ObjectRef:
+                arg_refs.append((i, a))
+                args[i] = None
+    if kwargs and any(type(v) is ObjectRef for v in kwargs.values()):
+        kwargs = dict(kwargs)
+        for k, v in kwargs.items():
+            if type(v) is ObjectRef:
+                arg_refs.append((k, v))
+                kwargs[k] = None
+    return args, kwargs, arg_refs
+
+
+def prepare_args(core, args, kwargs):
+    """Serialize arguments; returns (spec_args, arg_refs, held_oids, held_owners)."""
+    args, kwargs, arg_refs = split_refs(args, kwargs)
+    sobj = serialization.serialize((args, kwargs))
+    held_oids = [r.id for _, r in arg_refs]
+    held_owners = [r.owner for _, r in arg_refs]
+    for r in sobj.contained:
+        held_oids.append(r.id)
+        held_owners.append(r.owner)
+    if sobj.inline:
+        spec_args = ["v", sobj.to_inline()]
+    else:
+        oid = ids.put_object_id()
+        core.write_to_store(oid, sobj, core.worker_id)
+        core.memory.put(oid, "s", core.node_id)
+        held_oids.append(oid)
+        held_owners.append(core.address)
+        spec_args = ["s", oid]
+    return spec_args, arg_refs, held_oids, held_owners
+
+
+def submit_task(rf: RemoteFunction, args, kwargs, options):
+    core = _auto_init()
+    fid, blob = rf._export()
+    spec_args, arg_refs, held_oids, held_owners = prepare_args(core, args, kwargs)
+    nret = options.get("num_returns")
+    if nret is None:
+        nret = "streaming" if rf._is_generator else 1
+    elif nret == "dynamic" and not rf._is_generator:
+        pass
+    tid = ids.new_task_id()
+    if isinstance(nret, int):
+        returns = [ids.object_id(tid, i + 1) for i in range(nret)]
+    elif nret == "dynamic":
+        returns = [ids.object_id(tid, 1)]
+    else:
+        returns = []
+    name = options.get("name") or rf._name
+    spec = {"tid": tid, "fid": fid, "name": name, "args": spec_args, "nret": nret,
+            "owner": core.address, "owner_id": core.worker_id}
+    refs = [ObjectRef(oid, core.address) for oid in returns]
+    max_retries = options.get("max_retries")
+    if max_retries is None:
+        max_retries = DEFAULT_MAX_RETRIES
+    elif max_retries == -1:
+        max_retries = 1 << 30
+    retry_exc = options.get("retry_exceptions", False)
+    if isinstance(retry_exc, (list, tuple)):
+        retry_exc = list(retry_exc)
+    task = Task(tid, spec, fid, blob, opt.resources_of(options), returns, nret, max_retries, retry_exc,
+                arg_refs, (held_oids, held_owners), name)
+    core.io.post(core.submitter.submit, task)
+    if nret == "streaming":
+        return ObjectRefGenerator(tid, core.address)
+    if isinstance(nret, int) and nret == 1:
+        return refs[0]
+    if nret == 0:
+        return None
+    if nret == "dynamic":
+        return refs[0]
+    return refs

@@ -1,0 +1,76 @@
+"""Entry point of a worker process, called in a child freshly forked by the zygote."""
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+from .. import ids, procutil
+from . import state
+from .core import WORKER, CoreWorker
+from .executor import Executor
+
+
+class _LogStream(io.TextIOBase):
+    """sys.stdout/sys.stderr of a worker: lines go to the log file and, prefixed with the task
+    name and pid, to the drivers (through the node manager), batched per I/O-thread wake-up."""
+
+    def __init__(self, core, raw, err):
+        self.core = core
+        self.raw = raw
+        self.err = err
+        self.partial = ""
+        self.pending = []
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        self.raw.write(s)
+        text = self.partial + s
+        if "\n" not in text:
+            self.partial = text
+            return len(s)
+        *lines, self.partial = text.split("\n")
+        name = self.core.current_task_name or "worker"
+        prefix = f"({name} pid={os.getpid()}) "
+        first = not self.pending
+        self.pending.extend(prefix + line + "\n" for line in lines)
+        if first:
+            self.core.io.post(self._flush_lines)
+        return len(s)
+
+    def _flush_lines(self):
+        lines, self.pending = self.pending, []
+        if lines and not self.core.nm.closed:
+            self.core.nm.notify("log", {"lines": lines, "err": self.err})
+
+    def flush(self):
+        self.raw.flush()
+
+    def fileno(self):
+        return self.raw.fileno()
+
+    def isatty(self):
+        return False
+
+
+def main(cfg):
+    ids.reseed()
+    procutil.die_with_parent()
+    procutil.set_name("luminary:worker")
+    wid = cfg["worker_id"]
+    log_path = os.path.join(cfg["session_dir"], "logs", f"worker-{wid.hex()[:12]}-{os.getpid()}.log")
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    raw_out = open(1, "w", buffering=1, closefd=False)
+    raw_err = open(2, "w", buffering=1, closefd=False)
+    core = CoreWorker(WORKER, cfg)
+    state.core = core
+    executor = Executor(core)
+    core.start("register_worker")
+    sys.stdout = _LogStream(core, raw_out, False)
+    sys.stderr = _LogStream(core, raw_err, True)
+    executor.run_forever()
