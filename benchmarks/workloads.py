@@ -695,7 +695,7 @@ def w_async_actor_1n(ctx):
 
 
 @workload(("n:n async-actor calls async", "calls/s", "higher",
-           "n (threaded) client actors, n async server actors; each client makes "
+           "n (ordinary) client actors, n async server actors; each client makes "
            "1,000 calls round-robin over the servers and gets them."))
 def w_async_actor_nn(ctx):
     ray, r, n, b = ctx.ray, ctx.r, ctx.n, ctx.batch

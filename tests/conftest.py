@@ -33,6 +33,9 @@ import pytest  # noqa: E402
 
 from _backend import BACKEND, IS_RAY, ray  # noqa: E402
 
+# Unit tests of luminary internals (tests/test_unit_*.py) have no Ray oracle.
+collect_ignore_glob = ["test_unit_*.py"] if IS_RAY else []
+
 MODULE_CLUSTER_KWARGS = {"num_cpus": 2}
 LEAK_DEADLINE_S = 10.0
 LEAK_POLL_S = 0.05

@@ -273,7 +273,7 @@ def test_num_cpus_limits_concurrency(ray_start):
     assert max_overlap(spans) <= 2
     # 6 x 0.3 s on 2 CPUs is 3 rounds: at least 0.9 s, well under serial 1.8 s
     assert wall >= 0.85
-    assert wall < 1.7, f"6 tasks took {wall:.2f}s: they did not run 2 at a time"
+    assert wall < 1.75, f"6 tasks took {wall:.2f}s: they did not run 2 at a time"
     assert max_overlap(spans) == 2
 
 

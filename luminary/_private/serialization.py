@@ -116,6 +116,13 @@ def serialize(value) -> SerializedObject:
     return SerializedObject(data, [memoryview(b.raw()) if isinstance(b, pickle.PickleBuffer) else b for b in buffers], contained)
 
 
+def serialize_args(args, kwargs) -> SerializedObject:
+    """Arguments of a call: the C pickler when they are plain values, else cloudpickle."""
+    if _plain(args) and (not kwargs or _plain(kwargs)):
+        return SerializedObject(pickle.dumps((args, kwargs), 5), [], [])
+    return serialize((args, kwargs))
+
+
 def _describe(value):
     try:
         r = repr(value)

@@ -29,6 +29,10 @@ def run_zygote(sock: socket.socket, worker_config: dict, close_fds=()):
             os.close(fd)
         except OSError:
             pass
+    # One BLAS/OpenMP thread per worker unless the user chose otherwise (as Ray does): a task
+    # gets one CPU, and a zygote must have no threads when it forks.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     # warm imports: every worker inherits them
     from ..worker import worker_main  # noqa: F401
     rpipe, wpipe = os.pipe()

@@ -492,6 +492,16 @@ class CoreWorker:
 
     def wait_objects(self, refs, num_returns, timeout, fetch_local=True):
         values = self.memory.values
+        ready = []
+        for r in refs:
+            if r.id in values:
+                ready.append(r)
+                if len(ready) == num_returns:
+                    chosen = set(map(id, ready))
+                    return ready, [r for r in refs if id(r) not in chosen]
+        if timeout == 0:
+            chosen = set(map(id, ready))
+            return ready, [r for r in refs if id(r) not in chosen]
         for r in refs:
             if r.id not in values and r.owner != self.address:
                 self.io.post(self._fetch_if_missing, r.id, r.owner)

@@ -184,6 +184,10 @@ class Executor:
         name = spec["name"]
         core.current_task_id = spec["tid"]
         core.current_task_name = name
+        gpus = spec.get("gpus")
+        if gpus or core.gpu_ids:
+            core.gpu_ids = gpus or []
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in core.gpu_ids)
         nret = spec["nret"]
         start = time.perf_counter()
         try:

@@ -91,10 +91,15 @@ def split_refs(args, kwargs):
     return args, kwargs, arg_refs
 
 
+_NO_ARGS = ["v", serialization.pickle.dumps(((), {}), 5)]
+
+
 def prepare_args(core, args, kwargs):
     """Serialize arguments; returns (spec_args, arg_refs, held_oids, held_owners)."""
     args, kwargs, arg_refs = split_refs(args, kwargs)
-    sobj = serialization.serialize((args, kwargs))
+    if not args and not kwargs:
+        return _NO_ARGS, arg_refs, [], []
+    sobj = serialization.serialize_args(args, kwargs)
     held_oids = [r.id for _, r in arg_refs]
     held_owners = [r.owner for _, r in arg_refs]
     for r in sobj.contained:

@@ -195,6 +195,8 @@ class TaskSubmitter:
         if task.fid not in fns:
             fns.add(task.fid)
             spec = dict(spec, fn=task.fn_blob)
+        if lc.gpu_ids:
+            spec = dict(spec, gpus=lc.gpu_ids)
         task.pushed_at = time.perf_counter()
         lc.conn.request("push_task", spec, lambda ok, r: self._on_reply(lc, task, ok, r))
 
