@@ -32,11 +32,11 @@ class RuntimeContext:
         self._core = core
 
     def get_job_id(self) -> str:
-        return self._core.job_id.to_bytes(4, "big").hex()
+        return self._core.job_id.to_bytes(4, "little").hex()
 
     @property
     def job_id(self):
-        return _HexID(self._core.job_id.to_bytes(4, "big"))
+        return _HexID(self._core.job_id.to_bytes(4, "little"))
 
     def get_task_id(self):
         tid = self._core.current_task_id

@@ -81,8 +81,9 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
     global _session
     unknown = set(kwargs) - _INIT_KEYWORDS
     if unknown:
-        raise TypeError(f"init() got unknown keyword argument(s): {', '.join(sorted(unknown))}. "
-                        "See luminary.init's documentation for the accepted keywords.")
+        # Ray raises RuntimeError here (not TypeError); programs may catch it
+        raise RuntimeError(f"Unknown keyword argument(s): {', '.join(sorted(unknown))}. "
+                           "See luminary.init's documentation (README) for the accepted keywords.")
     if state.core is not None:
         if ignore_reinit_error:
             return RayContext(_session.info if _session else {})
@@ -265,8 +266,8 @@ def get(object_refs, *, timeout=None):
         return core.get_objects([object_refs], timeout)[0]
     if isinstance(object_refs, ObjectRefGenerator):
         raise TypeError("get() cannot take an ObjectRefGenerator: iterate it and get() each ObjectRef it yields.")
-    if isinstance(object_refs, (list, tuple)):
-        return core.get_objects(list(object_refs), timeout)
+    if isinstance(object_refs, list):
+        return core.get_objects(object_refs, timeout)
     raise ValueError(f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got "
                      f"{type(object_refs).__name__}. Pass what .remote() or put() returned.")
 
@@ -284,6 +285,8 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     for r in object_refs:
         if not isinstance(r, ObjectRef):
             raise TypeError(f"wait() expects a list of ObjectRefs, but it contains {type(r).__name__}.")
+    if not object_refs:
+        return [], []
     if len(set(r.id for r in object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if not isinstance(num_returns, int) or num_returns <= 0:
@@ -299,13 +302,13 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
 def cancel(object_ref, *, force=False, recursive=True):
     """Cancel the task that makes ``object_ref``: queued tasks never run; running ones are
     interrupted (TaskCancelledError) or, with ``force``, their worker is killed."""
-    core = _core()
     if isinstance(object_ref, ObjectRefGenerator):
         object_ref = ObjectRef(object_ref._tid + b"\x00\x00\x00\x01", object_ref._owner, _register=False)
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}.")
+    core = _core()
     if object_ref.owner != core.address:
-        raise ValueError("Only the process that submitted a task (its owner) can cancel it.")
+        return  # only the submitter can cancel; refs from elsewhere (or put objects) are a no-op as in Ray
     core.io.post(core.submitter.cancel, object_ref.id, force, recursive)
 
 

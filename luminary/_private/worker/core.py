@@ -99,6 +99,12 @@ class CoreWorker:
         self.submitter = TaskSubmitter(self)
         self.handlers["gen_item"] = self.submitter.h_gen_item
 
+    def code_path(self):
+        """Where this process finds code: workers add it so functions pickled by reference
+        (defined in the driver's modules) import there too."""
+        cwd = os.getcwd()
+        return [cwd] + [p for p in sys.path if p and p != cwd]
+
     # --- start / stop -------------------------------------------------------------------------
     def start(self, register_as):
         self.refs = None

@@ -60,6 +60,11 @@ class Executor:
         fut = asyncio.get_event_loop().create_future()
         t = ExecTask(spec, conn, fut)
         self.pending[spec["tid"]] = t
+        if "path" in spec:
+            known = set(sys.path)
+            for p in spec["path"]:
+                if p not in known:
+                    sys.path.append(p)
         if "fn" in spec:
             self.functions.setdefault(spec["fid"], spec["fn"])
         self.queue.put(t)
@@ -184,6 +189,7 @@ class Executor:
         name = spec["name"]
         core.current_task_id = spec["tid"]
         core.current_task_name = name
+        core.job_id = spec.get("job", core.job_id)
         gpus = spec.get("gpus")
         if gpus or core.gpu_ids:
             core.gpu_ids = gpus or []

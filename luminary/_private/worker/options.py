@@ -42,11 +42,13 @@ def validate(options: dict, allowed: set, what="task"):
                 continue
             if isinstance(v, str):
                 if v not in ("dynamic", "streaming"):
-                    raise ValueError(f"num_returns must be a non-negative int, 'dynamic' or 'streaming', got {v!r}.")
+                    raise TypeError(f"num_returns must be a non-negative int, 'dynamic' or 'streaming', got {v!r}.")
             elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"num_returns must be a non-negative int, 'dynamic' or 'streaming', got {v!r}.")
         elif k in ("max_retries", "max_restarts", "max_task_retries"):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < -1):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+                raise TypeError(f"The option {k!r} must be an int (-1 means retry forever), got {v!r}.")
+            if v is not None and v < -1:
                 raise ValueError(f"The option {k!r} must be an int >= -1 (-1 means retry forever), got {v!r}.")
         elif k == "retry_exceptions":
             if not isinstance(v, bool):

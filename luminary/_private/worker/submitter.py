@@ -193,6 +193,8 @@ class TaskSubmitter:
         if fns is None:
             fns = lc.conn.state["fns"] = set()
         if task.fid not in fns:
+            if not fns:
+                spec = dict(spec, path=self.core.code_path())
             fns.add(task.fid)
             spec = dict(spec, fn=task.fn_blob)
         if lc.gpu_ids:
