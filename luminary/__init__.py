@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging as _logging
 
 from . import exceptions
+from ._private.worker.actor import get_actor, kill
 from ._private.worker.api import (available_resources, cancel, cluster_resources, get, get_gpu_ids,
                                   init, is_initialized, nodes, put, shutdown, wait)
 from ._private.worker.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from ._private.worker.remote_function import RemoteFunction
 from .runtime_context import get_runtime_context
+from . import actor, runtime_context, util  # noqa: E402  (public submodules, as in Ray)
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
@@ -55,5 +57,6 @@ def method(*args, **kwargs):
 __all__ = [
     "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "available_resources", "cancel",
     "cluster_resources", "exceptions", "get", "get_gpu_ids", "get_runtime_context", "init",
-    "is_initialized", "method", "nodes", "put", "remote", "shutdown", "wait",
+    "is_initialized", "method", "nodes", "put", "remote", "shutdown", "wait", "get_actor", "kill",
+    "actor", "util", "runtime_context",
 ]

@@ -41,6 +41,8 @@ class GcsServer:
             "cluster_resources": self.cluster_resources,
             "ping": lambda conn, p: "pong",
         }
+        from .actors import ActorManager
+        self.actors = ActorManager(self)
 
     async def start(self, address):
         self.server, self.address = await protocol.serve(address, self.secret, self.handlers, name="gcs")

@@ -96,6 +96,7 @@ class NodeManager:
             "store_delete": self.store_delete,
             "store_stats": lambda c, p: self.store.stats(),
             "kill_worker": self.kill_worker,
+            "kill_worker_nowait": self.kill_worker,
             "log": self.forward_log,
             "node_info": self.node_info,
             "shutdown": self.request_shutdown,
@@ -111,7 +112,7 @@ class NodeManager:
         if self.cfg.get("tcp_port") is not None:
             self.tcp_server, self.tcp_address = await protocol.serve(
                 f"tcp:{self.cfg['node_ip']}:{self.cfg['tcp_port']}", self.secret, self.handlers, name="node-manager")
-        self.gcs = await protocol.connect(self.cfg["gcs_address"], self.secret, {}, name="gcs")
+        self.gcs = await protocol.connect(self.cfg["gcs_address"], self.secret, self.handlers, name="gcs")
         self.gcs.close_callbacks.append(lambda c: self._gcs_lost())
         await self.gcs.call("register_node", {
             "node_id": self.node_id, "address": self.tcp_address or self.address, "ip": self.cfg["node_ip"],

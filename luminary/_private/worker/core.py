@@ -96,7 +96,10 @@ class CoreWorker:
             "ping": lambda c, p: "pong",
         }
         from .submitter import TaskSubmitter
+        from .actor import ActorSubmitter
         self.submitter = TaskSubmitter(self)
+        self.actor_submitter = ActorSubmitter(self)
+        self.namespace = cfg.get("namespace")
         self.handlers["gen_item"] = self.submitter.h_gen_item
 
     def code_path(self):
@@ -238,6 +241,8 @@ class CoreWorker:
                 if v is not None and v[0] == "s":
                     self._store_deletes.append(oid)
                 self.submitter.on_object_freed(oid)
+                if oid[:1] == b"\xac":
+                    self.actor_submitter.on_handle_freed(oid)
             else:
                 _, oid, owner = a
                 v = self.memory.values.get(oid)

@@ -21,7 +21,12 @@ import time
 import traceback
 
 from ... import exceptions as exc
-from .. import ids, serialization
+from .. import ids, procutil, serialization
+from .actor import _ActorExit
+
+
+def procutil_name(class_name):
+    procutil.set_name(f"lum:{class_name}"[:15])
 
 QUEUED, RUNNING, FINISHED, CANCELLED, BOUNCED = range(5)
 
@@ -53,9 +58,21 @@ class Executor:
         core.executor = self
         core.handlers["push_task"] = self.h_push_task
         core.handlers["cancel_task"] = self.h_cancel_task
+        core.handlers["create_actor"] = self.h_create_actor
+        self.actor = None
         signal.signal(signal.SIGINT, self._on_sigint)
 
     # --- I/O thread -------------------------------------------------------------------------------
+    def h_create_actor(self, conn, spec):
+        fut = asyncio.get_event_loop().create_future()
+        spec["tid"] = b"create-" + spec["actor_id"]
+        t = ExecTask(spec, conn, fut)
+        if "path" in spec:
+            known = set(sys.path)
+            sys.path.extend(p for p in spec["path"] if p not in known)
+        self.queue.put(t)
+        return fut
+
     def h_push_task(self, conn, spec):
         fut = asyncio.get_event_loop().create_future()
         t = ExecTask(spec, conn, fut)
@@ -67,6 +84,9 @@ class Executor:
                     sys.path.append(p)
         if "fn" in spec:
             self.functions.setdefault(spec["fid"], spec["fn"])
+        actor = self.actor
+        if actor is not None and actor.is_async and actor.schedule(t):
+            return fut
         self.queue.put(t)
         return fut
 
@@ -96,6 +116,8 @@ class Executor:
         os.kill(os.getpid(), signal.SIGINT)
 
     def bounce_queued(self):
+        if self.actor is not None:
+            return  # an actor's calls can only run here
         for t in list(self.pending.values()):
             with t.lock:
                 if t.state == QUEUED:
@@ -114,10 +136,16 @@ class Executor:
         while True:
             try:
                 t = q.get()
+                if "cls" in t.spec:
+                    self.create_actor(t)
+                    continue
                 with t.lock:
                     if t.state != QUEUED:
                         continue
                     t.state = RUNNING
+                if self.actor is not None and self.actor.threaded:
+                    self.actor.pool_for(t.spec.get("group")).submit(self._run_threaded, t)
+                    continue
                 self.running = t
                 reply = self.execute(t)
                 self.running = None
@@ -128,6 +156,41 @@ class Executor:
                 # a cancel that arrived just after its task finished
                 self.running = None
                 continue
+
+    def _run_threaded(self, t):
+        reply = self.execute(t)
+        with t.lock:
+            t.state = FINISHED
+        self.finish(t, reply)
+
+    def create_actor(self, t):
+        from .actor_executor import ActorRuntime
+        spec = t.spec
+        rt = ActorRuntime(self, spec)
+        core = self.core
+        core.job_id = spec.get("job", core.job_id)
+        core.namespace = spec.get("namespace")
+        core.current_task_name = spec.get("class_name", "actor") + ".__init__"
+        try:
+            rt.create(spec)
+        except Exception as e:  # noqa: BLE001 - the constructor may raise anything
+            tb = traceback.format_exc()
+            err = exc.RayTaskError(f"{spec.get('class_name', 'Actor')}.__init__", tb, e, pid=os.getpid(), ip=self.node_ip)
+            self.core.io.post(self._reply_create, t, {"error": serialization.dumps_error(err),
+                                                      "error_text": f"{type(e).__name__}: {e}"})
+            return
+        finally:
+            core.current_task_name = None
+        self.actor = rt
+        core.current_actor = rt
+        procutil_name(spec.get("class_name", "actor"))
+        self.core.io.post(self._reply_create, t, {"ok": True, "pid": os.getpid()})
+        if rt.is_async:
+            rt.run_async_forever(self.queue)
+
+    def _reply_create(self, t, reply):
+        if not t.fut.done():
+            t.fut.set_result(reply)
 
     def finish(self, t, reply):
         """Send the reply once the owners of refs we return know the caller holds them."""
@@ -190,14 +253,17 @@ class Executor:
         core.current_task_id = spec["tid"]
         core.current_task_name = name
         core.job_id = spec.get("job", core.job_id)
+        if "ns" in spec:
+            core.namespace = spec["ns"]
         gpus = spec.get("gpus")
         if gpus or core.gpu_ids:
             core.gpu_ids = gpus or []
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in core.gpu_ids)
         nret = spec["nret"]
         start = time.perf_counter()
+        actor = self.actor
         try:
-            fn = self.get_function(spec["fid"])
+            fn = actor.method(spec["method"]) if actor is not None else self.get_function(spec["fid"])
             args, kwargs = self.load_args(spec)
             start = time.perf_counter()
             result = fn(*args, **kwargs)
@@ -206,6 +272,10 @@ class Executor:
             if inspect.isgenerator(result) and isinstance(nret, int) and nret != 1:
                 result = self._collect_static(result, nret)
             reply = self._pack(spec, result, nret)
+            if actor is not None:
+                actor.after_call()
+        except _ActorExit:
+            actor.exit()
         except TaskCancelled:
             reply = {"cancelled": True}
         except KeyboardInterrupt:
@@ -282,6 +352,30 @@ class Executor:
         if len(values) != nret:
             raise ValueError(f"Task {spec['name']} returned {len(values)} values, but num_returns={nret}.")
         reply["rets"] = [self._store(spec, ids.object_id(tid, i + 1), v, reply, i) for i, v in enumerate(values)]
+        return reply
+
+    async def run_async_generator(self, t, agen, nret, start):
+        spec = t.spec
+        tid = spec["tid"]
+        first = 1 if nret == "streaming" else 2
+        idx = first
+        core = self.core
+        try:
+            async for value in agen:
+                item = {}
+                ret = self._store(spec, ids.object_id(tid, idx), value, item, 0)
+                msg = {"tid": tid, "idx": idx, "ret": ret}
+                if item.get("contained"):
+                    msg["contained"] = [[o, w] for _, o, w in item["contained"]]
+                core.io.post(t.conn.notify, "gen_item", msg)
+                idx += 1
+        except Exception as e:  # noqa: BLE001
+            err = self._error_reply(spec, e, 1)["rets"][0]
+            core.io.post(t.conn.notify, "gen_item", {"tid": tid, "idx": idx, "ret": err})
+            idx += 1
+        n = idx - first
+        reply = {"gen_count": n} if nret == "streaming" else {"dynamic": n, "rets": []}
+        reply["dur"] = time.perf_counter() - start
         return reply
 
     def _run_generator(self, t, gen, nret, start):

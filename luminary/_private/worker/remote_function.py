@@ -135,7 +135,8 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
         returns = []
     name = options.get("name") or rf._name
     spec = {"tid": tid, "fid": fid, "name": name, "args": spec_args, "nret": nret,
-            "owner": core.address, "owner_id": core.worker_id, "job": core.job_id}
+            "owner": core.address, "owner_id": core.worker_id, "job": core.job_id,
+            "ns": core.namespace}
     refs = [ObjectRef(oid, core.address) for oid in returns]
     max_retries = options.get("max_retries")
     if max_retries is None:

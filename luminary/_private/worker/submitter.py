@@ -379,6 +379,9 @@ class TaskSubmitter:
         task = self.tasks.get(ids.task_of(oid))
         if task is None or task.state == DONE:
             return
+        if "actor" in task.spec:
+            self.core.actor_submitter.cancel(task, force)
+            return
         task.cancelled = True
         if task.state == WAITING:
             self._finish_error(task, exc.TaskCancelledError(task.tid.hex()))

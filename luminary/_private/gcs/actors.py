@@ -1,0 +1,307 @@
+"""The GCS's actor table: creation, restarts, names, kills, checkpoints.
+
+    register ─▶ PENDING ─ lease a worker from a node manager, push create_actor ─▶ ALIVE
+                                                        constructor raised ─▶ DEAD (cause kept)
+    ALIVE ─ worker connection lost ─▶ RESTARTING (max_restarts left; from its last checkpoint)
+                                  └─▶ DEAD (no restarts left, killed, exited, or owner died)
+
+Callers never pass through here per call: they ask once (``wait_actor``, a long poll answered
+when the actor is ALIVE at a new incarnation or DEAD) and then push calls to the actor's worker
+directly.  The creation spec (class, arguments, options) and the latest checkpoint stay here,
+outside the actor's process and node, so a restart needs nothing from the dead worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..rpc import protocol
+
+logger = logging.getLogger(__name__)
+
+PENDING, ALIVE, RESTARTING, DEAD = "PENDING", "ALIVE", "RESTARTING", "DEAD"
+
+
+class ActorEntry:
+    def __init__(self, p):
+        self.actor_id = p["actor_id"]
+        self.spec = p["spec"]                 # sent to the worker in create_actor
+        self.resources = p["resources"]
+        self.name = p.get("name")
+        self.namespace = p.get("namespace") or ""
+        self.detached = bool(p.get("detached"))
+        self.owner = p.get("owner")
+        self.max_restarts = p.get("max_restarts", 0)
+        self.meta = p.get("meta")             # the handle's method table, for get_actor
+        self.class_name = p.get("class_name", "")
+        self.state = PENDING
+        self.address = None
+        self.node_id = None
+        self.pid = None
+        self.worker_id = None
+        self.lease = None
+        self.wconn = None
+        self.incarnation = 0
+        self.num_restarts = 0
+        self.cause = None                     # pickled exception, or text
+        self.cause_text = ""
+        self.checkpoint = None
+        self.waiters = []
+        self.exiting = False
+
+
+class ActorManager:
+    def __init__(self, gcs):
+        self.gcs = gcs
+        self.actors: dict[bytes, ActorEntry] = {}
+        self.names: dict[tuple, bytes] = {}
+        self.lease_counter = 0
+        gcs.handlers.update({
+            "register_actor": self.register_actor,
+            "wait_actor": self.wait_actor,
+            "get_named_actor": self.get_named_actor,
+            "list_named_actors": self.list_named_actors,
+            "kill_actor": self.kill_actor,
+            "actor_exit": self.actor_exit,
+            "actor_checkpoint": self.actor_checkpoint,
+            "list_actors": self.list_actors,
+            "register_owner": self.register_owner,
+        })
+
+    # --- creation ------------------------------------------------------------------------------
+    def register_actor(self, conn, p):
+        name = p.get("name")
+        ns = p.get("namespace") or ""
+        if name:
+            existing = self.names.get((ns, name))
+            if existing is not None and self.actors[existing].state != DEAD:
+                if p.get("get_if_exists"):
+                    a = self.actors[existing]
+                    return {"existing": True, "actor_id": a.actor_id, "meta": a.meta}
+                raise ValueError(f"An actor named {name!r} already exists in namespace {ns!r}. "
+                                 "Pick another name, use get_actor() to reach it, or pass get_if_exists=True.")
+        a = ActorEntry(p)
+        self.actors[a.actor_id] = a
+        if name:
+            self.names[(ns, name)] = a.actor_id
+        if a.owner and not a.detached:
+            self._watch_owner(conn, a.owner)
+        asyncio.ensure_future(self._create(a))
+        return {"existing": False, "actor_id": a.actor_id}
+
+    def register_owner(self, conn, p):
+        self._watch_owner(conn, p["address"])
+        return True
+
+    def _watch_owner(self, conn, owner):
+        owned = conn.state.get("owner_of")
+        if owned is None:
+            conn.state["owner_of"] = owner
+            conn.close_callbacks.append(lambda c, o=owner: self._owner_died(o))
+
+    def _owner_died(self, owner):
+        for a in list(self.actors.values()):
+            if a.owner == owner and not a.detached and a.state != DEAD:
+                self._kill(a, "The actor's owner (the process that created it) died; non-detached actors "
+                              "die with their owner. Use lifetime='detached' to keep an actor alive.")
+
+    def _pick_node(self, resources):
+        best = None
+        for nid, node in self.gcs.nodes.items():
+            if not node["Alive"] or nid not in self.gcs.node_conns:
+                continue
+            total = node["Resources"]
+            if any(total.get(k, 0) + 1e-9 < v for k, v in resources.items() if v > 0):
+                continue
+            avail = node["Available"]
+            fits = all(avail.get(k, 0) + 1e-9 >= v for k, v in resources.items() if v > 0)
+            score = (fits, sum(avail.get(k, 0) for k in ("CPU",)))
+            if best is None or score > best[0]:
+                best = (score, nid)
+        return best[1] if best else None
+
+    async def _create(self, a: ActorEntry):
+        while a.state in (PENDING, RESTARTING):
+            nid = self._pick_node(a.resources)
+            if nid is None:
+                if not getattr(a, "warned", False):
+                    a.warned = True
+                    logger.warning("actor %s needs %s, which no alive node has; waiting", a.actor_id.hex(), a.resources)
+                await asyncio.sleep(0.5)
+                continue
+            nconn = self.gcs.node_conns[nid]
+            self.lease_counter += 1
+            lease_id = b"gcs-actor" + self.lease_counter.to_bytes(8, "big")
+            try:
+                grant = await nconn.call("request_lease", {"lease_id": lease_id, "resources": a.resources,
+                                                            "actor": True})
+            except Exception as e:  # node died while we waited
+                logger.warning("lease for actor %s failed: %s", a.actor_id.hex(), e)
+                await asyncio.sleep(0.2)
+                continue
+            if grant is None:
+                continue
+            if a.state == DEAD:  # killed while we waited
+                nconn.notify("return_lease", {"lease_id": lease_id, "kill": True})
+                return
+            try:
+                wconn = await protocol.connect(grant["address"], self.gcs.secret, {}, name=f"actor-{a.actor_id.hex()[:8]}")
+                spec = dict(a.spec, actor_id=a.actor_id, incarnation=a.incarnation, checkpoint=a.checkpoint,
+                            gcs_address=self.gcs.address)
+                reply = await wconn.call("create_actor", spec)
+            except Exception as e:
+                logger.warning("creating actor %s failed: %s", a.actor_id.hex(), e)
+                nconn.notify("return_lease", {"lease_id": lease_id, "kill": True})
+                if not self._may_restart(a):
+                    self._set_dead(a, f"The actor's worker died while running its constructor: {e}")
+                    return
+                continue
+            if reply.get("error") is not None:
+                nconn.notify("return_lease", {"lease_id": lease_id, "kill": True})
+                wconn.close()
+                self._set_dead(a, reply.get("error_text", "the constructor raised"), reply["error"])
+                return
+            if a.state == DEAD:
+                nconn.notify("return_lease", {"lease_id": lease_id, "kill": True})
+                wconn.close()
+                return
+            a.state = ALIVE
+            a.address = grant["address"]
+            a.node_id = nid
+            a.worker_id = grant["worker_id"]
+            a.pid = reply.get("pid")
+            a.lease = (nid, lease_id)
+            a.wconn = wconn
+            wconn.close_callbacks.append(lambda c, a=a, inc=a.incarnation: self._worker_lost(a, inc))
+            self._wake(a)
+            return
+
+    def _may_restart(self, a):
+        return a.max_restarts == -1 or a.num_restarts < a.max_restarts
+
+    def _worker_lost(self, a: ActorEntry, incarnation):
+        if a.incarnation != incarnation or a.state != ALIVE:
+            return
+        a.wconn = None
+        self._release_lease(a, kill=True)
+        if a.exiting:
+            self._set_dead(a, "The actor exited intentionally (exit_actor or __ray_terminate__).")
+            return
+        if self._may_restart(a):
+            a.num_restarts += 1
+            a.incarnation += 1
+            a.state = RESTARTING
+            logger.info("restarting actor %s (restart %d)", a.actor_id.hex(), a.num_restarts)
+            self._wake(a)
+            asyncio.ensure_future(self._create(a))
+        else:
+            self._set_dead(a, "The actor's worker process died unexpectedly (crashed, killed, or os._exit) "
+                              f"and it has no restarts left (max_restarts={a.max_restarts}).")
+
+    def _release_lease(self, a, kill):
+        if a.lease is not None:
+            nid, lease_id = a.lease
+            a.lease = None
+            nconn = self.gcs.node_conns.get(nid)
+            if nconn is not None and not nconn.closed:
+                nconn.notify("return_lease", {"lease_id": lease_id, "kill": kill})
+
+    def _set_dead(self, a, text, cause=None):
+        a.state = DEAD
+        a.cause_text = text
+        a.cause = cause
+        if a.name and self.names.get((a.namespace, a.name)) == a.actor_id:
+            del self.names[(a.namespace, a.name)]
+        self._wake(a)
+
+    def _kill(self, a, text):
+        if a.state == DEAD:
+            return
+        wconn = a.wconn
+        a.wconn = None
+        self._release_lease(a, kill=True)
+        if wconn is not None:
+            wconn.close()
+        self._set_dead(a, text)
+
+    def _wake(self, a):
+        waiters, a.waiters = a.waiters, []
+        for fut, min_inc in waiters:
+            if fut.done():
+                continue
+            if a.state == DEAD or (a.state == ALIVE and a.incarnation >= min_inc):
+                fut.set_result(self._info(a))
+            else:
+                a.waiters.append((fut, min_inc))
+
+    def _info(self, a):
+        return {"state": a.state, "address": a.address, "incarnation": a.incarnation, "cause": a.cause,
+                "cause_text": a.cause_text, "node_id": a.node_id, "pid": a.pid, "meta": a.meta,
+                "name": a.name, "namespace": a.namespace, "num_restarts": a.num_restarts,
+                "class_name": a.class_name, "worker_id": a.worker_id}
+
+    # --- queries -------------------------------------------------------------------------------
+    def wait_actor(self, conn, p):
+        a = self.actors.get(p["actor_id"])
+        if a is None:
+            return {"state": DEAD, "cause_text": "This actor is not known to the cluster (it was never created here).",
+                    "cause": None, "incarnation": 0}
+        min_inc = p.get("min_incarnation", 0)
+        if a.state == DEAD or (a.state == ALIVE and a.incarnation >= min_inc):
+            return self._info(a)
+        if not p.get("wait", True):
+            return self._info(a)
+        fut = asyncio.get_event_loop().create_future()
+        a.waiters.append((fut, min_inc))
+        return fut
+
+    def get_named_actor(self, conn, p):
+        aid = self.names.get((p.get("namespace") or "", p["name"]))
+        if aid is None:
+            return None
+        a = self.actors[aid]
+        return {"actor_id": aid, "meta": a.meta, "state": a.state}
+
+    def list_named_actors(self, conn, p):
+        out = []
+        for (ns, name), aid in self.names.items():
+            if self.actors[aid].state == DEAD:
+                continue
+            if p.get("all_namespaces") or ns == (p.get("namespace") or ""):
+                out.append({"name": name, "namespace": ns})
+        return out
+
+    def list_actors(self, conn, p):
+        return [{"actor_id": a.actor_id.hex(), "state": a.state, "name": a.name or "", "class_name": a.class_name,
+                 "namespace": a.namespace, "pid": a.pid, "num_restarts": a.num_restarts,
+                 "death_cause": a.cause_text if a.state == DEAD else None}
+                for a in self.actors.values()]
+
+    # --- changes from callers and actors ----------------------------------------------------------
+    def kill_actor(self, conn, p):
+        a = self.actors.get(p["actor_id"])
+        if a is None:
+            return False
+        if p.get("no_restart", True):
+            self._kill(a, "The actor was killed by luminary.kill().")
+        else:
+            nid = a.node_id
+            nconn = self.gcs.node_conns.get(nid) if nid else None
+            if nconn is not None and a.worker_id is not None:
+                nconn.notify("kill_worker_nowait", {"worker_id": a.worker_id})
+            elif a.wconn is not None:
+                a.wconn.close()
+        return True
+
+    def actor_exit(self, conn, p):
+        a = self.actors.get(p["actor_id"])
+        if a is not None:
+            a.exiting = True
+        return True
+
+    def actor_checkpoint(self, conn, p):
+        a = self.actors.get(p["actor_id"])
+        if a is not None and a.state != DEAD:
+            a.checkpoint = p["state"]
+            self.gcs.storage.put("checkpoints", a.actor_id, p["state"])
+        return True

@@ -1,0 +1,552 @@
+"""Actors on the caller's side: ActorClass, ActorHandle, ActorMethod and the ActorSubmitter.
+
+    Cls.remote(args) ── register_actor ──▶ GCS ── lease + create_actor ──▶ worker (the actor)
+    handle.m.remote(x) ─ post ─▶ ActorSubmitter (I/O thread) ── push_task ──▶ actor's worker
+                                  │  one queue per actor, pushed strictly in submission order
+                                  │  address from the GCS once (wait_actor), then direct
+                                  └─ connection lost: in-flight calls fail (ActorDiedError) or,
+                                     with max_task_retries, wait for the restart and go again
+
+Handles are counted like objects: each holds an ObjectRef to a small "handle object" owned by
+the creator.  Pickling a handle pickles that ref, so borrowers register as they do for objects;
+when no handle is left anywhere, the creator ends the (non-detached) actor after the calls
+already queued.
+"""
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import os
+import pickle
+
+import cloudpickle
+
+from ... import exceptions as exc
+from .. import ids
+from . import options as opt
+from . import state
+from .object_ref import ObjectRef, ObjectRefGenerator
+from .remote_function import _auto_init, prepare_args
+from .submitter import QUEUED, WAITING, Task
+
+logger = logging.getLogger(__name__)
+
+HANDLE_TAG = b"\xac"
+
+
+def _method_meta(cls):
+    methods = {}
+    is_async = False
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("__") and name not in ("__ray_terminate__", "__call__"):
+            continue
+        fn = member
+        if not (inspect.isfunction(fn) or inspect.ismethod(fn)):
+            continue
+        opts = dict(getattr(fn, "__luminary_method_options__", {}))
+        is_gen = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            is_async = True
+        nret = opts.get("num_returns")
+        if nret is None:
+            nret = "streaming" if is_gen else 1
+        methods[name] = {"num_returns": nret, "concurrency_group": opts.get("concurrency_group"),
+                         "max_task_retries": opts.get("max_task_retries"),
+                         "retry_exceptions": opts.get("retry_exceptions")}
+    methods["__ray_terminate__"] = {"num_returns": 1, "concurrency_group": None}
+    return methods, is_async
+
+
+class ActorClass:
+    """What ``@remote`` makes of a class."""
+
+    @classmethod
+    def _create(cls, klass, options):
+        opt.validate(options, opt.ACTOR_OPTIONS, "actor")
+        self = cls.__new__(cls)
+        self._cls = klass
+        self._default_options = options
+        self._blob = None
+        self._methods, self._is_async = _method_meta(klass)
+        self.__name__ = klass.__name__
+        self.__qualname__ = getattr(klass, "__qualname__", klass.__name__)
+        self.__doc__ = klass.__doc__
+        self.__module__ = klass.__module__
+        return self
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
+                        f"use '{self.__name__}.remote()'.")
+
+    def __getstate__(self):
+        return {"cls": self._cls, "options": self._default_options}
+
+    def __setstate__(self, st):
+        other = ActorClass._create(st["cls"], st["options"])
+        self.__dict__.update(other.__dict__)
+
+    def remote(self, *args, **kwargs):
+        return self._remote(args, kwargs, self._default_options)
+
+    def options(self, **options):
+        opt.validate(options, opt.ACTOR_OPTIONS, "actor")
+        merged = dict(self._default_options, **options)
+        ac = self
+
+        class _Bound:
+            def remote(self, *args, **kwargs):
+                return ac._remote(args, kwargs, merged)
+
+            def options(self, **more):
+                return ac.options(**dict(options, **more))
+        return _Bound()
+
+    def bind(self, *a, **k):
+        raise NotImplementedError("Ray DAG (bind) is not part of Luminary's core API.")
+
+    def _export(self):
+        if self._blob is None:
+            try:
+                self._blob = cloudpickle.dumps(self._cls, protocol=5)
+            except Exception as e:
+                raise TypeError(f"Could not serialize the actor class {self.__name__}: {type(e).__name__}: {e}") from e
+        return self._blob
+
+    def _remote(self, args, kwargs, options):
+        core = _auto_init()
+        blob = self._export()
+        lifetime = options.get("lifetime")
+        detached = lifetime == "detached"
+        name = options.get("name")
+        namespace = options.get("namespace")
+        if namespace is None:
+            namespace = core.namespace
+        if detached and not name:
+            pass  # allowed: a detached anonymous actor lives until killed
+        max_concurrency = options.get("max_concurrency")
+        if max_concurrency is None:
+            max_concurrency = 1000 if self._is_async else 1
+        groups = options.get("concurrency_groups") or {}
+        spec_args, arg_refs, held_oids, held_owners = prepare_args(core, args, kwargs)
+        actor_id = os.urandom(16)
+        resources = opt.resources_of(options, default_cpus=0)
+        if options.get("num_cpus") is None:
+            resources.pop("CPU", None)
+        max_restarts = options.get("max_restarts") or 0
+        max_task_retries = options.get("max_task_retries") or 0
+        meta = {"class_name": self.__name__, "methods": self._methods, "is_async": self._is_async,
+                "max_task_retries": max_task_retries, "max_pending_calls": options.get("max_pending_calls") or -1,
+                "detached": detached}
+        spec = {"cls": blob, "args": spec_args, "ref_args": [[p, r.id, r.owner] for p, r in arg_refs],
+                "class_name": self.__name__, "name": name, "namespace": namespace,
+                "max_concurrency": max_concurrency, "is_async": self._is_async, "concurrency_groups": groups,
+                "checkpoint_interval": options.get("checkpoint_interval") or 0, "job": core.job_id,
+                "owner": core.address, "owner_id": core.worker_id, "path": core.code_path(),
+                "meta": meta}
+        payload = {"actor_id": actor_id, "spec": spec, "resources": resources, "name": name,
+                   "namespace": namespace, "detached": detached, "owner": core.address,
+                   "max_restarts": max_restarts, "meta": meta, "get_if_exists": bool(options.get("get_if_exists")),
+                   "class_name": self.__name__}
+        try:
+            res = core.call_sync_gcs("register_actor", payload)
+        except exc.RaySystemError as e:
+            raise ValueError(str(e).split(": ", 1)[-1]) from None
+        except Exception as e:
+            msg = str(e)
+            if "already exists" in msg:
+                raise ValueError(msg.split(": ", 1)[-1]) from None
+            raise
+        if res.get("existing"):
+            return ActorHandle(res["actor_id"], res["meta"], None)
+        held = (held_oids, held_owners)
+        handle_oid = HANDLE_TAG + actor_id[:15]
+        core.memory.put(handle_oid, "v", pickle.dumps(None))
+        ref = ObjectRef(handle_oid, core.address)
+        core.io.post(core.actor_submitter.created, actor_id, handle_oid, held, detached)
+        return ActorHandle(actor_id, meta, None if detached else ref)
+
+
+class ActorHandle:
+    def __init__(self, actor_id, meta, ref):
+        self._actor_id = actor_id
+        self._meta = meta
+        self._ref = ref
+
+    def __getattr__(self, name):
+        if name.startswith("_") and name not in self.__dict__.get("_meta", {}).get("methods", {}):
+            raise AttributeError(name)
+        methods = self._meta["methods"]
+        if name not in methods:
+            raise AttributeError(f"'ActorHandle' object for {self._meta['class_name']} has no method {name!r}. "
+                                 f"Its methods are: {', '.join(sorted(m for m in methods if not m.startswith('__')))}.")
+        return ActorMethod(self, name, methods[name])
+
+    def __reduce__(self):
+        return (_rebuild_handle, (self._actor_id, self._meta, self._ref))
+
+    def __repr__(self):
+        return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"
+
+    def __hash__(self):
+        return hash(self._actor_id)
+
+    def __eq__(self, other):
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    @property
+    def _ray_actor_id(self):
+        from ...runtime_context import _HexID
+        return _HexID(self._actor_id)
+
+
+def _rebuild_handle(actor_id, meta, ref):
+    return ActorHandle(actor_id, meta, ref)
+
+
+class ActorMethod:
+    def __init__(self, handle, name, meta, options=None):
+        self._handle = handle
+        self._name = name
+        self._meta = meta
+        self._options = options or {}
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actor methods cannot be called directly. Instead of running "
+                        f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
+
+    def __reduce__(self):
+        raise TypeError(f"An actor method ({self._name}) cannot be passed as a value. Pass the actor handle "
+                        "itself and call the method on it in the receiving task or actor.")
+
+    def options(self, **options):
+        allowed = {"num_returns", "name", "concurrency_group", "max_task_retries", "retry_exceptions",
+                   "_generator_backpressure_num_objects", "enable_task_events"}
+        for k in options:
+            if k not in allowed:
+                raise ValueError(f"Invalid option keyword {k!r} for actor methods. Valid ones are: {', '.join(sorted(allowed))}.")
+        opt.validate({k: v for k, v in options.items() if k in ("num_returns",)}, opt.TASK_OPTIONS)
+        return ActorMethod(self._handle, self._name, self._meta, dict(self._options, **options))
+
+    def remote(self, *args, **kwargs):
+        return submit_actor_call(self._handle, self._name, self._meta, self._options, args, kwargs)
+
+    def bind(self, *a, **k):
+        raise NotImplementedError("Ray DAG (bind) is not part of Luminary's core API.")
+
+
+def submit_actor_call(handle, method, meta, options, args, kwargs):
+    core = state.require_core()
+    hmeta = handle._meta
+    limit = hmeta.get("max_pending_calls", -1)
+    if limit and limit > 0:
+        if core.actor_submitter.pending_count(handle._actor_id) >= limit:
+            raise exc.PendingCallsLimitExceeded(
+                f"The actor {hmeta['class_name']} already has {limit} calls pending from this caller "
+                "(max_pending_calls). Wait for some results before submitting more.")
+    spec_args, arg_refs, held_oids, held_owners = prepare_args(core, args, kwargs)
+    nret = options.get("num_returns", meta.get("num_returns", 1))
+    tid = ids.new_task_id()
+    if isinstance(nret, int):
+        returns = [ids.object_id(tid, i + 1) for i in range(nret)]
+    elif nret == "dynamic":
+        returns = [ids.object_id(tid, 1)]
+    else:
+        returns = []
+    name = options.get("name") or f"{hmeta['class_name']}.{method}"
+    spec = {"tid": tid, "fid": b"", "name": name, "args": spec_args, "nret": nret, "owner": core.address,
+            "owner_id": core.worker_id, "job": core.job_id, "actor": handle._actor_id, "method": method,
+            "group": options.get("concurrency_group") or meta.get("concurrency_group")}
+    refs = [ObjectRef(oid, core.address) for oid in returns]
+    retries = options.get("max_task_retries")
+    if retries is None:
+        retries = meta.get("max_task_retries")
+    if retries is None:
+        retries = hmeta.get("max_task_retries", 0)
+    if retries == -1:
+        retries = 1 << 30
+    task = Task(tid, spec, b"", b"", {}, returns, nret, retries, options.get("retry_exceptions") or False,
+                arg_refs, (held_oids, held_owners), name)
+    core.io.post(core.actor_submitter.submit, handle._actor_id, task, handle._ref)
+    if nret == "streaming":
+        return ObjectRefGenerator(tid, core.address)
+    if nret == 1 or nret == "dynamic":
+        return refs[0]
+    if nret == 0:
+        return None
+    return refs
+
+
+class ActorConn:
+    __slots__ = ("actor_id", "queue", "inflight", "conn", "address", "incarnation", "state", "cause", "asking",
+                 "handle_oid", "held", "detached", "terminate_sent")
+
+    def __init__(self, actor_id):
+        self.actor_id = actor_id
+        self.queue = collections.deque()
+        self.inflight = {}
+        self.conn = None
+        self.address = None
+        self.incarnation = -1
+        self.state = "unknown"
+        self.cause = None
+        self.asking = False
+        self.handle_oid = None
+        self.held = None
+        self.detached = False
+        self.terminate_sent = False
+
+
+class ActorSubmitter:
+    """Per-actor queues of calls on the caller's I/O thread."""
+
+    def __init__(self, core):
+        self.core = core
+        self.actors: dict[bytes, ActorConn] = {}
+        self.by_handle: dict[bytes, bytes] = {}
+
+    def _get(self, actor_id):
+        ac = self.actors.get(actor_id)
+        if ac is None:
+            ac = self.actors[actor_id] = ActorConn(actor_id)
+        return ac
+
+    def pending_count(self, actor_id):
+        ac = self.actors.get(actor_id)
+        return 0 if ac is None else len(ac.queue) + len(ac.inflight)
+
+    def created(self, actor_id, handle_oid, held, detached):
+        ac = self._get(actor_id)
+        ac.handle_oid = handle_oid
+        ac.detached = detached
+        if held[0]:
+            self.core.refs.add_submitted(*held)
+            ac.held = held
+        self.by_handle[handle_oid] = actor_id
+
+    def submit(self, actor_id, task, handle_ref):
+        core = self.core
+        ac = self._get(actor_id)
+        if task.held[0]:
+            core.refs.add_submitted(*task.held)
+        core.submitter.tasks[task.tid] = task
+        values = core.memory.values
+        for pos, ref in task.arg_refs:
+            if ref.id not in values:
+                task.deps_left += 1
+                core.memory.on_ready(ref.id, lambda o, k, d, t=task, a=ac: self._dep_ready(a, t))
+                if ref.owner != core.address:
+                    core._fetch_if_missing(ref.id, ref.owner)
+        ac.queue.append(task)
+        if ac.state == "dead":
+            self._fail_queued(ac)
+            return
+        if ac.conn is None:
+            self._locate(ac)
+        else:
+            self._pump(ac)
+
+    def _dep_ready(self, ac, task):
+        task.deps_left -= 1
+        if task.deps_left == 0:
+            self._pump(ac)
+
+    def _locate(self, ac, min_incarnation=0):
+        if ac.asking:
+            return
+        ac.asking = True
+        self.core.gcs.request("wait_actor", {"actor_id": ac.actor_id, "min_incarnation": min_incarnation},
+                              lambda ok, info: self._located(ac, ok, info))
+
+    def _located(self, ac, ok, info):
+        ac.asking = False
+        if not ok:
+            self._set_dead(ac, None, f"Could not reach the GCS to find the actor: {info}")
+            return
+        if info["state"] == "DEAD":
+            self._set_dead(ac, info.get("cause"), info.get("cause_text"))
+            return
+        ac.incarnation = info["incarnation"]
+        ac.address = info["address"]
+
+        def connected(conn, err):
+            if conn is None:
+                self._locate(ac, ac.incarnation + 1)
+                return
+            ac.conn = conn
+            ac.state = "alive"
+            conn.close_callbacks.append(lambda c, ac=ac, inc=ac.incarnation: self._lost(ac, inc))
+            self._pump(ac)
+        self.core.with_conn(ac.address, connected)
+
+    def _pump(self, ac):
+        if ac.conn is None or ac.conn.closed:
+            return
+        queue = ac.queue
+        values = self.core.memory.values
+        while queue and queue[0].deps_left == 0:
+            task = queue.popleft()
+            if task.state not in (WAITING, QUEUED):
+                continue
+            if task.arg_refs:
+                resolved = []
+                failed = None
+                for pos, ref in task.arg_refs:
+                    kind, data = values[ref.id]
+                    if kind == "e":
+                        failed = data
+                        break
+                    resolved.append([pos, kind, data, ref.id])
+                if failed is not None:
+                    self.core.submitter._finish_error_blob(task, failed)
+                    continue
+                task.spec["refs"] = resolved
+            task.state = "pushed"
+            ac.inflight[task.tid] = task
+            spec = task.spec
+            if ac.conn.state.get("pathsent") is None:
+                ac.conn.state["pathsent"] = True
+                spec = dict(spec, path=self.core.code_path())
+            ac.conn.request("push_task", spec, lambda ok, r, t=task, a=ac: self._on_reply(a, t, ok, r))
+
+    def _on_reply(self, ac, task, ok, reply):
+        if not ok:
+            return  # handled by _lost for the whole connection
+        ac.inflight.pop(task.tid, None)
+        sub = self.core.submitter
+        if reply.get("cancelled"):
+            sub._finish_error(task, exc.TaskCancelledError(task.tid.hex()))
+        elif reply.get("app_error") and sub._should_retry_app_error(task, reply):
+            task.retries_left -= 1
+            task.state = QUEUED
+            ac.queue.appendleft(task)
+            self._pump(ac)
+        else:
+            sub._complete(task, reply)
+
+    def _lost(self, ac, incarnation):
+        if ac.incarnation != incarnation:
+            return
+        ac.conn = None
+        ac.state = "unknown"
+        inflight = sorted(ac.inflight.values(), key=lambda t: t.tid)
+        ac.inflight = {}
+        retry = []
+        for task in inflight:
+            if task.cancelled:
+                self.core.submitter._finish_error(task, exc.TaskCancelledError(task.tid.hex()))
+            elif task.retries_left > 0:
+                task.retries_left -= 1
+                task.state = QUEUED
+                retry.append(task)
+            else:
+                self.core.submitter._finish_error(task, exc.ActorDiedError(
+                    error_msg=f"The actor {ac.actor_id.hex()} died while running this call "
+                              "(its worker process exited). The call may or may not have run; "
+                              "set max_task_retries to retry calls on a restarted actor.",
+                    actor_id=ac.actor_id.hex()))
+        ac.queue.extendleft(reversed(retry))
+        if not self.core.shutting_down:
+            self._locate(ac, incarnation + 1)
+
+    def _set_dead(self, ac, cause_blob, text):
+        ac.state = "dead"
+        cause = None
+        if cause_blob:
+            try:
+                cause = pickle.loads(cause_blob)
+            except Exception:
+                cause = None
+        msg = f"The actor {ac.actor_id.hex()} is dead: {text or 'unknown cause'}"
+        if cause is not None:
+            msg += f"\nIts constructor raised:\n{cause}"
+        ac.cause = exc.ActorDiedError(cause=cause, actor_id=ac.actor_id.hex(), error_msg=msg)
+        self._fail_queued(ac)
+        for task in list(ac.inflight.values()):
+            self.core.submitter._finish_error(task, ac.cause)
+        ac.inflight = {}
+
+    def _fail_queued(self, ac):
+        while ac.queue:
+            task = ac.queue.popleft()
+            self.core.submitter._finish_error(task, ac.cause)
+
+    def cancel(self, task, force):
+        for ac in self.actors.values():
+            if task in ac.queue:
+                ac.queue.remove(task)
+                self.core.submitter._finish_error(task, exc.TaskCancelledError(task.tid.hex()))
+                return True
+            if task.tid in ac.inflight and ac.conn is not None:
+                task.cancelled = True
+                ac.conn.notify("cancel_task", {"tid": task.tid, "force": False})
+                return True
+        return False
+
+    def on_handle_freed(self, oid):
+        """No handle to a non-detached actor is left anywhere: end it after its queued calls."""
+        actor_id = self.by_handle.pop(oid, None)
+        if actor_id is None:
+            return
+        ac = self.actors.get(actor_id)
+        if ac is None or ac.state == "dead":
+            return
+        if ac.held:
+            actions = []
+            self.core.refs.remove_submitted(ac.held[0], actions)
+            ac.held = None
+            if actions:
+                self.core.run_actions(actions)
+        if not ac.queue and not ac.inflight:
+            self.core.gcs.notify("kill_actor", {"actor_id": actor_id, "no_restart": True})
+            return
+        tid = ids.new_task_id()
+        spec = {"tid": tid, "fid": b"", "name": "__ray_terminate__", "args": ["v", pickle.dumps(((), {}), 5)],
+                "nret": 0, "owner": self.core.address, "owner_id": self.core.worker_id, "job": self.core.job_id,
+                "actor": actor_id, "method": "__ray_terminate__"}
+        task = Task(tid, spec, b"", b"", {}, [], 0, 0, False, [], ([], []), "__ray_terminate__")
+        self.submit(actor_id, task, None)
+
+
+# --- module-level API ---------------------------------------------------------------------------
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    if not isinstance(name, str) or not name:
+        raise ValueError("get_actor() needs the actor's name as a non-empty string.")
+    core = _auto_init()
+    ns = core.namespace if namespace is None else namespace
+    info = core.call_sync_gcs("get_named_actor", {"name": name, "namespace": ns})
+    if info is None:
+        raise ValueError(f"Failed to look up actor with name '{name}' in namespace '{ns}'. "
+                         "Check the name and namespace, and that the actor was created with name=... "
+                         "and is still alive.")
+    return ActorHandle(info["actor_id"], info["meta"], None)
+
+
+def kill(actor, *, no_restart=True):
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"kill() expects an actor handle, got {type(actor).__name__}. "
+                         "To stop a task, use cancel() on its ObjectRef.")
+    core = state.require_core()
+    core.call_sync_gcs("kill_actor", {"actor_id": actor._actor_id, "no_restart": bool(no_restart)})
+
+
+def list_named_actors(all_namespaces: bool = False):
+    core = _auto_init()
+    res = core.call_sync_gcs("list_named_actors", {"all_namespaces": all_namespaces, "namespace": core.namespace})
+    if all_namespaces:
+        return res
+    return [r["name"] for r in res]
+
+
+class _ActorExit(BaseException):
+    """Raised by exit_actor() to unwind the current call before the actor's process ends."""
+
+
+def exit_actor():
+    """End the current actor after this call: it is not restarted and later calls fail with
+    ActorDiedError."""
+    core = state.core
+    if core is None or core.current_actor is None:
+        raise TypeError("exit_actor() can only be called inside an actor.")
+    raise _ActorExit()

@@ -1,0 +1,207 @@
+"""The actor side of a worker: the instance, its concurrency, checkpoints and exit.
+
+    create_actor ─▶ instance = cls(*args)   or, after a restart with a checkpoint,
+                    instance = cls.__new__(cls); restore(state)   (no __init__)
+    calls:  sync actor      one at a time on the main thread, in arrival order
+            threaded actor  a thread pool per concurrency group (max_concurrency threads)
+            async actor     an event loop on the main thread; a semaphore per group
+                            (default 1000 calls interleaving)
+    checkpoint_interval=N   after every N-th successful call the state (``__getstate__`` or
+                            ``__dict__``) is sent to the GCS and acknowledged BEFORE that call's
+                            reply leaves, so a reply you received is covered by a checkpoint
+                            whenever that call was a checkpointing one.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import os
+import pickle
+import sys
+import threading
+import time
+
+import cloudpickle
+
+from ... import exceptions as exc
+from .. import serialization
+from .actor import ActorHandle, _ActorExit
+
+
+class ActorRuntime:
+    def __init__(self, executor, spec):
+        self.executor = executor
+        self.core = executor.core
+        self.actor_id = spec["actor_id"]
+        self.name = spec.get("name")
+        self.incarnation = spec.get("incarnation", 0)
+        self.restarted = self.incarnation > 0
+        self.meta = spec["meta"]
+        self.is_async = spec.get("is_async", False)
+        self.max_concurrency = spec.get("max_concurrency", 1)
+        self.groups = dict(spec.get("concurrency_groups") or {})
+        self.checkpoint_interval = spec.get("checkpoint_interval", 0)
+        self.calls = 0
+        self.instance = None
+        self.pools = {}
+        self.sems = {}
+        self.loop = None
+        self._mode_lock = threading.Lock()
+
+    def handle(self):
+        return ActorHandle(self.actor_id, self.meta, None)
+
+    @property
+    def threaded(self):
+        return not self.is_async and (self.max_concurrency > 1 or bool(self.groups))
+
+    def create(self, spec):
+        cls = cloudpickle.loads(spec["cls"])
+        state = spec.get("checkpoint")
+        if state is not None:
+            inst = cls.__new__(cls)
+            value = cloudpickle.loads(state)
+            if hasattr(inst, "__setstate__"):
+                inst.__setstate__(value)
+            else:
+                inst.__dict__.update(value)
+        else:
+            args, kwargs = self.executor.load_args(spec)
+            ref_args = spec.get("ref_args")
+            if ref_args:
+                from .object_ref import ObjectRef
+                refs = [ObjectRef(oid, owner) for _, oid, owner in ref_args]
+                self.core.register_borrowed(refs)
+                values = self.core.get_objects(refs, None)
+                args = list(args)
+                for (pos, _, _), v in zip(ref_args, values):
+                    if isinstance(pos, int):
+                        args[pos] = v
+                    else:
+                        kwargs[pos] = v
+            inst = cls(*args, **kwargs)
+        self.instance = inst
+
+    # --- state ----------------------------------------------------------------------------------
+    def after_call(self):
+        if not self.checkpoint_interval:
+            return
+        self.calls += 1
+        if self.calls % self.checkpoint_interval == 0:
+            self.save_checkpoint()
+
+    def save_checkpoint(self):
+        inst = self.instance
+        state = inst.__getstate__() if hasattr(type(inst), "__getstate__") and \
+            type(inst).__getstate__ is not object.__getstate__ else dict(inst.__dict__)
+        blob = cloudpickle.dumps(state, protocol=5)
+        self.core.call_sync_gcs("actor_checkpoint", {"actor_id": self.actor_id, "state": blob})
+
+    def exit(self):
+        try:
+            self.core.call_sync_gcs("actor_exit", {"actor_id": self.actor_id}, timeout=5)
+        except Exception:
+            pass
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(0)
+
+    # --- threaded actors ----------------------------------------------------------------------------
+    def pool_for(self, group):
+        key = group if group in self.groups else None
+        pool = self.pools.get(key)
+        if pool is None:
+            size = self.groups.get(key, self.max_concurrency) if key else self.max_concurrency
+            pool = concurrent.futures.ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"actor-{key or 'default'}")
+            self.pools[key] = pool
+        return pool
+
+    # --- async actors -------------------------------------------------------------------------------
+    def run_async_forever(self, pending_queue):
+        """Run the actor's event loop on the main thread; calls are scheduled onto it."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        with self._mode_lock:
+            self.loop = loop
+            while True:
+                try:
+                    t = pending_queue.get_nowait()
+                except Exception:
+                    break
+                loop.call_soon(self.start_async, t)
+        loop.run_forever()
+
+    def schedule(self, t):
+        """From the I/O thread: hand a call to the async loop (False if it is not running yet)."""
+        with self._mode_lock:
+            if self.loop is None:
+                return False
+        self.loop.call_soon_threadsafe(self.start_async, t)
+        return True
+
+    def sem_for(self, group):
+        key = group if group in self.groups else None
+        sem = self.sems.get(key)
+        if sem is None:
+            sem = asyncio.Semaphore(self.groups.get(key, self.max_concurrency) if key else self.max_concurrency)
+            self.sems[key] = sem
+        return sem
+
+    def start_async(self, t):
+        asyncio.ensure_future(self.run_async(t))
+
+    async def run_async(self, t):
+        ex = self.executor
+        spec = t.spec
+        async with self.sem_for(spec.get("group")):
+            with t.lock:
+                if t.state != 0:
+                    return
+                t.state = 1
+            start = time.perf_counter()
+            nret = spec["nret"]
+            try:
+                method = self.method(spec["method"])
+                args, kwargs = ex.load_args(spec)
+                self.core.current_task_id = spec["tid"]
+                self.core.current_task_name = spec["name"]
+                result = method(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                if inspect.isasyncgen(result):
+                    reply = await ex.run_async_generator(t, result, nret, start)
+                elif nret in ("streaming", "dynamic"):
+                    reply = ex._run_generator(t, result, nret, start)
+                else:
+                    reply = ex._pack(spec, result, nret)
+                self.after_call()
+            except _ActorExit:
+                self.exit()
+                return
+            except asyncio.CancelledError:
+                reply = {"cancelled": True}
+            except Exception as e:  # noqa: BLE001
+                reply = ex._error_reply(spec, e, nret)
+            reply["dur"] = time.perf_counter() - start
+            t.state = 2
+            ex.finish(t, reply)
+
+    def method(self, name):
+        if name == "__ray_terminate__":
+            raise _ActorExit()
+        try:
+            return getattr(self.instance, name)
+        except AttributeError:
+            raise AttributeError(f"The actor has no method {name!r}") from None
+
+
+def error_blob(e, tb=""):
+    return serialization.dumps_error(exc.RayTaskError("__init__", tb, e, pid=os.getpid()))
+
+
+def dumps(x):
+    return pickle.dumps(x)

@@ -1,0 +1,558 @@
+"""``multiprocessing.Pool`` on Luminary actors (``ray.util.multiprocessing.Pool``'s semantics).
+
+Each pool process is an actor.  Work travels in chunks: one actor call runs ``func`` over a
+list of argument tuples and answers with the list of results, where an exception raised by
+``func`` is caught and sent back in its item's place, so it re-raises in the caller as the
+original exception (with the remote traceback as its ``__cause__``, as the standard library
+does).
+
+Results are collected without polling: each chunk's ``ObjectRef.future()`` tells a single
+result-handler thread when it is done; that thread fills in the ``AsyncResult``s and runs the
+user's ``callback``/``error_callback`` one at a time, as the standard library's does.  Only the
+caller's thread submits work or kills actors.
+
+Written against Luminary's public API only.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import queue
+import threading
+import traceback
+from multiprocessing import TimeoutError
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import luminary
+
+__all__ = ["AsyncResult", "IMapIterator", "Pool", "TimeoutError"]
+
+_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+_UNSET = object()
+
+
+# ---------------------------------------------------------------------------
+# the actor side
+# ---------------------------------------------------------------------------
+
+class _RemoteError:
+    """An exception raised by ``func`` in a pool actor, with its formatted traceback."""
+
+    __slots__ = ("exc", "tb")
+
+    def __init__(self, exc: BaseException, tb: str):
+        self.exc = exc
+        self.tb = tb
+
+    def __reduce__(self):
+        import pickle
+        exc = self.exc
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception as e:  # noqa: BLE001 - what the standard library does for these
+            exc = MaybeEncodingError(e, repr(self.exc))
+        return (_RemoteError, (exc, self.tb))
+
+    def rebuild(self) -> BaseException:
+        self.exc.__cause__ = RemoteTraceback(self.tb)
+        return self.exc
+
+
+class _PoolActor:
+    """One pool "process"."""
+
+    def __init__(self, initializer=None, initargs=()):
+        if initializer is not None:
+            initializer(*(initargs or ()))
+
+    def ping(self):
+        return os.getpid()
+
+    def run_batch(self, func, batch):
+        out = []
+        for args, kwargs in batch:
+            try:
+                out.append(func(*args, **kwargs))
+            except Exception as e:  # noqa: BLE001 - sent back to re-raise in the caller
+                tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+                out.append(_RemoteError(e, f'\n"""\n{tb}"""'))
+        return out
+
+
+# ---------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------
+
+class AsyncResult:
+    """The result of ``apply_async``/``map_async``/``starmap_async``.
+
+    ``get(timeout)`` returns the value (or raises the first error, or
+    ``multiprocessing.TimeoutError``); ``wait``, ``ready`` and ``successful`` behave as in the
+    standard library.
+    """
+
+    def __init__(self, num_chunks: int, single: bool, callback=None, error_callback=None):
+        self._chunks: List[Optional[list]] = [None] * num_chunks
+        self._left = num_chunks
+        self._single = single
+        self._callback = callback
+        self._error_callback = error_callback
+        self._event = threading.Event()
+        self._value: Any = _UNSET
+        self._error: Optional[BaseException] = None
+        if num_chunks == 0:  # map over nothing
+            self._finish_ok()
+
+    # called on the result-handler thread
+    def _set_chunk(self, index: int, items: list) -> None:
+        if self._event.is_set():
+            return  # an earlier chunk failed: the result is already final
+        for item in items:
+            if isinstance(item, _RemoteError):
+                self._finish_error(item.rebuild())
+                return
+        self._chunks[index] = items
+        self._left -= 1
+        if self._left == 0:
+            self._finish_ok()
+
+    def _set_chunk_error(self, index: int, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._finish_error(error)
+
+    def _finish_ok(self):
+        values = [v for chunk in self._chunks for v in chunk]
+        self._value = values[0] if self._single else values
+        self._chunks = []
+        if self._callback is not None:
+            _run_user_callback(self._callback, self._value)
+        self._event.set()
+
+    def _finish_error(self, error):
+        self._error = error
+        self._chunks = []
+        if self._error_callback is not None:
+            _run_user_callback(self._error_callback, error)
+        self._event.set()
+
+    # public
+    def ready(self) -> bool:
+        """Whether the call has finished."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether the call finished without raising; ValueError if it has not finished."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._error is None
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Wait until the result is ready or ``timeout`` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None):
+        """The result, when it arrives; re-raises the call's exception.  Raises
+        ``multiprocessing.TimeoutError`` if it is not ready within ``timeout`` seconds."""
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+ApplyResult = AsyncResult
+MapResult = AsyncResult
+
+
+def _run_user_callback(fn, arg):
+    try:
+        fn(arg)
+    except Exception:  # noqa: BLE001 - a failing callback must not stop the pool
+        traceback.print_exc()
+
+
+class IMapIterator:
+    """The iterator of ``imap`` (ordered) and ``imap_unordered``.
+
+    ``next(timeout=None)`` raises ``multiprocessing.TimeoutError`` when nothing arrives in
+    time; an exception raised by ``func`` re-raises for its item, and iteration can go on.
+    """
+
+    def __init__(self, pool: "Pool", func, iterable, chunksize: int, ordered: bool,
+                 unpack: bool = False):
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        self._pool = pool
+        self._func = func
+        self._ordered = ordered
+        self._unpack = unpack
+        self._chunksize = chunksize
+        self._source = iter(iterable)
+        self._exhausted = False
+        # A sized input is submitted at once (the standard library feeds everything); an
+        # iterator is read lazily, keeping a bounded number of chunks in flight.
+        self._window = float("inf") if hasattr(iterable, "__len__") else 2 * pool._processes
+        self._cond = threading.Condition()
+        self._submitted = 0     # chunks submitted
+        self._consumed = 0      # chunks fully handed to the caller
+        self._done = {}         # chunk index -> list of items (or an error)
+        self._next_index = 0    # ordered: the chunk whose items come next
+        self._buffer = collections.deque()
+        self._feed()
+
+    def _feed(self):
+        while not self._exhausted and self._submitted - self._consumed < self._window:
+            chunk = list(itertools.islice(self._source, self._chunksize))
+            if not chunk:
+                self._exhausted = True
+                break
+            if len(chunk) < self._chunksize:
+                self._exhausted = True
+            index = self._submitted
+            self._submitted += 1
+            batch = [(tuple(a) if self._unpack else (a,), {}) for a in chunk]
+            self._pool._submit(self._func, batch, self, index)
+
+    # called on the result-handler thread
+    def _set_chunk(self, index: int, items: list) -> None:
+        with self._cond:
+            self._done[index] = items
+            self._cond.notify_all()
+
+    def _set_chunk_error(self, index: int, error: BaseException) -> None:
+        with self._cond:
+            self._done[index] = error
+            self._cond.notify_all()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.next()
+
+    def next(self, timeout: Optional[float] = None):
+        while not self._buffer:
+            self._feed()
+            with self._cond:
+                if self._exhausted and self._consumed == self._submitted:
+                    raise StopIteration
+                if self._ordered:
+                    ok = self._cond.wait_for(lambda: self._next_index in self._done, timeout)
+                    index = self._next_index
+                else:
+                    ok = self._cond.wait_for(lambda: bool(self._done), timeout)
+                    index = min(self._done) if ok else None
+                if not ok:
+                    raise TimeoutError
+                items = self._done.pop(index)
+                self._next_index += 1
+                self._consumed += 1
+            if isinstance(items, BaseException):
+                self._buffer.append(_RemoteError(items, ""))
+            else:
+                self._buffer.extend(items)
+        item = self._buffer.popleft()
+        if isinstance(item, _RemoteError):
+            raise item.exc if not item.tb else item.rebuild()
+        return item
+
+    __next__.__doc__ = next.__doc__
+
+
+IMapUnorderedIterator = IMapIterator
+
+
+# ---------------------------------------------------------------------------
+# the pool
+# ---------------------------------------------------------------------------
+
+class _Shared:
+    """What the pool and its result-handler thread share (the thread holds no pool ref)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.outstanding = 0                      # batches submitted and not yet handled
+        self.events: "queue.SimpleQueue" = queue.SimpleQueue()
+
+
+class _Slot:
+    """An actor of the pool with its counters."""
+
+    __slots__ = ("actor", "batches", "in_flight")
+
+    def __init__(self, actor):
+        self.actor = actor
+        self.batches = 0     # batches submitted to it (for maxtasksperchild)
+        self.in_flight = 0   # batches submitted and not yet handled
+
+
+class Pool:
+    """A pool of Luminary actors with the standard library's ``multiprocessing.Pool`` API.
+
+    Args:
+        processes: the number of actors; default: the cluster's CPUs.  Initializes Luminary
+            (with ``num_cpus=processes``) if it is not initialized.
+        initializer, initargs: ``initializer(*initargs)`` runs in each actor when it starts.
+        maxtasksperchild: replace an actor after it has run this many chunks.
+        context: accepted for compatibility and ignored.
+        ray_address: the cluster to initialize Luminary with, when it is not initialized.
+        ray_remote_args: options for the actors (``num_cpus`` defaults to 0, as in Ray:
+            a pool process holds no CPU while idle).
+    """
+
+    def __init__(self, processes: Optional[int] = None, initializer: Optional[Callable] = None,
+                 initargs: Iterable = (), maxtasksperchild: Optional[int] = None,
+                 context: Any = None, ray_address: Optional[str] = None,
+                 ray_remote_args: Optional[Dict[str, Any]] = None):
+        if processes is not None and (not isinstance(processes, int) or processes < 1):
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int)
+                                             or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._state = _RUN
+        self._initializer = initializer
+        self._initargs = tuple(initargs or ())
+        self._maxtasksperchild = maxtasksperchild
+        self._processes = self._init_luminary(processes, ray_address)
+        options = {"num_cpus": 0}
+        options.update(ray_remote_args or {})
+        self._actor_cls = luminary.remote(_PoolActor).options(**options)
+        self._shared = _Shared()
+        self._lock = self._shared.lock
+        self._retired: List[_Slot] = []  # replaced by maxtasksperchild, to kill once idle
+        self._next_slot = 0
+        self._handler = threading.Thread(target=_handle_results, args=(self._shared,),
+                                         name="luminary-pool-results", daemon=True)
+        self._handler.start()
+        self._slots = [_Slot(self._new_actor()) for _ in range(self._processes)]
+        try:
+            # fail early (here) if an initializer raises or an actor cannot start
+            luminary.get([s.actor.ping.remote() for s in self._slots])
+        except BaseException:
+            self.terminate()
+            raise
+
+    # ------------------------------------------------------------ set-up
+    @staticmethod
+    def _init_luminary(processes, address):
+        if not luminary.is_initialized():
+            if address is not None and address != "local":
+                luminary.init(address=address)
+            elif address == "local":
+                luminary.init(address="local", num_cpus=processes)
+            else:
+                luminary.init(num_cpus=processes)
+        cpus = int(luminary.cluster_resources().get("CPU", 0))
+        if processes is None:
+            processes = max(cpus, 1)
+        if cpus < processes:
+            raise ValueError(f"Tried to start a pool with {processes} processes on an existing "
+                             f"cluster, but there are only {cpus} CPUs in the cluster.")
+        return processes
+
+    def _new_actor(self):
+        return self._actor_cls.remote(self._initializer, self._initargs)
+
+    def _check_running(self):
+        if self._state != _RUN:
+            raise ValueError("Pool not running")
+
+    # -------------------------------------------------------- submission
+    def _pick_slot(self) -> _Slot:
+        # the least busy actor, ties broken round-robin
+        n = len(self._slots)
+        best = None
+        for k in range(n):
+            slot = self._slots[(self._next_slot + k) % n]
+            if best is None or slot.in_flight < best.in_flight:
+                best = slot
+        self._next_slot = (self._slots.index(best) + 1) % n
+        return best
+
+    def _submit(self, func, batch, result, index) -> None:
+        """Run ``batch`` (a list of (args, kwargs)) on an actor; the chunk's outcome goes to
+        ``result._set_chunk(index, ...)`` on the result-handler thread."""
+        self._reap_retired()
+        with self._lock:
+            slot = self._pick_slot()
+            slot.in_flight += 1
+            slot.batches += 1
+            self._shared.outstanding += 1
+        ref = slot.actor.run_batch.remote(func, batch)
+        if self._maxtasksperchild is not None and slot.batches >= self._maxtasksperchild:
+            i = self._slots.index(slot)
+            self._slots[i] = _Slot(self._new_actor())
+            self._retired.append(slot)
+        events = self._shared.events
+        ref.future().add_done_callback(
+            lambda fut, slot=slot, ref=ref: events.put((fut, slot, result, index, ref)))
+
+    def _reap_retired(self):
+        with self._lock:
+            idle = [s for s in self._retired if s.in_flight == 0]
+            self._retired = [s for s in self._retired if s.in_flight != 0]
+        for slot in idle:
+            _kill(slot.actor)
+
+    def _chunks(self, func, iterable, chunksize, unpack, callback, error_callback,
+                single=False):
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(iterable), len(self._slots) * 4)
+            if extra:
+                chunksize += 1
+        if len(iterable) == 0:
+            chunksize = 0
+        elif chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        items = iter(iterable)
+        batches = []
+        while True:
+            chunk = list(itertools.islice(items, chunksize)) if chunksize else []
+            if not chunk:
+                break
+            batches.append([(tuple(a) if unpack else (a,), {}) for a in chunk])
+        result = AsyncResult(len(batches), single, callback, error_callback)
+        for i, batch in enumerate(batches):
+            self._submit(func, batch, result, i)
+        return result
+
+    # ------------------------------------------------------------- apply
+    def apply(self, func: Callable, args: tuple = (), kwds: Optional[dict] = None, *,
+              kwargs: Optional[dict] = None):
+        """``func(*args, **kwds)`` in a pool actor; blocks until the result is ready."""
+        return self.apply_async(func, args, kwds, kwargs=kwargs).get()
+
+    def apply_async(self, func: Callable, args: tuple = (), kwds: Optional[dict] = None,
+                    callback: Optional[Callable] = None,
+                    error_callback: Optional[Callable] = None, *,
+                    kwargs: Optional[dict] = None) -> AsyncResult:
+        """Start ``func(*args, **kwds)`` in a pool actor; returns an ``AsyncResult``.
+        (``kwargs=`` is accepted as an alias of ``kwds=``, as Ray's pool spells it.)"""
+        self._check_running()
+        kw = dict(kwds or {})
+        kw.update(kwargs or {})
+        result = AsyncResult(1, True, callback, error_callback)
+        self._submit(func, [(tuple(args or ()), kw)], result, 0)
+        return result
+
+    # --------------------------------------------------------------- map
+    def map(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None) -> list:
+        """``list(map(func, iterable))`` computed by the pool, in order."""
+        return self._chunks(func, iterable, chunksize, False, None, None).get()
+
+    def map_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None,
+                  callback: Optional[Callable] = None,
+                  error_callback: Optional[Callable] = None) -> AsyncResult:
+        """Asynchronous ``map``; returns an ``AsyncResult`` whose value is the list."""
+        return self._chunks(func, iterable, chunksize, False, callback, error_callback)
+
+    def starmap(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None) -> list:
+        """Like ``map`` but each item is an argument tuple: ``func(*item)``."""
+        return self._chunks(func, iterable, chunksize, True, None, None).get()
+
+    def starmap_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None,
+                      callback: Optional[Callable] = None,
+                      error_callback: Optional[Callable] = None) -> AsyncResult:
+        """Asynchronous ``starmap``."""
+        return self._chunks(func, iterable, chunksize, True, callback, error_callback)
+
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> IMapIterator:
+        """A lazy ``map``: an iterator over the results, in order."""
+        self._check_running()
+        return IMapIterator(self, func, iterable, chunksize, ordered=True)
+
+    def imap_unordered(self, func: Callable, iterable: Iterable,
+                       chunksize: int = 1) -> IMapIterator:
+        """Like ``imap`` but the results come as they are ready."""
+        self._check_running()
+        return IMapIterator(self, func, iterable, chunksize, ordered=False)
+
+    # --------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Accept no more work; the actors end once the submitted work is done (``join``)."""
+        if self._state == _RUN:
+            self._state = _CLOSE
+
+    def terminate(self) -> None:
+        """Kill the actors now, abandoning outstanding work."""
+        if self._state == _TERMINATE:
+            return
+        self._state = _TERMINATE
+        with self._lock:
+            slots = list(getattr(self, "_slots", [])) + list(self._retired)
+            self._retired = []
+        for slot in slots:
+            _kill(slot.actor)
+        self._shared.events.put(None)
+
+    def join(self) -> None:
+        """Wait for the submitted work to finish (after ``close``) and end the actors."""
+        if self._state == _RUN:
+            raise ValueError("Pool is still running")
+        if self._state == _CLOSE:
+            with self._shared.cond:
+                self._shared.cond.wait_for(lambda: self._shared.outstanding == 0)
+            self.terminate()
+            self._handler.join()
+        # after terminate() the abandoned work is not waited for
+
+    def __enter__(self):
+        self._check_running()
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        self.terminate()
+
+    def __reduce__(self):
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __del__(self):
+        shared = getattr(self, "_shared", None)
+        if shared is not None and getattr(self, "_state", _TERMINATE) != _TERMINATE:
+            shared.events.put(None)  # let the handler thread end; the actors go with their handles
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} " \
+               f"pool_size={getattr(self, '_processes', '?')}>"
+
+
+def _kill(actor):
+    try:
+        luminary.kill(actor)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
+def _handle_results(shared: _Shared):
+    """The result-handler thread: applies finished chunks and runs user callbacks, one at a
+    time.  Ends after the stop sentinel once nothing is outstanding."""
+    stopping = False
+    while True:
+        if stopping:
+            with shared.lock:
+                if shared.outstanding == 0:
+                    return
+        ev = shared.events.get()
+        if ev is None:
+            stopping = True
+            continue
+        fut, slot, result, index, _ref = ev
+        try:
+            items = fut.result()
+        except BaseException as e:  # noqa: BLE001 - the whole chunk failed (actor died, ...)
+            result._set_chunk_error(index, e)
+        else:
+            result._set_chunk(index, items)
+        with shared.cond:
+            slot.in_flight -= 1
+            shared.outstanding -= 1
+            shared.cond.notify_all()
