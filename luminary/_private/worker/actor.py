@@ -160,11 +160,14 @@ class ActorClass:
         if res.get("existing"):
             return ActorHandle(res["actor_id"], res["meta"], None)
         held = (held_oids, held_owners)
+        if detached:  # lives until killed: no handle counting
+            core.io.post(core.actor_submitter.created, actor_id, None, held, detached)
+            return ActorHandle(actor_id, meta, None)
         handle_oid = HANDLE_TAG + actor_id[:15]
         core.memory.put(handle_oid, "v", pickle.dumps(None))
         ref = ObjectRef(handle_oid, core.address)
         core.io.post(core.actor_submitter.created, actor_id, handle_oid, held, detached)
-        return ActorHandle(actor_id, meta, None if detached else ref)
+        return ActorHandle(actor_id, meta, ref)
 
 
 class ActorHandle:
@@ -239,8 +242,12 @@ def submit_actor_call(handle, method, meta, options, args, kwargs):
     core = state.require_core()
     hmeta = handle._meta
     limit = hmeta.get("max_pending_calls", -1)
+    pending = None
     if limit and limit > 0:
-        if core.actor_submitter.pending_count(handle._actor_id) >= limit:
+        pending = core.actor_pending.setdefault(handle._actor_id, [])
+        values = core.memory.values
+        pending[:] = [o for o in pending if o not in values]
+        if len(pending) >= limit:
             raise exc.PendingCallsLimitExceeded(
                 f"The actor {hmeta['class_name']} already has {limit} calls pending from this caller "
                 "(max_pending_calls). Wait for some results before submitting more.")
@@ -258,6 +265,8 @@ def submit_actor_call(handle, method, meta, options, args, kwargs):
             "owner_id": core.worker_id, "job": core.job_id, "actor": handle._actor_id, "method": method,
             "group": options.get("concurrency_group") or meta.get("concurrency_group")}
     refs = [ObjectRef(oid, core.address) for oid in returns]
+    if pending is not None and returns:
+        pending.append(returns[0])
     retries = options.get("max_task_retries")
     if retries is None:
         retries = meta.get("max_task_retries")
@@ -322,7 +331,8 @@ class ActorSubmitter:
         if held[0]:
             self.core.refs.add_submitted(*held)
             ac.held = held
-        self.by_handle[handle_oid] = actor_id
+        if handle_oid is not None:
+            self.by_handle[handle_oid] = actor_id
 
     def submit(self, actor_id, task, handle_ref):
         core = self.core

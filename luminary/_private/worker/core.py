@@ -100,6 +100,7 @@ class CoreWorker:
         self.submitter = TaskSubmitter(self)
         self.actor_submitter = ActorSubmitter(self)
         self.namespace = cfg.get("namespace")
+        self.actor_pending = {}
         self.handlers["gen_item"] = self.submitter.h_gen_item
 
     def code_path(self):
