@@ -48,6 +48,7 @@ class AsyncUser:
         return "got"
 
 
+@pytest.mark.timeout(10)
 def test_exceptions_are_stdlib_subclasses():
     assert issubclass(Empty, stdlib_queue.Empty)
     assert issubclass(Full, stdlib_queue.Full)

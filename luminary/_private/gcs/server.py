@@ -63,11 +63,19 @@ class GcsServer:
         return True
 
     def heartbeat(self, conn, p):
+        """A node's report; the answer is the cluster view its scheduler spills back with."""
         node = self.nodes.get(p["node_id"])
         if node is not None and node["Alive"]:
             node["last"] = time.monotonic()
             node["Available"] = p["available"]
+            if "total" in p:
+                node["Total"] = p["total"]
             node["pending"] = p.get("pending", [])
+        return self.view()
+
+    def view(self):
+        return {nid: {"address": n["Address"], "total": n.get("Total", n["Resources"]), "available": n["Available"]}
+                for nid, n in self.nodes.items() if n["Alive"]}
 
     def _node_lost(self, nid, why):
         node = self.nodes.get(nid)
@@ -85,14 +93,14 @@ class GcsServer:
                     self._node_lost(nid, f"missed heartbeats for {now - node['last']:.1f}s")
 
     def get_nodes(self, conn, p):
-        return [{k: v for k, v in n.items() if k not in ("last",)} for n in self.nodes.values()]
+        return [{k: v for k, v in n.items() if k not in ("last", "Total")} for n in self.nodes.values()]
 
     def cluster_resources(self, conn, p):
         total, avail = {}, {}
         for n in self.nodes.values():
             if not n["Alive"]:
                 continue
-            for k, v in n["Resources"].items():
+            for k, v in n.get("Total", n["Resources"]).items():
                 total[k] = total.get(k, 0) + v
             for k, v in n["Available"].items():
                 avail[k] = avail.get(k, 0) + v

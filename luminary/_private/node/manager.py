@@ -80,6 +80,11 @@ class NodeManager:
         self.shutting_down = False
         self.stopped = asyncio.get_event_loop().create_future()
         self._report_scheduled = False
+        self.view = {}            # node_id -> {"address", "total", "available"} of alive nodes (from the GCS)
+        self.peers = {}           # node manager address -> Connection (transfers)
+        self.pulls = {}           # oid -> future of a pull in progress
+        self.spread_next = 0
+        self.bundles = {}         # (pg_id, index) -> reserved resources
         self.handlers = {
             "register_worker": self.register_worker,
             "register_driver": self.register_driver,
@@ -100,6 +105,12 @@ class NodeManager:
             "log": self.forward_log,
             "node_info": self.node_info,
             "shutdown": self.request_shutdown,
+            "transfer_begin": self.transfer_begin,
+            "fetch_chunk": self.fetch_chunk,
+            "transfer_end": self.transfer_end,
+            "prepare_bundle": self.prepare_bundle,
+            "commit_bundle": self.commit_bundle,
+            "cancel_bundle": self.cancel_bundle,
             "ping": lambda c, p: "pong",
         }
 
@@ -255,7 +266,10 @@ class NodeManager:
     # --- leases ----------------------------------------------------------------------------------
     def request_lease(self, conn, p):
         resources = p["resources"]
-        req = LeaseRequest(p["lease_id"], resources, conn)
+        target = self._choose_node(resources, p)
+        if isinstance(target, dict):
+            return target
+        req = LeaseRequest(p["lease_id"], resources, conn, data=p)
         if not self.scheduler.feasible(resources):
             missing = self.scheduler.missing(resources)
             conn.notify("infeasible", {"lease_id": p["lease_id"], "missing": missing,
@@ -265,6 +279,145 @@ class NodeManager:
         self.scheduler.submit(req)
         self._schedule()
         return fut
+
+    # --- cluster-wide placement ------------------------------------------------------------------
+    def _choose_node(self, resources, p):
+        """Return None to queue here, or a spillback answer naming a better node."""
+        me = self.node_id
+        view = self.view
+        strategy = p.get("strategy") or {}
+        kind = strategy.get("type", "DEFAULT")
+        alive = {nid: n for nid, n in view.items()}
+        here_ok = self.scheduler.feasible(resources)
+
+        def feasible(n):
+            return all(n["total"].get(k, 0.0) + 1e-9 >= v for k, v in resources.items() if v > 0)
+
+        def fits(n):
+            return all(n["available"].get(k, 0.0) + 1e-9 >= v for k, v in resources.items() if v > 0)
+
+        def spill(nid):
+            if nid == me:
+                return None
+            return {"spillback": alive[nid]["address"], "node_id": nid}
+
+        if kind == "NODE_AFFINITY":
+            nid = strategy["node_id"]
+            if nid == me and here_ok:
+                return None
+            if nid in alive and feasible(alive[nid]):
+                return spill(nid)
+            if not strategy.get("soft"):
+                return {"error": "infeasible", "message": (
+                    f"NodeAffinitySchedulingStrategy(soft=False) names node {nid.hex()}, which is dead, unknown "
+                    "or lacks the resources; use soft=True to fall back to other nodes.")}
+        if p.get("no_spill") and here_ok:
+            return None
+        candidates = [nid for nid, n in alive.items() if feasible(n)]
+        if not candidates:
+            return None                   # queued here; reported infeasible
+        if kind == "SPREAD":
+            ready = sorted(nid for nid in candidates if fits(alive[nid])) or sorted(candidates)
+            self.spread_next += 1
+            return spill(ready[self.spread_next % len(ready)])
+        locality = p.get("locality")
+        if locality:
+            best = max(locality.items(), key=lambda kv: kv[1])[0]
+            if best in alive and feasible(alive[best]) and (fits(alive[best]) or best == me):
+                return spill(best)
+        if here_ok and self.scheduler.fits(resources) and self._utilization(resources) < 0.5:
+            return None
+        ready = [nid for nid in candidates if fits(alive[nid])]
+        if ready:
+            best = min(ready, key=lambda nid: (self._node_util(alive[nid], resources), nid != me))
+            return spill(best)
+        return None if here_ok else spill(sorted(candidates)[0])
+
+    def _utilization(self, resources):
+        util = 0.0
+        for k in resources:
+            total = self.scheduler.total.get(k, 0.0)
+            if total > 0:
+                util = max(util, 1.0 - self.scheduler.available.get(k, 0.0) / total)
+        return util
+
+    @staticmethod
+    def _node_util(n, resources):
+        util = 0.0
+        for k in list(resources) + ["CPU"]:
+            total = n["total"].get(k, 0.0)
+            if total > 0:
+                util = max(util, 1.0 - n["available"].get(k, 0.0) / total)
+        return util
+
+    def _respill(self):
+        """Queued requests that this node can never run may find a node that joined since."""
+        for req in list(self.scheduler.queue):
+            if self.scheduler.feasible(req.resources):
+                continue
+            target = self._choose_node(req.resources, req.data or {})
+            if isinstance(target, dict) and "spillback" in target:
+                self.scheduler.cancel(req.lease_id)
+                fut, _ = self.lease_waiters.pop(req.lease_id, (None, None))
+                if fut is not None and not fut.done():
+                    fut.set_result(target)
+
+    # --- placement group bundles (two-phase: prepare on every node, then commit) -------------------
+    def prepare_bundle(self, conn, p):
+        key = (p["pg_id"], p["index"])
+        res = p["resources"]
+        if key in self.bundles:
+            return True
+        if not self.scheduler.fits(res):
+            return False
+        for k, v in res.items():
+            self.scheduler.available[k] = self.scheduler.available.get(k, 0.0) - v
+        self.bundles[key] = {"resources": res, "committed": False}
+        return True
+
+    def commit_bundle(self, conn, p):
+        key = (p["pg_id"], p["index"])
+        b = self.bundles.get(key)
+        if b is None or b["committed"]:
+            return b is not None
+        b["committed"] = True
+        pg = p["pg_id"].hex()
+        for k, v in b["resources"].items():
+            for name in (f"{k}_group_{p['index']}_{pg}", f"{k}_group_{pg}"):
+                self.scheduler.total[name] = self.scheduler.total.get(name, 0.0) + v
+                self.scheduler.available[name] = self.scheduler.available.get(name, 0.0) + v
+        self.scheduler.total[f"bundle_group_{p['index']}_{pg}"] = 1000.0
+        self.scheduler.available[f"bundle_group_{p['index']}_{pg}"] = 1000.0
+        self.scheduler.total[f"bundle_group_{pg}"] = self.scheduler.total.get(f"bundle_group_{pg}", 0.0) + 1000.0
+        self.scheduler.available[f"bundle_group_{pg}"] = self.scheduler.available.get(f"bundle_group_{pg}", 0.0) + 1000.0
+        self._report_soon()
+        self._schedule()
+        return True
+
+    def cancel_bundle(self, conn, p):
+        key = (p["pg_id"], p["index"])
+        b = self.bundles.pop(key, None)
+        if b is None:
+            return True
+        pg = p["pg_id"].hex()
+        for k, v in b["resources"].items():
+            self.scheduler.available[k] = self.scheduler.available.get(k, 0.0) + v
+            if b["committed"]:
+                for name in (f"{k}_group_{p['index']}_{pg}", f"{k}_group_{pg}"):
+                    self.scheduler.total[name] = self.scheduler.total.get(name, 0.0) - v
+                    self.scheduler.available[name] = self.scheduler.available.get(name, 0.0) - v
+                    if self.scheduler.total[name] <= 1e-9:
+                        self.scheduler.total.pop(name, None)
+                        self.scheduler.available.pop(name, None)
+        if b["committed"]:
+            for name in (f"bundle_group_{p['index']}_{pg}", f"bundle_group_{pg}"):
+                self.scheduler.total[name] = self.scheduler.total.get(name, 0.0) - 1000.0
+                self.scheduler.available[name] = self.scheduler.available.get(name, 0.0) - 1000.0
+                if self.scheduler.total[name] <= 1e-9:
+                    self.scheduler.total.pop(name, None)
+                    self.scheduler.available.pop(name, None)
+        self._report_soon()
+        return True
 
     def cancel_lease_request(self, conn, p):
         if self.scheduler.cancel(p["lease_id"]):
@@ -359,11 +512,92 @@ class NodeManager:
             loc = self._pin(conn, oid)
             if loc is not None:
                 return loc
+        if p.get("pull_from"):
+            return self._pull_then_pin(conn, oid, p["pull_from"])
         if not p.get("wait"):
             return None
         fut = asyncio.get_event_loop().create_future()
         self.store_waiters[oid].append((fut, conn))
         return fut
+
+    # --- transfers between nodes (pull, in chunks, bounded in flight) ------------------------------
+    CHUNK = 4 << 20
+    IN_FLIGHT = 4
+
+    async def _peer(self, address):
+        conn = self.peers.get(address)
+        if conn is None or conn.closed:
+            conn = await protocol.connect(address, self.secret, self.handlers, name=f"peer {address}")
+            self.peers[address] = conn
+        return conn
+
+    async def _pull_then_pin(self, conn, oid, address):
+        fut = self.pulls.get(oid)
+        if fut is None:
+            fut = self.pulls[oid] = asyncio.ensure_future(self._pull(oid, address))
+            fut.add_done_callback(lambda f, oid=oid: self.pulls.pop(oid, None))
+        err = await asyncio.shield(fut)
+        if err:
+            return err
+        loc = self._pin(conn, oid)
+        if loc is None:
+            return {"error": "ObjectLostError", "message": f"object {oid.hex()} vanished after its transfer"}
+        return loc
+
+    async def _pull(self, oid, address):
+        if oid in self.store.objects:
+            return None
+        try:
+            peer = await self._peer(address)
+            size = await peer.call("transfer_begin", {"oid": oid})
+        except Exception as e:  # noqa: BLE001
+            return {"error": "ObjectLostError", "message": f"the node at {address} that held object "
+                    f"{oid.hex()} cannot be reached ({type(e).__name__}: {e})"}
+        if size is None:
+            return {"error": "ObjectLostError", "message": f"object {oid.hex()} is no longer on the node at {address}"}
+        try:
+            offset = self.store.create(oid, size, b"", primary=False)
+        except Exception as e:  # noqa: BLE001
+            peer.notify("transfer_end", {"oid": oid})
+            return {"error": type(e).__name__, "message": str(e)}
+        sem = asyncio.Semaphore(self.IN_FLIGHT)
+        mm = self.arena_mm
+
+        async def chunk(start):
+            async with sem:
+                data = await peer.call("fetch_chunk", {"oid": oid, "offset": start,
+                                                       "length": min(self.CHUNK, size - start)})
+                mm[offset + start:offset + start + len(data)] = data
+        try:
+            await asyncio.gather(*(chunk(s) for s in range(0, size, self.CHUNK)))
+        except Exception as e:  # noqa: BLE001
+            self.store.abort(oid)
+            return {"error": "ObjectLostError", "message": f"transfer of object {oid.hex()} from {address} failed: {e}"}
+        finally:
+            if not peer.closed:
+                peer.notify("transfer_end", {"oid": oid})
+        self.store.seal(oid)
+        for fut, c in self.store_waiters.pop(oid, ()):
+            if not fut.done():
+                fut.set_result(self._pin(c, oid))
+        return None
+
+    def transfer_begin(self, conn, p):
+        oid = p["oid"]
+        loc = self._pin(conn, oid) if oid in self.store.objects else None
+        if not isinstance(loc, list):
+            return None
+        return loc[1]
+
+    def fetch_chunk(self, conn, p):
+        obj = self.store.objects.get(p["oid"])
+        if obj is None or obj.offset < 0:
+            raise ValueError("object not here")
+        start = obj.offset + p["offset"]
+        return self.arena_mm[start:start + p["length"]]
+
+    def transfer_end(self, conn, p):
+        self.store_release(conn, {"oids": [p["oid"]]})
 
     def store_release(self, conn, p):
         pins = conn.state.get("pins")
@@ -401,8 +635,14 @@ class NodeManager:
         if self.gcs.closed:
             return
         pending = [dict(r.resources) for r in list(self.scheduler.queue)[:20]]
-        self.gcs.notify("heartbeat", {"node_id": self.node_id, "available": self.scheduler.available,
-                                      "pending": pending})
+        self.gcs.request("heartbeat", {"node_id": self.node_id, "available": self.scheduler.available,
+                                       "total": self.scheduler.total, "pending": pending}, self._on_view)
+
+    def _on_view(self, ok, view):
+        if ok and isinstance(view, dict):
+            self.view = view
+            if self.scheduler.queue:
+                self._respill()
 
     async def _heartbeat_loop(self):
         while not self.shutting_down:

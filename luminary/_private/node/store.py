@@ -85,9 +85,10 @@ class Allocator:
 
 
 class StoredObject:
-    __slots__ = ("oid", "offset", "size", "state", "pins", "owner", "spill_path", "last_use", "doomed")
+    __slots__ = ("oid", "offset", "size", "state", "pins", "owner", "spill_path", "last_use", "doomed", "primary")
 
-    def __init__(self, oid, offset, size, owner):
+    def __init__(self, oid, offset, size, owner, primary=True):
+        self.primary = primary
         self.oid = oid
         self.offset = offset
         self.size = size
@@ -113,11 +114,13 @@ class ObjectStore:
         self.restore_count = 0
 
     # --- writers -----------------------------------------------------------------------------
-    def create(self, oid: bytes, size: int, owner: bytes) -> int:
+    def create(self, oid: bytes, size: int, owner: bytes, primary=True) -> int:
+        """Room for a new object; ``primary=False`` marks a copy fetched from another node,
+        which is evicted (not spilled) when space is needed."""
         if oid in self.objects:
             raise ValueError(f"object {oid.hex()} already exists in the store")
         offset = self._allocate(size)
-        self.objects[oid] = StoredObject(oid, offset, size, owner)
+        self.objects[oid] = StoredObject(oid, offset, size, owner, primary)
         return offset
 
     def seal(self, oid: bytes) -> bool:
@@ -206,11 +209,14 @@ class ObjectStore:
         """Spill unpinned sealed objects, least recently used first, until ``size`` fits."""
         need = _round(size)
         victims = sorted((o for o in self.objects.values() if o.state == SEALED and o.pins == 0),
-                         key=lambda o: o.last_use)
+                         key=lambda o: (o.primary, o.last_use))   # fetched copies go first
         for obj in victims:
             if self.alloc.largest_free() >= need:
                 return
-            self._spill(obj)
+            if obj.primary:
+                self._spill(obj)
+            else:
+                self._drop(obj)
 
     def _spill(self, obj):
         os.makedirs(self.spill_dir, exist_ok=True)

@@ -57,6 +57,14 @@ class SyncCall:
         return self.value
 
 
+class ObjectLocationLost(Exception):
+    def __init__(self, oid, node_id, why):
+        super().__init__(why)
+        self.oid = oid
+        self.node_id = node_id
+        self.why = why
+
+
 class CoreWorker:
     def __init__(self, mode, cfg):
         self.mode = mode
@@ -89,6 +97,7 @@ class CoreWorker:
         self.infeasible_warned = set()
         self.handlers = {
             "get_object": self.h_get_object,
+            "reconstruct": self.h_reconstruct,
             "add_borrower": self.h_add_borrower,
             "remove_borrower": self.h_remove_borrower,
             "log": self.h_log,
@@ -101,6 +110,7 @@ class CoreWorker:
         self.actor_submitter = ActorSubmitter(self)
         self.namespace = cfg.get("namespace")
         self.actor_pending = {}
+        self.node_addrs = {}
         self.handlers["gen_item"] = self.submitter.h_gen_item
 
     def code_path(self):
@@ -239,8 +249,9 @@ class CoreWorker:
                 oid = a[1]
                 v = self.memory.values.get(oid)
                 self.memory.delete(oid)
+                self.submitter.lineage.pop(oid, None)
                 if v is not None and v[0] == "s":
-                    self._store_deletes.append(oid)
+                    self._store_deletes.append((oid, v[1][0]))
                 self.submitter.on_object_freed(oid)
                 if oid[:1] == b"\xac":
                     self.actor_submitter.on_handle_freed(oid)
@@ -251,7 +262,7 @@ class CoreWorker:
                 unborrow.setdefault(owner, []).append(oid)
         if self._store_deletes:
             dels, self._store_deletes = self._store_deletes, []
-            self.nm.notify("store_delete", {"oids": dels})
+            self.delete_stored(dels)
         for owner, oids in unborrow.items():
             self.with_conn(owner, lambda c, e, oids=oids: c is not None and c.notify(
                 "remove_borrower", {"oids": oids, "addr": self.address}))
@@ -362,19 +373,16 @@ class CoreWorker:
 
     def store_value(self, oid, sobj, owner_id):
         """Keep an owned value: inline in memory, or written to the node's store."""
-        if sobj.inline:
-            self.memory.put(oid, "v", sobj.to_inline())
-            return "v", sobj.to_inline()
-        self.write_to_store(oid, sobj, owner_id)
-        self.memory.put(oid, "s", self.node_id)
-        return "s", self.node_id
+        kind, data = self.store_value_for(oid, sobj, owner_id)
+        self.memory.put(oid, kind, data)
+        return kind, data
 
     def store_value_for(self, oid, sobj, owner_id):
-        """Keep a value another process owns (a task's return): inline, or in this node's store."""
+        """Keep a value: inline (returned), or in this node's store (its location is returned)."""
         if sobj.inline:
             return "v", sobj.to_inline()
-        self.write_to_store(oid, sobj, owner_id)
-        return "s", self.node_id
+        size = self.write_to_store(oid, sobj, owner_id)
+        return "s", [self.node_id, size]
 
     def write_to_store(self, oid, sobj, owner_id):
         layout = sobj.layout()
@@ -391,6 +399,7 @@ class CoreWorker:
             self.io.post(self.nm.notify, "store_abort", {"oid": oid})
             raise
         self.io.post(self.nm.notify, "store_seal", {"oid": oid})
+        return size
 
     def _arena(self):
         if self._arena_rw is None:
@@ -401,14 +410,20 @@ class CoreWorker:
     def arena_fd(self):
         return self.cfg["arena_fd"]
 
-    def read_store_object(self, oid):
+    def read_store_object(self, oid, where=None):
+        """Map a stored object (pulling it to this node first when it lives on another one)."""
         wr = self._mm_cache.get(oid)
         mm = wr() if wr is not None else None
         if mm is None:
-            loc = self.call_sync("nm", "store_get", {"oid": oid, "wait": True})
+            req = {"oid": oid, "wait": True}
+            if where is not None and where[0] != self.node_id:
+                req["pull_from"] = self.node_address(where[0])
+                if req["pull_from"] is None:
+                    raise ObjectLocationLost(oid, where[0], "the node holding it is dead")
+            loc = self.call_sync("nm", "store_get", req)
             if loc is None or isinstance(loc, dict):
-                msg = loc.get("message") if isinstance(loc, dict) else ""
-                raise exc.ObjectLostError(oid.hex(), "", message=f"Object {oid.hex()} is not in the object store: {msg}")
+                msg = loc.get("message") if isinstance(loc, dict) else "it is not in the object store"
+                raise ObjectLocationLost(oid, where[0] if where else self.node_id, msg)
             offset, size = loc
             mm = mmap.mmap(self.arena_fd(), size, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset)
             weakref.finalize(mm, self._release_pin, oid)
@@ -479,7 +494,68 @@ class CoreWorker:
             if not ok:
                 raise exc.GetTimeoutError(f"get() timed out after {timeout} seconds; "
                                           f"{sum(1 for o in oids if o not in values)} of {len(oids)} objects not ready.")
-        return [self.deserialize(oid, *values[oid]) for oid in oids]
+        out = []
+        for r in refs:
+            for attempt in range(4):
+                try:
+                    out.append(self.deserialize(r.id, *values[r.id]))
+                    break
+                except ObjectLocationLost as lost:
+                    self.recover(r, lost)
+        return out
+
+    def recover(self, ref, lost):
+        """A stored copy is gone: ask the owner to rebuild it from lineage, then wait again."""
+        if ref.owner == self.address:
+            res = SyncCall()
+            self.io.post(lambda: res(True, self.submitter.reconstruct(ref.id, lost.node_id, lost.why)))
+            res.wait(30)
+        else:
+            self.memory.delete(ref.id)
+            self.submitter.fetching.discard(ref.id)
+            try:
+                self.call_sync(ref.owner, "reconstruct", {"oid": ref.id, "node_id": lost.node_id, "why": lost.why}, timeout=30)
+            except Exception:
+                self.memory.put(ref.id, "e", pickle.dumps(exc.OwnerDiedError(ref.id.hex(), ref.owner)))
+                return
+            self.io.post(self._fetch_if_missing, ref.id, ref.owner)
+        self.memory.wait([ref.id], 1, None)
+
+    def h_reconstruct(self, conn, p):
+        return self.submitter.reconstruct(p["oid"], p.get("node_id"), p.get("why", ""))
+
+    # --- node addresses ---------------------------------------------------------------------------
+    def node_address(self, node_id):
+        addr = self.node_addrs.get(node_id)
+        if addr is None:
+            for n in self.call_sync_gcs("get_nodes"):
+                if n["Alive"]:
+                    self.node_addrs[bytes.fromhex(n["NodeID"])] = n["Address"]
+            addr = self.node_addrs.get(node_id)
+        return addr
+
+    def delete_stored(self, items):
+        """Free stored objects [(oid, node_id)] on the nodes that hold them (I/O thread)."""
+        by_node = {}
+        for oid, nid in items:
+            by_node.setdefault(nid, []).append(oid)
+        for nid, oids in by_node.items():
+            if nid == self.node_id or nid is None:
+                self.nm.notify("store_delete", {"oids": oids})
+                continue
+            addr = self.node_addrs.get(nid)
+            if addr is None:
+                def refresh(ok, nodes, nid=nid, oids=oids):
+                    if ok:
+                        for n in nodes:
+                            if n["Alive"]:
+                                self.node_addrs[bytes.fromhex(n["NodeID"])] = n["Address"]
+                    a = self.node_addrs.get(nid)
+                    if a:
+                        self.with_conn(a, lambda c, e: c is not None and c.notify("store_delete", {"oids": oids}))
+                self.gcs.request("get_nodes", None, refresh)
+            else:
+                self.with_conn(addr, lambda c, e, oids=oids: c is not None and c.notify("store_delete", {"oids": oids}))
 
     def _fetch_if_missing(self, oid, owner):
         if oid not in self.memory.values and oid not in self.submitter.fetching:
@@ -494,7 +570,7 @@ class CoreWorker:
                 self.register_borrowed(refs)
             return value
         if kind == "s":
-            return self.read_store_object(oid)
+            return self.read_store_object(oid, data)
         if kind == "e":
             err = pickle.loads(data)
             raise err

@@ -227,14 +227,14 @@ class Executor:
 
     def load_args(self, spec):
         core = self.core
-        kind, data = spec["args"]
+        kind, data = spec["args"][:2]
         if kind == "v":
             with serialization.collect_deserialized_refs() as refs:
                 args, kwargs = serialization.loads_inline(data)
             if refs:
                 core.register_borrowed(refs)
         else:
-            args, kwargs = core.read_store_object(data)
+            args, kwargs = core.read_store_object(data, spec["args"][2:])
         resolved = spec.get("refs")
         if resolved:
             args = list(args)

@@ -109,11 +109,11 @@ def prepare_args(core, args, kwargs):
         spec_args = ["v", sobj.to_inline()]
     else:
         oid = ids.put_object_id()
-        core.write_to_store(oid, sobj, core.worker_id)
-        core.memory.put(oid, "s", core.node_id)
+        size = core.write_to_store(oid, sobj, core.worker_id)
+        core.memory.put(oid, "s", [core.node_id, size])
         held_oids.append(oid)
         held_owners.append(core.address)
-        spec_args = ["s", oid]
+        spec_args = ["s", oid, core.node_id, size]
     return spec_args, arg_refs, held_oids, held_owners
 
 
@@ -146,8 +146,17 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     retry_exc = options.get("retry_exceptions", False)
     if isinstance(retry_exc, (list, tuple)):
         retry_exc = list(retry_exc)
-    task = Task(tid, spec, fid, blob, opt.resources_of(options), returns, nret, max_retries, retry_exc,
+    from ...util.scheduling_strategies import wire_strategy
+    strategy, resources = wire_strategy(options.get("scheduling_strategy"), opt.resources_of(options))
+    if options.get("placement_group") not in (None, "default"):
+        from ...util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        strategy, resources = wire_strategy(PlacementGroupSchedulingStrategy(
+            options["placement_group"], options.get("placement_group_bundle_index", -1)), resources)
+    task = Task(tid, spec, fid, blob, resources, returns, nret, max_retries, retry_exc,
                 arg_refs, (held_oids, held_owners), name)
+    if strategy is not None:
+        task.strategy = strategy
+        task.key = task.key + (repr(sorted(strategy.items())),)
     core.io.post(core.submitter.submit, task)
     if nret == "streaming":
         return ObjectRefGenerator(tid, core.address)

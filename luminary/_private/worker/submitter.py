@@ -31,7 +31,7 @@ FAST_TASK_S = 0.001
 class Task:
     __slots__ = ("tid", "spec", "fid", "fn_blob", "key", "resources", "returns", "nret", "retries_left",
                  "retry_exc", "arg_refs", "held", "state", "lease", "cancelled", "name", "deps_left",
-                 "gen_seen", "gen_dropped", "pushed_at")
+                 "gen_seen", "gen_dropped", "pushed_at", "strategy", "locality")
 
     def __init__(self, tid, spec, fid, fn_blob, resources, returns, nret, max_retries, retry_exc,
                  arg_refs, held, name):
@@ -40,6 +40,8 @@ class Task:
         self.fid = fid
         self.fn_blob = fn_blob
         self.resources = resources
+        self.strategy = None
+        self.locality = None
         self.key = tuple(sorted(resources.items()))
         self.returns = returns
         self.nret = nret
@@ -58,7 +60,7 @@ class Task:
 
 
 class KeyQueue:
-    __slots__ = ("key", "resources", "queue", "leases", "requests", "avg_run", "depth")
+    __slots__ = ("key", "resources", "queue", "leases", "requests", "avg_run", "depth", "strategy")
 
     def __init__(self, key, resources):
         self.key = key
@@ -68,10 +70,11 @@ class KeyQueue:
         self.requests = set()
         self.avg_run = 0.1
         self.depth = 1
+        self.strategy = None
 
 
 class LeaseConn:
-    __slots__ = ("lease_id", "worker_id", "address", "conn", "inflight", "kq", "idle_handle", "dead", "gpu_ids")
+    __slots__ = ("lease_id", "worker_id", "address", "conn", "inflight", "kq", "idle_handle", "dead", "gpu_ids", "nm")
 
     def __init__(self, lease_id, grant, conn, kq):
         self.lease_id = lease_id
@@ -91,6 +94,7 @@ class TaskSubmitter:
         self.tasks: dict[bytes, Task] = {}
         self.keys: dict[tuple, KeyQueue] = {}
         self.fetching = set()
+        self.lineage = {}
         self._lease_counter = 0
 
     # --- submission -----------------------------------------------------------------------------
@@ -117,17 +121,27 @@ class TaskSubmitter:
         values = self.core.memory.values
         if task.arg_refs:
             resolved = []
+            locality = None
             for pos, ref in task.arg_refs:
                 kind, data = values[ref.id]
                 if kind == "e":
                     self._finish_error_blob(task, data)
                     return
+                if kind == "s":
+                    locality = locality or {}
+                    locality[data[0]] = locality.get(data[0], 0) + data[1]
                 resolved.append([pos, kind, data, ref.id])
             task.spec["refs"] = resolved
+            task.locality = locality
+        if task.spec["args"][0] == "s":
+            a = task.spec["args"]
+            task.locality = task.locality or {}
+            task.locality[a[2]] = task.locality.get(a[2], 0) + a[3]
         task.state = QUEUED
         kq = self.keys.get(task.key)
         if kq is None:
             kq = self.keys[task.key] = KeyQueue(task.key, task.resources)
+            kq.strategy = task.strategy
         kq.queue.append(task)
         self._dispatch(kq)
 
@@ -149,16 +163,41 @@ class TaskSubmitter:
         elif kq.requests:
             for lease_id in list(kq.requests):
                 self.core.nm.request("cancel_lease_request", {"lease_id": lease_id}, lambda ok, r: None)
+                for c in self.core.conns.values():
+                    if c.state.get("is_nm"):
+                        c.request("cancel_lease_request", {"lease_id": lease_id}, lambda ok, r: None)
 
     def _request_lease(self, kq):
         self._lease_counter += 1
         lease_id = self.core.worker_id + self._lease_counter.to_bytes(8, "big")
         kq.requests.add(lease_id)
-        self.core.nm.request("request_lease", {"lease_id": lease_id, "resources": kq.resources},
-                             lambda ok, r: self._on_grant(kq, lease_id, ok, r))
+        req = {"lease_id": lease_id, "resources": kq.resources}
+        if kq.strategy:
+            req["strategy"] = kq.strategy
+        if kq.queue and kq.queue[0].locality:
+            req["locality"] = kq.queue[0].locality
+        nm = self.core.nm
+        nm.request("request_lease", req, lambda ok, r: self._on_grant(kq, lease_id, ok, r, nm, req))
 
-    def _on_grant(self, kq, lease_id, ok, grant):
+    def _on_grant(self, kq, lease_id, ok, grant, nm=None, req=None):
+        if ok and isinstance(grant, dict) and "spillback" in grant:
+            # another node is a better place: ask its node manager (once) instead
+            def connected(conn, err):
+                if conn is None:
+                    kq.requests.discard(lease_id)
+                    self._dispatch(kq)
+                    return
+                conn.state["is_nm"] = True
+                again = dict(req, no_spill=True)
+                conn.request("request_lease", again, lambda ok2, r2: self._on_grant(kq, lease_id, ok2, r2, conn, again))
+            self.core.with_conn(grant["spillback"], connected)
+            return
         kq.requests.discard(lease_id)
+        if ok and isinstance(grant, dict) and "error" in grant:
+            while kq.queue:
+                self._finish_error(kq.queue.popleft(), exc.TaskUnschedulableError(grant["message"]))
+            return
+        nm = nm or self.core.nm
         if not ok or grant is None:
             if not ok and not self.core.shutting_down:
                 logger.warning("lease request failed: %s", grant)
@@ -166,16 +205,17 @@ class TaskSubmitter:
                 self._dispatch(kq)
             return
         if not kq.queue:
-            self.core.nm.notify("return_lease", {"lease_id": lease_id})
+            nm.notify("return_lease", {"lease_id": lease_id})
             return
 
         def connected(conn, err):
             if conn is None:
                 logger.warning("could not reach leased worker %s: %s", grant["address"], err)
-                self.core.nm.notify("return_lease", {"lease_id": lease_id, "kill": True})
+                nm.notify("return_lease", {"lease_id": lease_id, "kill": True})
                 self._dispatch(kq)
                 return
             lc = LeaseConn(lease_id, grant, conn, kq)
+            lc.nm = nm
             kq.leases.append(lc)
             self._dispatch(kq)
             self._maybe_idle(lc)
@@ -215,7 +255,8 @@ class TaskSubmitter:
             lc.kq.leases.remove(lc)
         except ValueError:
             pass
-        self.core.nm.notify("return_lease", {"lease_id": lc.lease_id})
+        if not lc.nm.closed:
+            lc.nm.notify("return_lease", {"lease_id": lc.lease_id})
 
     # --- replies ---------------------------------------------------------------------------------
     def _on_reply(self, lc, task, ok, reply):
@@ -290,9 +331,12 @@ class TaskSubmitter:
                 core.refs.set_contains(task.returns[0], [(o, core.address) for o in items])
         for oid, (kind, data) in zip(task.returns, rets):
             if oid in entries:
-                core.memory.put(oid, kind, data)
+                if not core.memory.put(oid, kind, data):
+                    core.memory.replace(oid, kind, data)      # a reconstructed value
+                if kind == "s" and task.retries_left > 0 and "actor" not in task.spec:
+                    self.lineage[oid] = task
             elif kind == "s":
-                core.nm.notify("store_delete", {"oids": [oid]})
+                core.delete_stored([(oid, data[0])])
         contained = reply.get("contained")
         if contained:
             by_outer = {}
@@ -341,7 +385,7 @@ class TaskSubmitter:
         task = self.tasks.get(tid)
         if task is None or task.gen_dropped:
             if kind == "s":
-                self.core.nm.notify("store_delete", {"oids": [ids.object_id(tid, idx)]})
+                self.core.delete_stored([(ids.object_id(tid, idx), data[0])])
             return
         if task.gen_seen is None:
             task.gen_seen = set()
@@ -371,7 +415,7 @@ class TaskSubmitter:
                 self.core.refs._release(oid, e, actions)
                 self.core.run_actions(actions)
             elif v[0] == "s":
-                self.core.nm.notify("store_delete", {"oids": [oid]})
+                self.core.delete_stored([(oid, v[1][0])])
             idx += 1
 
     # --- cancel, blocking, failure -------------------------------------------------------------------
@@ -394,6 +438,35 @@ class TaskSubmitter:
             self._finish_error(task, exc.TaskCancelledError(task.tid.hex()))
         elif task.state == PUSHED and task.lease is not None:
             task.lease.conn.notify("cancel_task", {"tid": task.tid, "force": bool(force), "recursive": bool(recursive)})
+
+    def reconstruct(self, oid, node_id, why):
+        """A stored return value was lost with its node: run its task again (lineage), or make
+        the object an ObjectLostError naming the node."""
+        core = self.core
+        v = core.memory.values.get(oid)
+        if v is None:
+            return "pending"
+        if v[0] != "s" or (node_id is not None and v[1][0] != node_id):
+            return "ok"
+        task = self.lineage.get(oid)
+        if task is None or task.retries_left <= 0:
+            where = node_id.hex() if node_id else "?"
+            core.memory.replace(oid, "e", pickle.dumps(exc.ObjectLostError(oid.hex(), core.address, message=(
+                f"Object {oid.hex()} was lost: its only copy was on node {where}, which is gone ({why}), "
+                + ("and it was made by put(), so it cannot be rebuilt." if task is None else
+                   "and the task that made it has no retries left to rebuild it.")))))
+            return "lost"
+        task.retries_left -= 1
+        for r in task.returns:
+            self.lineage.pop(r, None)
+            core.memory.delete(r)
+        t = Task(task.tid, task.spec, task.fid, task.fn_blob, task.resources, task.returns, task.nret,
+                 task.retries_left, task.retry_exc, [], ([], []), task.name)
+        t.strategy = task.strategy
+        logger.info("rebuilding %s from lineage (task %s)", oid.hex(), task.name)
+        self.tasks[t.tid] = t
+        self._ready(t)
+        return "resubmitted"
 
     def on_blocked(self):
         core = self.core

@@ -20,6 +20,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 import traceback
 from multiprocessing import TimeoutError
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
@@ -100,6 +101,7 @@ class AsyncResult:
         self._callback = callback
         self._error_callback = error_callback
         self._event = threading.Event()
+        self._lock = threading.RLock()
         self._value: Any = _UNSET
         self._error: Optional[BaseException] = None
         if num_chunks == 0:  # map over nothing
@@ -107,20 +109,22 @@ class AsyncResult:
 
     # called on the result-handler thread
     def _set_chunk(self, index: int, items: list) -> None:
-        if self._event.is_set():
-            return  # an earlier chunk failed: the result is already final
-        for item in items:
-            if isinstance(item, _RemoteError):
-                self._finish_error(item.rebuild())
-                return
-        self._chunks[index] = items
-        self._left -= 1
-        if self._left == 0:
-            self._finish_ok()
+        with self._lock:
+            if self._event.is_set():
+                return  # an earlier chunk failed: the result is already final
+            for item in items:
+                if isinstance(item, _RemoteError):
+                    self._finish_error(item.rebuild())
+                    return
+            self._chunks[index] = items
+            self._left -= 1
+            if self._left == 0:
+                self._finish_ok()
 
     def _set_chunk_error(self, index: int, error: BaseException) -> None:
-        if not self._event.is_set():
-            self._finish_error(error)
+        with self._lock:
+            if not self._event.is_set():
+                self._finish_error(error)
 
     def _finish_ok(self):
         values = [v for chunk in self._chunks for v in chunk]
@@ -205,6 +209,7 @@ class IMapIterator:
 
     def _feed(self):
         while not self._exhausted and self._submitted - self._consumed < self._window:
+            self._pool._check_alive()
             chunk = list(itertools.islice(self._source, self._chunksize))
             if not chunk:
                 self._exhausted = True
@@ -259,8 +264,6 @@ class IMapIterator:
             raise item.exc if not item.tb else item.rebuild()
         return item
 
-    __next__.__doc__ = next.__doc__
-
 
 IMapUnorderedIterator = IMapIterator
 
@@ -269,25 +272,170 @@ IMapUnorderedIterator = IMapIterator
 # the pool
 # ---------------------------------------------------------------------------
 
-class _Shared:
-    """What the pool and its result-handler thread share (the thread holds no pool ref)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
-        self.outstanding = 0                      # batches submitted and not yet handled
-        self.events: "queue.SimpleQueue" = queue.SimpleQueue()
-
-
 class _Slot:
-    """An actor of the pool with its counters."""
+    """An actor of the pool with its counters (guarded by the dispatcher's lock)."""
 
-    __slots__ = ("actor", "batches", "in_flight")
+    __slots__ = ("actor", "batches", "in_flight", "sent", "last_done", "retired")
 
     def __init__(self, actor):
         self.actor = actor
-        self.batches = 0     # batches submitted to it (for maxtasksperchild)
-        self.in_flight = 0   # batches submitted and not yet handled
+        self.batches = 0                  # chunks sent to it (for maxtasksperchild)
+        self.in_flight = 0                # chunks sent and not yet handled
+        self.sent = collections.deque()   # send times of those chunks
+        self.last_done = 0.0              # when it last finished a chunk
+        self.retired = False              # replaced (maxtasksperchild): killed once idle
+
+
+# A chunk that takes less than this (seconds) is "short": an actor then gets up to
+# _SHORT_DEPTH chunks at once so the round trips overlap.  Longer chunks go one per actor, so
+# each free actor pulls the next chunk as in the standard library and a slow chunk never holds
+# queued work hostage.
+_SHORT_CHUNK_S = 0.002
+_SHORT_DEPTH = 3
+
+
+class _Dispatcher:
+    """The pool's shared state: the actors, the backlog of chunks not yet sent, and the
+    counters the result-handler thread updates.  Holds no reference to the Pool."""
+
+    def __init__(self, actor_cls, initializer, initargs, processes, maxtasksperchild):
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.events: "queue.SimpleQueue" = queue.SimpleQueue()
+        self.actor_cls = actor_cls
+        self.initializer = initializer
+        self.initargs = initargs
+        self.maxtasksperchild = maxtasksperchild
+        self.backlog = collections.deque()   # (func, batch, result, index)
+        self.outstanding = 0                 # chunks accepted and not yet handled
+        self.terminated = False
+        self.retired = []                    # replaced slots (maxtasksperchild)
+        self.service_s = None                # running average of a chunk's run time
+        self.slots = [self.new_slot() for _ in range(processes)]
+
+    def new_slot(self) -> _Slot:
+        return _Slot(self.actor_cls.remote(self.initializer, self.initargs))
+
+    # -- any thread ------------------------------------------------------------------------------
+    def submit(self, func, batch, result, index) -> None:
+        with self.lock:
+            if self.terminated:
+                raise ValueError("Pool not running")
+            self.outstanding += 1
+            self.backlog.append((func, batch, result, index))
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Send backlog chunks to actors that have room."""
+        with self.lock:
+            while self.backlog and not self.terminated:
+                slot = self._pick()
+                if slot is None:
+                    return
+                self._send(slot, *self.backlog.popleft())
+
+    def _pick(self):
+        short = self.service_s is not None and self.service_s < _SHORT_CHUNK_S
+        depth = _SHORT_DEPTH if short else 1
+        best = None
+        for slot in self.slots:
+            if slot.in_flight >= depth:
+                continue
+            # fewest chunks first; among equals the one that finished last (not a stuck one)
+            if best is None or (slot.in_flight, -slot.last_done) < (best.in_flight, -best.last_done):
+                best = slot
+        return best
+
+    def _send(self, slot, func, batch, result, index):
+        ref = slot.actor.run_batch.remote(func, batch)
+        slot.in_flight += 1
+        slot.batches += 1
+        slot.sent.append(time.monotonic())
+        if self.maxtasksperchild is not None and slot.batches >= self.maxtasksperchild:
+            slot.retired = True
+            self.retired.append(slot)
+            self.slots[self.slots.index(slot)] = self.new_slot()
+        events = self.events
+        ref.future().add_done_callback(
+            lambda fut: events.put((fut, slot, result, index, None, ref)))
+
+    def chunk_done(self, slot) -> bool:
+        """Book a finished chunk of ``slot``; True if the slot's actor should be killed now."""
+        now = time.monotonic()
+        with self.lock:
+            slot.in_flight -= 1
+            sent = slot.sent.popleft() if slot.sent else now
+            took = now - max(sent, slot.last_done)
+            slot.last_done = now
+            self.service_s = took if self.service_s is None else 0.8 * self.service_s + 0.2 * took
+            if slot.retired and slot.in_flight == 0 and not self.terminated:
+                self.retired.remove(slot)
+                return True
+            return False
+
+    def handled(self) -> None:
+        with self.cond:
+            self.outstanding -= 1
+            self.cond.notify_all()
+
+    # -- caller's thread -------------------------------------------------------------------------
+    def terminate(self) -> None:
+        with self.lock:
+            if self.terminated:
+                return
+            self.terminated = True
+            dropped = list(self.backlog)
+            self.backlog.clear()
+            slots = list(self.slots) + list(self.retired)
+        for slot in slots:
+            _kill(slot.actor)
+        for _func, _batch, result, index in dropped:
+            err = RuntimeError("the pool was terminated before this work started")
+            self.events.put((None, None, result, index, err, None))
+        self.events.put(None)
+
+    def wait_all(self) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.outstanding == 0)
+
+
+def _handle_results(d: _Dispatcher):
+    """The result-handler thread: books finished chunks, keeps the actors fed, fills in the
+    results and runs the user's callbacks one at a time.  Ends after the stop sentinel once
+    nothing is outstanding."""
+    stopping = False
+    while True:
+        if stopping:
+            with d.lock:
+                if d.outstanding == 0:
+                    return
+        ev = d.events.get()
+        if ev is None:
+            stopping = True
+            continue
+        fut, slot, result, index, error, _ref = ev
+        if fut is not None:
+            try:
+                items = fut.result()
+            except BaseException as e:  # noqa: BLE001 - the whole chunk failed (actor died, ...)
+                items, error = None, e
+            if d.chunk_done(slot):
+                _kill(slot.actor)
+            d.dispatch()
+        try:
+            if error is not None:
+                result._set_chunk_error(index, error)
+            else:
+                result._set_chunk(index, items)
+        finally:
+            d.handled()
+
+
+def _kill(actor):
+    try:
+        luminary.kill(actor)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
 
 
 class Pool:
@@ -302,12 +450,16 @@ class Pool:
         ray_address: the cluster to initialize Luminary with, when it is not initialized.
         ray_remote_args: options for the actors (``num_cpus`` defaults to 0, as in Ray:
             a pool process holds no CPU while idle).
+
+    Chunks are handed out as actors become free (long chunks one per actor, short ones a few at
+    a time), so a slow item never holds up work another actor could do.
     """
 
     def __init__(self, processes: Optional[int] = None, initializer: Optional[Callable] = None,
                  initargs: Iterable = (), maxtasksperchild: Optional[int] = None,
                  context: Any = None, ray_address: Optional[str] = None,
                  ray_remote_args: Optional[Dict[str, Any]] = None):
+        self._state = _TERMINATE  # until started
         if processes is not None and (not isinstance(processes, int) or processes < 1):
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int)
@@ -315,39 +467,32 @@ class Pool:
             raise ValueError("maxtasksperchild must be a positive int or None")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self._state = _RUN
-        self._initializer = initializer
-        self._initargs = tuple(initargs or ())
-        self._maxtasksperchild = maxtasksperchild
         self._processes = self._init_luminary(processes, ray_address)
         options = {"num_cpus": 0}
         options.update(ray_remote_args or {})
-        self._actor_cls = luminary.remote(_PoolActor).options(**options)
-        self._shared = _Shared()
-        self._lock = self._shared.lock
-        self._retired: List[_Slot] = []  # replaced by maxtasksperchild, to kill once idle
-        self._next_slot = 0
-        self._handler = threading.Thread(target=_handle_results, args=(self._shared,),
+        actor_cls = luminary.remote(_PoolActor).options(**options)
+        self._d = _Dispatcher(actor_cls, initializer, tuple(initargs or ()), self._processes,
+                              maxtasksperchild)
+        self._handler = threading.Thread(target=_handle_results, args=(self._d,),
                                          name="luminary-pool-results", daemon=True)
         self._handler.start()
-        self._slots = [_Slot(self._new_actor()) for _ in range(self._processes)]
+        self._state = _RUN
         try:
-            # fail early (here) if an initializer raises or an actor cannot start
-            luminary.get([s.actor.ping.remote() for s in self._slots])
+            # fail here if an initializer raises or an actor cannot start
+            luminary.get([s.actor.ping.remote() for s in self._d.slots])
         except BaseException:
             self.terminate()
             raise
 
-    # ------------------------------------------------------------ set-up
     @staticmethod
     def _init_luminary(processes, address):
         if not luminary.is_initialized():
-            if address is not None and address != "local":
-                luminary.init(address=address)
+            if address is None:
+                luminary.init(num_cpus=processes)
             elif address == "local":
                 luminary.init(address="local", num_cpus=processes)
             else:
-                luminary.init(num_cpus=processes)
+                luminary.init(address=address)
         cpus = int(luminary.cluster_resources().get("CPU", 0))
         if processes is None:
             processes = max(cpus, 1)
@@ -356,71 +501,36 @@ class Pool:
                              f"cluster, but there are only {cpus} CPUs in the cluster.")
         return processes
 
-    def _new_actor(self):
-        return self._actor_cls.remote(self._initializer, self._initargs)
-
     def _check_running(self):
         if self._state != _RUN:
             raise ValueError("Pool not running")
 
-    # -------------------------------------------------------- submission
-    def _pick_slot(self) -> _Slot:
-        # the least busy actor, ties broken round-robin
-        n = len(self._slots)
-        best = None
-        for k in range(n):
-            slot = self._slots[(self._next_slot + k) % n]
-            if best is None or slot.in_flight < best.in_flight:
-                best = slot
-        self._next_slot = (self._slots.index(best) + 1) % n
-        return best
+    def _check_alive(self):
+        # closed pools still finish the imap iterators started before close()
+        if self._state == _TERMINATE:
+            raise ValueError("Pool not running")
 
     def _submit(self, func, batch, result, index) -> None:
-        """Run ``batch`` (a list of (args, kwargs)) on an actor; the chunk's outcome goes to
-        ``result._set_chunk(index, ...)`` on the result-handler thread."""
-        self._reap_retired()
-        with self._lock:
-            slot = self._pick_slot()
-            slot.in_flight += 1
-            slot.batches += 1
-            self._shared.outstanding += 1
-        ref = slot.actor.run_batch.remote(func, batch)
-        if self._maxtasksperchild is not None and slot.batches >= self._maxtasksperchild:
-            i = self._slots.index(slot)
-            self._slots[i] = _Slot(self._new_actor())
-            self._retired.append(slot)
-        events = self._shared.events
-        ref.future().add_done_callback(
-            lambda fut, slot=slot, ref=ref: events.put((fut, slot, result, index, ref)))
+        self._d.submit(func, batch, result, index)
 
-    def _reap_retired(self):
-        with self._lock:
-            idle = [s for s in self._retired if s.in_flight == 0]
-            self._retired = [s for s in self._retired if s.in_flight != 0]
-        for slot in idle:
-            _kill(slot.actor)
-
-    def _chunks(self, func, iterable, chunksize, unpack, callback, error_callback,
-                single=False):
+    def _chunks(self, func, iterable, chunksize, unpack, callback, error_callback):
         self._check_running()
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         if chunksize is None:
-            chunksize, extra = divmod(len(iterable), len(self._slots) * 4)
+            chunksize, extra = divmod(len(iterable), self._processes * 4)
             if extra:
                 chunksize += 1
-        if len(iterable) == 0:
-            chunksize = 0
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         items = iter(iterable)
         batches = []
-        while True:
-            chunk = list(itertools.islice(items, chunksize)) if chunksize else []
+        while chunksize:
+            chunk = list(itertools.islice(items, chunksize))
             if not chunk:
                 break
             batches.append([(tuple(a) if unpack else (a,), {}) for a in chunk])
-        result = AsyncResult(len(batches), single, callback, error_callback)
+        result = AsyncResult(len(batches), False, callback, error_callback)
         for i, batch in enumerate(batches):
             self._submit(func, batch, result, i)
         return result
@@ -478,32 +588,26 @@ class Pool:
 
     # --------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Accept no more work; the actors end once the submitted work is done (``join``)."""
+        """Accept no more work; ``join`` then waits for the submitted work and ends the actors."""
         if self._state == _RUN:
             self._state = _CLOSE
 
     def terminate(self) -> None:
-        """Kill the actors now, abandoning outstanding work."""
-        if self._state == _TERMINATE:
-            return
+        """Kill the actors now; work not finished fails (its results raise)."""
         self._state = _TERMINATE
-        with self._lock:
-            slots = list(getattr(self, "_slots", [])) + list(self._retired)
-            self._retired = []
-        for slot in slots:
-            _kill(slot.actor)
-        self._shared.events.put(None)
+        d = getattr(self, "_d", None)
+        if d is not None:
+            d.terminate()
 
     def join(self) -> None:
-        """Wait for the submitted work to finish (after ``close``) and end the actors."""
+        """Wait for the submitted work to finish and end the actors (after ``close`` or
+        ``terminate``)."""
         if self._state == _RUN:
             raise ValueError("Pool is still running")
         if self._state == _CLOSE:
-            with self._shared.cond:
-                self._shared.cond.wait_for(lambda: self._shared.outstanding == 0)
+            self._d.wait_all()
             self.terminate()
-            self._handler.join()
-        # after terminate() the abandoned work is not waited for
+        self._handler.join(timeout=30)
 
     def __enter__(self):
         self._check_running()
@@ -516,43 +620,10 @@ class Pool:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __del__(self):
-        shared = getattr(self, "_shared", None)
-        if shared is not None and getattr(self, "_state", _TERMINATE) != _TERMINATE:
-            shared.events.put(None)  # let the handler thread end; the actors go with their handles
+        d = getattr(self, "_d", None)
+        if d is not None and not d.terminated:
+            d.events.put(None)  # let the handler thread end; the actors go with their handles
 
     def __repr__(self):
-        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} " \
-               f"pool_size={getattr(self, '_processes', '?')}>"
-
-
-def _kill(actor):
-    try:
-        luminary.kill(actor)
-    except Exception:  # noqa: BLE001 - already gone
-        pass
-
-
-def _handle_results(shared: _Shared):
-    """The result-handler thread: applies finished chunks and runs user callbacks, one at a
-    time.  Ends after the stop sentinel once nothing is outstanding."""
-    stopping = False
-    while True:
-        if stopping:
-            with shared.lock:
-                if shared.outstanding == 0:
-                    return
-        ev = shared.events.get()
-        if ev is None:
-            stopping = True
-            continue
-        fut, slot, result, index, _ref = ev
-        try:
-            items = fut.result()
-        except BaseException as e:  # noqa: BLE001 - the whole chunk failed (actor died, ...)
-            result._set_chunk_error(index, e)
-        else:
-            result._set_chunk(index, items)
-        with shared.cond:
-            slot.in_flight -= 1
-            shared.outstanding -= 1
-            shared.cond.notify_all()
+        return (f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} "
+                f"pool_size={getattr(self, '_processes', '?')}>")

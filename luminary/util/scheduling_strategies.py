@@ -1,0 +1,56 @@
+"""Scheduling strategies, as in ``ray.util.scheduling_strategies``."""
+from __future__ import annotations
+
+
+class NodeAffinitySchedulingStrategy:
+    """Run on the node with ``node_id`` (hex, from ``get_runtime_context().get_node_id()``).
+    ``soft=True`` falls back to other nodes when that one is dead or lacks the resources."""
+
+    def __init__(self, node_id, soft: bool, _spill_on_unavailable=False, _fail_on_unavailable=False):
+        self.node_id = node_id
+        self.soft = soft
+
+    def to_wire(self):
+        nid = self.node_id if isinstance(self.node_id, bytes) else bytes.fromhex(str(self.node_id))
+        return {"type": "NODE_AFFINITY", "node_id": nid, "soft": bool(self.soft)}
+
+
+class PlacementGroupSchedulingStrategy:
+    """Run inside a placement group's reserved bundles (``placement_group_bundle_index=-1``: any)."""
+
+    def __init__(self, placement_group, placement_group_bundle_index: int = -1,
+                 placement_group_capture_child_tasks=None):
+        self.placement_group = placement_group
+        self.placement_group_bundle_index = placement_group_bundle_index
+        self.placement_group_capture_child_tasks = placement_group_capture_child_tasks
+
+
+class NodeLabelSchedulingStrategy:
+    def __init__(self, hard, soft=None):
+        self.hard = hard
+        self.soft = soft
+
+
+def wire_strategy(strategy, resources):
+    """(strategy dict for the wire or None, resources rewritten for placement groups)."""
+    if strategy is None or strategy == "DEFAULT":
+        return None, resources
+    if strategy == "SPREAD":
+        return {"type": "SPREAD"}, resources
+    if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        return strategy.to_wire(), resources
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+        pg = strategy.placement_group
+        if pg is None:
+            return None, resources
+        idx = strategy.placement_group_bundle_index
+        pgid = pg.id.hex()
+        out = {}
+        for k, v in resources.items():
+            out[f"{k}_group_{idx}_{pgid}" if idx >= 0 else f"{k}_group_{pgid}"] = v
+        out[f"bundle_group_{idx}_{pgid}" if idx >= 0 else f"bundle_group_{pgid}"] = 0.001
+        return None, out
+    if isinstance(strategy, str):
+        raise ValueError(f"Unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', "
+                         "NodeAffinitySchedulingStrategy or PlacementGroupSchedulingStrategy.")
+    raise TypeError(f"scheduling_strategy must be 'DEFAULT', 'SPREAD' or a strategy object, got {type(strategy).__name__}.")
