@@ -16,12 +16,15 @@ _EXAMPLES = os.path.join(_ROOT, "examples")
 if _EXAMPLES not in sys.path:
     sys.path.insert(0, _EXAMPLES)
 if IS_RAY:
-    # The example is written against luminary (it imports it; the tests pass backend=ray).
-    # The oracle's environment may lack it: use the source tree.
+    # The example is written against luminary (it imports it; the tests pass backend=ray), and
+    # the oracle's environment may lack it: use the source tree.  Ray's workers find modules
+    # through PYTHONPATH (inherited when the cluster starts, after collection).
     try:
         import luminary  # noqa: F401
     except ImportError:
         sys.path.append(_ROOT)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [_EXAMPLES, _ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 import rl_parameter_server as rl  # noqa: E402
 

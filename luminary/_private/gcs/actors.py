@@ -108,9 +108,9 @@ class ActorManager:
     def _pick_node(self, resources):
         best = None
         for nid, node in self.gcs.nodes.items():
-            if not node["Alive"] or nid not in self.gcs.node_conns:
+            if not node["Alive"] or nid not in self.gcs.node_conns or self.gcs.node_conns[nid].closed:
                 continue
-            total = node["Resources"]
+            total = node.get("Total", node["Resources"])
             if any(total.get(k, 0) + 1e-9 < v for k, v in resources.items() if v > 0):
                 continue
             avail = node["Available"]

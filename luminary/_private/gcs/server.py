@@ -60,7 +60,14 @@ class GcsServer:
                            "last": time.monotonic(), "Labels": {}}
         self.node_conns[nid] = conn
         conn.close_callbacks.append(lambda c, nid=nid: self._node_lost(nid, "connection closed"))
-        return True
+        self.broadcast_view(exclude=nid)
+        return self.view()
+
+    def broadcast_view(self, exclude=None):
+        view = self.view()
+        for other, c in self.node_conns.items():
+            if other != exclude and not c.closed and self.nodes[other]["Alive"]:
+                c.notify("view", view)
 
     def heartbeat(self, conn, p):
         """A node's report; the answer is the cluster view its scheduler spills back with."""
@@ -83,6 +90,7 @@ class GcsServer:
             node["Alive"] = False
             node["death_reason"] = why
             logger.warning("node %s is dead: %s", nid.hex(), why)
+            self.broadcast_view(exclude=nid)
 
     async def _health_loop(self):
         while True:

@@ -105,6 +105,7 @@ class NodeManager:
             "log": self.forward_log,
             "node_info": self.node_info,
             "shutdown": self.request_shutdown,
+            "view": lambda c, p: self._on_view(True, p),
             "transfer_begin": self.transfer_begin,
             "fetch_chunk": self.fetch_chunk,
             "transfer_end": self.transfer_end,
@@ -125,7 +126,7 @@ class NodeManager:
                 f"tcp:{self.cfg['node_ip']}:{self.cfg['tcp_port']}", self.secret, self.handlers, name="node-manager")
         self.gcs = await protocol.connect(self.cfg["gcs_address"], self.secret, self.handlers, name="gcs")
         self.gcs.close_callbacks.append(lambda c: self._gcs_lost())
-        await self.gcs.call("register_node", {
+        self.view = await self.gcs.call("register_node", {
             "node_id": self.node_id, "address": self.tcp_address or self.address, "ip": self.cfg["node_ip"],
             "resources": self.resources, "head": bool(self.cfg.get("head")), "pid": os.getpid()})
         _, self.zygote = await loop.create_connection(lambda: _ZygoteProtocol(self), sock=self.zygote_sock)
@@ -133,7 +134,7 @@ class NodeManager:
             self._start_worker()
         loop.create_task(self._heartbeat_loop())
         loop.create_task(self._reap_idle_loop())
-        if self.cfg.get("exit_with_driver"):
+        if self.cfg.get("watch_stdin", self.cfg.get("exit_with_driver")):
             loop.add_reader(0, self._stdin_readable)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: self.shutdown("signal"))
@@ -145,7 +146,7 @@ class NodeManager:
             data = b""
         if not data:
             asyncio.get_event_loop().remove_reader(0)
-            self.shutdown("the driver that started this cluster exited")
+            self.shutdown("the process that started this node exited")
 
     def _gcs_lost(self):
         if not self.shutting_down:
@@ -270,7 +271,7 @@ class NodeManager:
         if isinstance(target, dict):
             return target
         req = LeaseRequest(p["lease_id"], resources, conn, data=p)
-        if not self.scheduler.feasible(resources):
+        if not self.scheduler.feasible(resources) and not self._feasible_anywhere(resources):
             missing = self.scheduler.missing(resources)
             conn.notify("infeasible", {"lease_id": p["lease_id"], "missing": missing,
                                        "node_resources": self.resources})
@@ -332,6 +333,10 @@ class NodeManager:
             best = min(ready, key=lambda nid: (self._node_util(alive[nid], resources), nid != me))
             return spill(best)
         return None if here_ok else spill(sorted(candidates)[0])
+
+    def _feasible_anywhere(self, resources):
+        return any(all(n["total"].get(k, 0.0) + 1e-9 >= v for k, v in resources.items() if v > 0)
+                   for n in self.view.values())
 
     def _utilization(self, resources):
         util = 0.0

@@ -2,20 +2,11 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
-import select
-import struct
-import subprocess
-import sys
-import time
-
-import msgpack
 
 from ... import exceptions as exc
-from .. import ids, procutil
-from ..config import DEFAULT_STORE_FRACTION
+from .. import ids
 from . import state
 from .core import DRIVER, CoreWorker
 from .object_ref import ObjectRef, ObjectRefGenerator
@@ -44,7 +35,6 @@ class _Session:
         self.info = None
         self.namespace = None
         self.owns_cluster = False
-        self.arena_fd = None
 
 
 _session = None
@@ -66,13 +56,6 @@ class RayContext(dict):
 
     def disconnect(self):
         shutdown()
-
-
-def _total_memory():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 8 << 30
 
 
 def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
@@ -131,74 +114,22 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
 
 
 def _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs):
-    procutil.cleanup_stale_sessions()
-    root = procutil.session_root()
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    session_dir = os.path.join(kwargs.get("_temp_dir") or root, f"session_{stamp}_{os.getpid()}_{os.urandom(3).hex()}")
-    os.makedirs(os.path.join(session_dir, "logs"), mode=0o700)
+    from ..node import launch
+    session_dir = launch.new_session_dir(kwargs.get("_temp_dir"))
     secret = os.urandom(32)
-    if object_store_memory is None:
-        object_store_memory = int(_total_memory() * DEFAULT_STORE_FRACTION)
-    object_store_memory = int(object_store_memory) // 4096 * 4096
-    if object_store_memory < 1 << 20:
-        raise ValueError("object_store_memory must be at least 1 MiB")
     node_ip = kwargs.get("_node_ip_address") or "127.0.0.1"
-    cfg = {"secret": secret, "session_dir": session_dir, "head": True, "node_ip": node_ip,
-           "num_cpus": os.cpu_count() if num_cpus is None else num_cpus, "num_gpus": num_gpus or 0,
-           "resources": resources or {}, "object_store_memory": object_store_memory,
-           "memory": kwargs.get("_memory") or int(_total_memory() * 0.7),
-           "exit_with_driver": True, "remove_session_dir": True}
-    env = dict(os.environ)
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    err = open(os.path.join(session_dir, "logs", "node.err"), "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "luminary._private.node"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=err, start_new_session=True, close_fds=True, env=env)
-    err.close()
-    blob = msgpack.packb(cfg, use_bin_type=True)
-    proc.stdin.write(struct.pack("<I", len(blob)) + blob)
-    proc.stdin.flush()
-    info = _read_ready_line(proc, session_dir)
+    proc, info = launch.start_node(secret=secret, session_dir=session_dir, head=True, node_ip=node_ip,
+                                   num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                   object_store_memory=object_store_memory, memory=kwargs.get("_memory"),
+                                   watch_stdin=True, exit_with_driver=True)
     sess = _Session()
     sess.proc = proc
     sess.session_dir = session_dir
     sess.info = info
     sess.owns_cluster = True
-    arena = os.open(f"/proc/{info['pid']}/fd/{info['arena_fd']}", os.O_RDWR)
-    sess.arena_fd = arena
     wcfg = {"secret": secret, "session_dir": session_dir, "nm_address": info["nm_address"],
-            "gcs_address": info["gcs_address"], "node_ip": node_ip, "arena_fd": arena,
-            "capacity": object_store_memory, "worker_id": ids.random_id()}
+            "gcs_address": info["gcs_address"], "node_ip": node_ip, "worker_id": ids.random_id()}
     return sess, wcfg
-
-
-def _read_ready_line(proc, session_dir, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    buf = b""
-    fd = proc.stdout.fileno()
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            proc.kill()
-            raise RuntimeError(f"The local node did not start within {timeout}s; see {session_dir}/logs")
-        r, _, _ = select.select([fd], [], [], left)
-        if r:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                proc.wait()
-                log = ""
-                try:
-                    with open(os.path.join(session_dir, "logs", "node.err")) as f:
-                        log = f.read()[-2000:]
-                except OSError:
-                    pass
-                raise RuntimeError(f"The local node exited during start-up (code {proc.returncode}).\n{log}")
-            buf += chunk
-    info = json.loads(buf.decode())
-    if "error" in info:
-        raise RuntimeError(info["error"])
-    return info
 
 
 def shutdown(_exiting_interpreter=False):
@@ -222,27 +153,11 @@ def shutdown(_exiting_interpreter=False):
 
 
 def _stop_session(sess):
-    if sess.arena_fd is not None:
-        try:
-            os.close(sess.arena_fd)
-        except OSError:
-            pass
     proc = sess.proc
     if proc is not None:
-        try:
-            proc.stdin.close()
-        except Exception:
-            pass
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        try:
-            proc.stdout.close()
-        except Exception:
-            pass
-    if sess.owns_cluster and sess.session_dir:
+        from ..node.launch import stop_node
+        stop_node(proc)
+    if sess.session_dir:
         import shutil
         shutil.rmtree(sess.session_dir, ignore_errors=True)
 

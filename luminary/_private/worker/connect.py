@@ -1,9 +1,91 @@
-"""Connecting a driver to a cluster that is already running (``init(address=...)``)."""
+"""Connecting a driver to a cluster that is already running (``init(address=...)``).
+
+Resolution, as in Ray: an explicit address, then $LUMINARY_ADDRESS (or $RAY_ADDRESS), then the
+cluster started on this machine with ``luminary start``.  The secret comes from the cluster's
+file (mode 0600) on this machine, or from $LUMINARY_SECRET_FILE.
+"""
 from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import os
+import shutil
+
+from .. import ids
+from ..node import launch
+from ..rpc import protocol
+from ..rpc.loop import new_event_loop
+
+
+def resolve_address(address):
+    if address == "auto":
+        env = os.environ.get("LUMINARY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+        if env and env not in ("auto", "local"):
+            return launch.normalize_address(env)
+        files = sorted(glob.glob(os.path.join(launch.clusters_dir(), "*.json")), key=os.path.getmtime)
+        if not files:
+            raise ConnectionError("Could not find any running Luminary cluster on this machine. Start one with "
+                                  "`luminary start --head`, or call luminary.init() with no address for a "
+                                  "private local cluster.")
+        with open(files[-1]) as f:
+            return json.load(f)["gcs_address"]
+    return launch.normalize_address(address)
+
+
+def _my_ips():
+    ips = {"127.0.0.1", "localhost"}
+    try:
+        import socket
+        ips.add(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        pass
+    return ips
+
+
+async def _nodes(gcs_address, secret):
+    conn = await protocol.connect(gcs_address, secret, {}, name="gcs", timeout=5)
+    try:
+        return await conn.call("get_nodes")
+    finally:
+        conn.close()
+
+
+def query_nodes(gcs_address, secret):
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(_nodes(gcs_address, secret))
+    except protocol.AuthenticationError as e:
+        raise ConnectionError(f"The cluster at {gcs_address[4:]} refused this secret ({e}). Use the secret "
+                              "file of that cluster (LUMINARY_SECRET_FILE).") from None
+    except (OSError, asyncio.TimeoutError, protocol.ConnectionLost) as e:
+        raise ConnectionError(f"Could not reach a Luminary cluster at {gcs_address[4:]} ({type(e).__name__}: {e}). "
+                              "Check the address (HOST:PORT of the head node's GCS) and that "
+                              "`luminary start --head` is running there.") from None
+    finally:
+        loop.close()
 
 
 def connect_existing(address):
-    raise ConnectionError(
-        f"Could not connect to a Luminary cluster at {address!r}: joining running clusters "
-        "(luminary start) is not available in this version. Call luminary.init() without an "
-        "address to start a local cluster.")
+    from .api import _Session
+    gcs = resolve_address(address)
+    secret = launch.read_secret(gcs)
+    nodes = [n for n in query_nodes(gcs, secret) if n["Alive"]]
+    mine = _my_ips()
+    local = [n for n in nodes if n["NodeManagerAddress"] in mine]
+    if not local:
+        raise ConnectionError(f"The cluster at {gcs[4:]} has no node on this machine; a driver connects through "
+                              "the node manager of its own machine. Run `luminary start --address "
+                              f"{gcs[4:]}` here first.")
+    node = sorted(local, key=lambda n: not n.get("IsHead"))[0]
+    sess = _Session()
+    sess.session_dir = launch.new_session_dir(prefix="driver")
+    sess.owns_cluster = False
+    sess.info = {"gcs_address": gcs, "node_id": node["NodeID"]}
+    cfg = {"secret": secret, "session_dir": sess.session_dir, "nm_address": node["Address"],
+           "gcs_address": gcs, "node_ip": node["NodeManagerAddress"], "worker_id": ids.random_id(), "tcp": True}
+    return sess, cfg
+
+
+def remove_driver_dir(path):
+    shutil.rmtree(path, ignore_errors=True)

@@ -135,6 +135,10 @@ class CoreWorker:
                    "log_to_driver": self.cfg.get("log_to_driver", True)}
         info = await self.nm.call(register_as, payload)
         self.node_id = info["node_id"]
+        if "arena_fd" not in self.cfg:   # a driver: open the node's memfd through /proc
+            self.cfg["arena_fd"] = os.open(f"/proc/{info['arena_pid']}/fd/{info['arena_fd']}", os.O_RDWR)
+            self.cfg["capacity"] = info["capacity"]
+            self._owns_arena_fd = True
         self.gcs = await protocol.connect(info["gcs_address"], self.secret, self.handlers, name="gcs")
         return info
 
@@ -177,6 +181,11 @@ class CoreWorker:
         except Exception:
             pass
         self.io.stop()
+        if getattr(self, "_owns_arena_fd", False):
+            try:
+                os.close(self.cfg["arena_fd"])
+            except OSError:
+                pass
         if self.address.startswith("unix:"):
             try:
                 os.unlink(self.address[5:])
