@@ -146,7 +146,11 @@ def run_gcs(secret: bytes, address: str, ready_fd: int, storage_path: str | None
     asyncio.set_event_loop(loop)
     storage = SqliteStorage(storage_path) if storage_path else MemoryStorage()
     gcs = GcsServer(secret, storage)
-    bound = loop.run_until_complete(gcs.start(address))
+    try:
+        bound = loop.run_until_complete(gcs.start(address))
+    except OSError as e:
+        os.write(ready_fd, f"error:{e}\n".encode())
+        raise SystemExit(1)
     os.write(ready_fd, bound.encode() + b"\n")
     os.close(ready_fd)
     try:

@@ -82,7 +82,12 @@ def main():
                 sys.exit(1)
             line += chunk
         os.close(r)
-        cfg["gcs_address"] = line.decode().strip()
+        line = line.decode().strip()
+        if line.startswith("error:"):
+            print(json.dumps({"error": f"the GCS could not listen on {gcs_address[4:]}: {line[6:]}"}), flush=True)
+            _cleanup(cfg, session_dir)
+            sys.exit(1)
+        cfg["gcs_address"] = line
 
     parent_sock, child_sock = socket.socketpair()
     zpid = os.fork()

@@ -288,7 +288,9 @@ class NodeManager:
         view = self.view
         strategy = p.get("strategy") or {}
         kind = strategy.get("type", "DEFAULT")
-        alive = {nid: n for nid, n in view.items()}
+        alive = dict(view)
+        alive[me] = {"address": self.tcp_address or self.address, "total": self.scheduler.total,
+                     "available": self.scheduler.available}     # our own state is exact, not a report
         here_ok = self.scheduler.feasible(resources)
 
         def feasible(n):

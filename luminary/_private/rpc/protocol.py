@@ -30,6 +30,7 @@ import msgpack
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
+DENY = b"DENY"           # sent by a server before it drops a peer whose proof was wrong
 MAGIC = b"LUM1"          # bump when the wire format changes: peers of other versions are refused
 NONCE = 32
 MAC = 32
@@ -128,6 +129,7 @@ class Connection(asyncio.Protocol):
                 proof, client_nonce = head[4:4 + MAC], head[4 + MAC:]
                 if not hmac.compare_digest(proof, _mac(self.secret, b"C", self._nonce)):
                     logger.warning("refused connection from %s: wrong cluster secret", self.peer)
+                    self.transport.write(DENY)     # fixed bytes: tells an honest client why, leaks nothing
                     self.transport.close()
                     return
                 self.transport.write(_mac(self.secret, b"S", client_nonce))
@@ -145,6 +147,10 @@ class Connection(asyncio.Protocol):
                 self.transport.write(MAGIC + _mac(self.secret, b"C", head[4:]) + self._nonce)
                 self._stage = 1
             if self._stage == 1:
+                if self._raw[:len(DENY)] == DENY:
+                    self._fail_handshake(AuthenticationError(
+                        f"{self.name}: the peer refused this cluster secret (wrong secret file?)"))
+                    return
                 if len(self._raw) < MAC:
                     return
                 proof, self._raw = self._raw[:MAC], self._raw[MAC:]

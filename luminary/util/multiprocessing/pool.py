@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import queue
 import threading
 import time
 import traceback
@@ -198,7 +197,8 @@ class IMapIterator:
         self._exhausted = False
         # A sized input is submitted at once (the standard library feeds everything); an
         # iterator is read lazily, keeping a bounded number of chunks in flight.
-        self._window = float("inf") if hasattr(iterable, "__len__") else 2 * pool._processes
+        self._window = (float("inf") if hasattr(iterable, "__len__")
+                        else max(32, 8 * pool._processes))
         self._cond = threading.Condition()
         self._submitted = 0     # chunks submitted
         self._consumed = 0      # chunks fully handed to the caller
@@ -294,21 +294,29 @@ _SHORT_CHUNK_S = 0.002
 _SHORT_DEPTH = 3
 
 
+# How long the result-handler thread waits on the chunks in flight before it looks again for
+# chunks sent since (the only latency this adds is for a chunk sent while others run).
+_POLL_S = 0.005
+
+
 class _Dispatcher:
-    """The pool's shared state: the actors, the backlog of chunks not yet sent, and the
-    counters the result-handler thread updates.  Holds no reference to the Pool."""
+    """The pool's shared state: the actors, the backlog of chunks not yet sent, the chunks in
+    flight, and the counters the result-handler thread updates.  Holds no reference to the
+    Pool, so an abandoned pool can be collected."""
 
     def __init__(self, actor_cls, initializer, initargs, processes, maxtasksperchild):
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
-        self.events: "queue.SimpleQueue" = queue.SimpleQueue()
         self.actor_cls = actor_cls
         self.initializer = initializer
         self.initargs = initargs
         self.maxtasksperchild = maxtasksperchild
-        self.backlog = collections.deque()   # (func, batch, result, index)
+        self.backlog = collections.deque()   # (func, batch, result, index) not sent yet
+        self.in_flight = {}                  # ref -> (slot, result, index)
+        self.failed = collections.deque()    # (result, index, error) to deliver
         self.outstanding = 0                 # chunks accepted and not yet handled
         self.terminated = False
+        self.stopping = False                # the handler thread ends once nothing is left
         self.retired = []                    # replaced slots (maxtasksperchild)
         self.service_s = None                # running average of a chunk's run time
         self.slots = [self.new_slot() for _ in range(processes)]
@@ -323,16 +331,20 @@ class _Dispatcher:
                 raise ValueError("Pool not running")
             self.outstanding += 1
             self.backlog.append((func, batch, result, index))
-        self.dispatch()
+            self.dispatch()
 
     def dispatch(self) -> None:
         """Send backlog chunks to actors that have room."""
-        with self.lock:
+        with self.cond:
+            sent = False
             while self.backlog and not self.terminated:
                 slot = self._pick()
                 if slot is None:
-                    return
+                    break
                 self._send(slot, *self.backlog.popleft())
+                sent = True
+            if sent:
+                self.cond.notify_all()
 
     def _pick(self):
         short = self.service_s is not None and self.service_s < _SHORT_CHUNK_S
@@ -351,13 +363,11 @@ class _Dispatcher:
         slot.in_flight += 1
         slot.batches += 1
         slot.sent.append(time.monotonic())
+        self.in_flight[ref] = (slot, result, index)
         if self.maxtasksperchild is not None and slot.batches >= self.maxtasksperchild:
             slot.retired = True
             self.retired.append(slot)
             self.slots[self.slots.index(slot)] = self.new_slot()
-        events = self.events
-        ref.future().add_done_callback(
-            lambda fut: events.put((fut, slot, result, index, None, ref)))
 
     def chunk_done(self, slot) -> bool:
         """Book a finished chunk of ``slot``; True if the slot's actor should be killed now."""
@@ -378,21 +388,26 @@ class _Dispatcher:
             self.outstanding -= 1
             self.cond.notify_all()
 
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
     # -- caller's thread -------------------------------------------------------------------------
     def terminate(self) -> None:
-        with self.lock:
+        with self.cond:
             if self.terminated:
                 return
             self.terminated = True
-            dropped = list(self.backlog)
+            self.stopping = True
+            for _func, _batch, result, index in self.backlog:
+                err = RuntimeError("the pool was terminated before this work started")
+                self.failed.append((result, index, err))
             self.backlog.clear()
             slots = list(self.slots) + list(self.retired)
+            self.cond.notify_all()
         for slot in slots:
             _kill(slot.actor)
-        for _func, _batch, result, index in dropped:
-            err = RuntimeError("the pool was terminated before this work started")
-            self.events.put((None, None, result, index, err, None))
-        self.events.put(None)
 
     def wait_all(self) -> None:
         with self.cond:
@@ -400,35 +415,50 @@ class _Dispatcher:
 
 
 def _handle_results(d: _Dispatcher):
-    """The result-handler thread: books finished chunks, keeps the actors fed, fills in the
-    results and runs the user's callbacks one at a time.  Ends after the stop sentinel once
-    nothing is outstanding."""
-    stopping = False
+    """The result-handler thread: waits for the chunks in flight, books them, keeps the actors
+    fed, fills in the results and runs the user's callbacks one at a time.  Ends once stopped
+    and nothing is outstanding."""
     while True:
-        if stopping:
-            with d.lock:
-                if d.outstanding == 0:
-                    return
-        ev = d.events.get()
-        if ev is None:
-            stopping = True
+        with d.cond:
+            d.cond.wait_for(lambda: d.in_flight or d.failed or (d.stopping and d.outstanding == 0))
+            if not d.in_flight and not d.failed:
+                return
+            refs = list(d.in_flight)
+            failed = list(d.failed)
+            d.failed.clear()
+        for result, index, error in failed:
+            _deliver(d, result, index, None, error)
+        if not refs:
             continue
-        fut, slot, result, index, error, _ref = ev
-        if fut is not None:
+        if not luminary.is_initialized():
+            return  # the cluster was shut down under a pool that was never terminated
+        try:
+            ready, _ = luminary.wait(refs, num_returns=1, timeout=_POLL_S)
+            if ready and len(refs) > 1:
+                ready, _ = luminary.wait(refs, num_returns=len(refs), timeout=0)
+        except Exception:  # noqa: BLE001 - the cluster went away
+            return
+        for ref in ready:
+            with d.lock:
+                slot, result, index = d.in_flight.pop(ref)
             try:
-                items = fut.result()
+                items, error = luminary.get(ref), None
             except BaseException as e:  # noqa: BLE001 - the whole chunk failed (actor died, ...)
                 items, error = None, e
             if d.chunk_done(slot):
                 _kill(slot.actor)
             d.dispatch()
-        try:
-            if error is not None:
-                result._set_chunk_error(index, error)
-            else:
-                result._set_chunk(index, items)
-        finally:
-            d.handled()
+            _deliver(d, result, index, items, error)
+
+
+def _deliver(d, result, index, items, error):
+    try:
+        if error is not None:
+            result._set_chunk_error(index, error)
+        else:
+            result._set_chunk(index, items)
+    finally:
+        d.handled()
 
 
 def _kill(actor):
@@ -621,8 +651,8 @@ class Pool:
 
     def __del__(self):
         d = getattr(self, "_d", None)
-        if d is not None and not d.terminated:
-            d.events.put(None)  # let the handler thread end; the actors go with their handles
+        if d is not None:
+            d.stop()  # let the handler thread end; the actors go with their handles
 
     def __repr__(self):
         return (f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} "

@@ -1,0 +1,182 @@
+"""The ``luminary`` command: start, stop and inspect nodes of a cluster.
+
+    luminary start --head [--port 6380] [--node-ip-address IP] [--num-cpus N] [--num-gpus N]
+                          [--resources JSON] [--object-store-memory BYTES]
+    luminary start --address HOST:PORT [--secret-file PATH] [...same options]
+    luminary stop      stops every node this user started on this machine, with all their processes
+    luminary status    nodes (alive or dead), resources used and free, pending and infeasible demand
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import signal
+import sys
+import time
+
+from .._private import procutil
+from .._private.node import launch
+
+DEFAULT_PORT = 6380
+
+
+def _nodes_dir():
+    path = os.path.join(procutil.session_root(), "nodes")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def cmd_start(args):
+    if bool(args.head) == bool(args.address):
+        sys.exit("luminary start: give either --head (start a new cluster) or --address HOST:PORT (join one).")
+    resources = {}
+    if args.resources:
+        try:
+            resources = json.loads(args.resources)
+            assert isinstance(resources, dict)
+        except (ValueError, AssertionError):
+            sys.exit(f"luminary start: --resources must be a JSON object such as '{{\"gadget\": 2}}', got {args.resources!r}")
+        if "CPU" in resources or "GPU" in resources:
+            sys.exit("luminary start: use --num-cpus/--num-gpus instead of CPU/GPU in --resources")
+    ip = args.node_ip_address or "127.0.0.1"
+    session_dir = launch.new_session_dir(prefix="node")
+    if args.head:
+        secret = os.urandom(32)
+        gcs_address = None
+    else:
+        gcs_address = launch.normalize_address(args.address)
+        try:
+            secret = launch.read_secret(gcs_address, args.secret_file)
+        except ConnectionError as e:
+            sys.exit(f"luminary start: {e}")
+        from .._private.worker.connect import query_nodes
+        try:
+            query_nodes(gcs_address, secret)
+        except ConnectionError as e:
+            sys.exit(f"luminary start: {e}")
+    try:
+        proc, info = launch.start_node(
+            secret=secret, session_dir=session_dir, head=bool(args.head), gcs_address=gcs_address, node_ip=ip,
+            gcs_port=args.port if args.head else None, tcp_port=args.node_manager_port, num_cpus=args.num_cpus,
+            num_gpus=args.num_gpus, resources=resources, object_store_memory=args.object_store_memory,
+            watch_stdin=False, daemon=True)
+    except RuntimeError as e:
+        import shutil
+        shutil.rmtree(session_dir, ignore_errors=True)
+        msg = str(e)
+        if "Address already in use" in msg or "address already in use" in msg.lower():
+            sys.exit(f"luminary start: port {args.port} is already in use (another cluster, or another "
+                     "program). Pick a free one with --port, or stop the other cluster with `luminary stop`.")
+        sys.exit(f"luminary start: the node failed to start: {msg}")
+    if args.head:
+        launch.write_cluster_file(info["gcs_address"], secret, {"kind": "cli"})
+    record = {"pid": info["pid"], "node_id": info["node_id"], "gcs_address": info["gcs_address"],
+              "session_dir": session_dir, "head": bool(args.head)}
+    with open(os.path.join(_nodes_dir(), f"{info['pid']}.json"), "w") as f:
+        json.dump(record, f)
+    addr = info["gcs_address"][4:]
+    if args.head:
+        secret_file = launch.cluster_file(info["gcs_address"])[:-5] + ".secret"
+        print(f"Luminary head node started: cluster address {addr} (node {info['node_id'][:12]}).\n"
+              f"  Connect a driver here:    luminary.init(address='{addr}')  (or address='auto')\n"
+              f"  Join from another machine: copy {secret_file} there (mode 0600), then\n"
+              f"                             LUMINARY_SECRET_FILE=<copy> luminary start --address {addr}\n"
+              f"  Inspect: luminary status    Stop: luminary stop")
+    else:
+        print(f"Luminary node {info['node_id'][:12]} joined the cluster at {addr}.")
+
+
+def cmd_stop(args):
+    files = glob.glob(os.path.join(_nodes_dir(), "*.json"))
+    stopped = 0
+    records = []
+    for path in files:
+        with open(path) as f:
+            rec = json.load(f)
+        records.append((path, rec))
+    # worker nodes first, then heads (they hold the GCS)
+    records.sort(key=lambda pr: pr[1].get("head", False))
+    for path, rec in records:
+        pid = rec["pid"]
+        if procutil.pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+            deadline = time.monotonic() + (0 if args.force else 10)
+            while procutil.pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if procutil.pid_alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            stopped += 1
+        import shutil
+        shutil.rmtree(rec.get("session_dir", ""), ignore_errors=True)
+        if rec.get("head"):
+            launch.remove_cluster_file(rec["gcs_address"])
+        os.unlink(path)
+    print(f"Stopped {stopped} Luminary node{'s' if stopped != 1 else ''}.")
+
+
+def cmd_status(args):
+    from .._private.worker.connect import query_nodes, resolve_address
+    try:
+        gcs = resolve_address(args.address or "auto")
+        secret = launch.read_secret(gcs)
+        nodes = query_nodes(gcs, secret)
+    except ConnectionError as e:
+        sys.exit(f"luminary status: {e}")
+    alive = [n for n in nodes if n["Alive"]]
+    print(f"Cluster {gcs[4:]}: {len(alive)} alive node(s), {len(nodes) - len(alive)} dead")
+    total, avail = {}, {}
+    for n in nodes:
+        mark = "alive" if n["Alive"] else f"DEAD ({n.get('death_reason', '')})"
+        res = {k: v for k, v in n["Resources"].items() if not k.startswith("node:")}
+        print(f"  node {n['NodeID'][:12]} {n['NodeManagerAddress']:<15} {'head ' if n.get('IsHead') else ''}{mark}")
+        if n["Alive"]:
+            free = n.get("Available", {})
+            parts = [f"{k} {res[k] - free.get(k, 0):g}/{res[k]:g} used" for k in sorted(res)
+                     if k not in ("memory", "object_store_memory")]
+            print(f"      {', '.join(parts)}")
+            for k, v in n["Resources"].items():
+                total[k] = total.get(k, 0) + v
+            for k, v in free.items():
+                avail[k] = avail.get(k, 0) + v
+    demand = [d for n in alive for d in n.get("pending", [])]
+    infeasible = [d for d in demand if not any(all(m["Resources"].get(k, 0) >= v for k, v in d.items())
+                                                for m in alive)]
+    print(f"Resources: CPU {total.get('CPU', 0) - avail.get('CPU', 0):g}/{total.get('CPU', 0):g} used"
+          + (f", GPU {total.get('GPU', 0) - avail.get('GPU', 0):g}/{total.get('GPU', 0):g} used" if total.get("GPU") else ""))
+    print(f"Pending demand: {len(demand)} lease request(s)" + (f": {demand[:5]}" if demand else ""))
+    if infeasible:
+        print(f"Infeasible (no node can ever run these): {infeasible[:5]}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="luminary", description="Start, stop and inspect Luminary nodes.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("start", help="start a node (a new cluster's head, or one joining a cluster)")
+    st.add_argument("--head", action="store_true")
+    st.add_argument("--address")
+    st.add_argument("--port", type=int, default=DEFAULT_PORT, help="the head's GCS port (default 6380)")
+    st.add_argument("--node-manager-port", type=int, default=0, help="this node's port (default: any free)")
+    st.add_argument("--node-ip-address", help="address to bind (default 127.0.0.1: loopback only)")
+    st.add_argument("--num-cpus", type=float)
+    st.add_argument("--num-gpus", type=float)
+    st.add_argument("--resources")
+    st.add_argument("--object-store-memory", type=int)
+    st.add_argument("--secret-file")
+    sp = sub.add_parser("stop", help="stop every node started on this machine")
+    sp.add_argument("--force", action="store_true")
+    ss = sub.add_parser("status", help="show the cluster's nodes and resources")
+    ss.add_argument("--address")
+    args = parser.parse_args(argv)
+    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
