@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from _backend import BACKEND, ray
+from _backend import BACKEND, IS_RAY, ray
 
 ActorPool = importlib.import_module(f"{BACKEND}.util").ActorPool
 
@@ -216,4 +216,35 @@ def test_work_is_spread_over_actors(actors, tmp_path):
     rest = {pool.get_next_unordered() for _ in range(2)}
     assert "held" in rest
     assert pid2 in rest  # the free actor served the second pid call too
+    assert not pool.has_next()
+
+
+@pytest.mark.skipif(IS_RAY, reason="Ray's map() re-raises a failed result it is discarding, and "
+                                   "its drain loop does not handle get_next_unordered() leftovers")
+@pytest.mark.timeout(60)
+def test_map_after_get_next_unordered_and_failures(actors, tmp_path):
+    release = str(tmp_path / "release")
+    pool = ActorPool(actors)
+    pool.submit(lambda a, v: a.wait_for.remote(release, v), "slow")
+    pool.submit(lambda a, v: a.fail_on.remote(v, v), 1)
+    with pytest.raises(ValueError):
+        pool.get_next_unordered()  # the failure finishes first
+    pool.submit(lambda a, v: a.fail_on.remote(v, v), 2)
+    open(release, "w").close()
+    # whatever is left (finished, failed or running) is dropped
+    assert list(pool.map(double, [1, 2, 3])) == [2, 4, 6]
+
+
+@pytest.mark.skipif(IS_RAY, reason="Ray's get_next_unordered(ignore_if_timedout=True) fails with "
+                                   "UnboundLocalError on a timeout")
+@pytest.mark.timeout(60)
+def test_get_next_unordered_ignore_if_timedout_drops_the_oldest(actors, tmp_path):
+    release = str(tmp_path / "release")
+    pool = ActorPool(actors[:1])
+    pool.submit(lambda a, v: a.wait_for.remote(release, v), "dropped")
+    pool.submit(double, 4)
+    with pytest.raises(TimeoutError, match="has been ignored"):
+        pool.get_next_unordered(timeout=0.05, ignore_if_timedout=True)
+    open(release, "w").close()
+    assert pool.get_next_unordered(timeout=30) == 8
     assert not pool.has_next()

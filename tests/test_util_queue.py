@@ -262,3 +262,14 @@ def test_shutdown_force(ray_start):
         ray.get(handle.qsize.remote(), timeout=30)
     with pytest.raises(ray.exceptions.RayError):
         ray.get(blocked, timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_with_a_blocked_getter(ray_start):
+    q = Queue()
+    blocked = consume.remote(q, 1)
+    ready, _ = ray.wait([blocked], timeout=0.2)
+    assert not ready
+    q.shutdown(grace_period_s=1)
+    with pytest.raises(ray.exceptions.RayError):
+        ray.get(blocked, timeout=30)

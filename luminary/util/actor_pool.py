@@ -79,13 +79,20 @@ class ActorPool:
         return results()
 
     def _discard_pending(self):
-        # Ray's map() first collects and throws away what earlier submits left behind, without
-        # waiting for unfinished work (its actor goes back to the idle set at once).
-        while self.has_next():
+        # As Ray's map(): results that earlier submits left behind are thrown away, without
+        # waiting for unfinished ones (their actors go back to the idle set at once, and take
+        # queued values, which are thrown away the same way).
+        while self._in_flight:
+            index = min(self._in_flight)
+            future, actor = self._in_flight.pop(index)
+            self._next_return_index = max(self._next_return_index, index + 1)
+            refs = _refs_of(future)
+            ready, _ = luminary.wait(refs, num_returns=len(refs), timeout=0)
+            if len(ready) < len(refs):
+                self._return_actor(actor)
+                continue
             try:
-                self.get_next(timeout=0, ignore_if_timedout=True)
-            except TimeoutError:
-                pass
+                self._get_result(future, actor)  # returns the actor, or drops a dead one
             except Exception:  # noqa: BLE001 - a failed result we are discarding anyway
                 pass
 

@@ -91,9 +91,6 @@ class _QueueActor:
                             f"{self.queue.qsize()}.")
         return (_OK, [self.queue.get_nowait() for _ in range(num_items)])
 
-    async def ping(self):
-        return True
-
 
 def _unwrap(reply):
     status, payload = reply
@@ -221,18 +218,20 @@ class Queue:
     def shutdown(self, force: bool = False, grace_period_s: int = 5) -> None:
         """End the queue's actor; the queue cannot be used afterwards.
 
-        With ``force`` kill it at once.  Otherwise let the calls already sent to it finish,
-        waiting at most ``grace_period_s`` seconds, then kill it.
+        With ``force`` kill it at once.  Otherwise ask it to exit after the calls already sent
+        to it, and kill it if it has not exited within ``grace_period_s`` seconds.  Calls still
+        blocked in ``get``/``put`` then fail with an actor error.
         """
         actor = self.actor
         if actor is None:
             return
         self.actor = None
         if not force:
-            # Calls run concurrently in the async actor, so a reply to this ping only says
-            # that the actor got to it; give blocked callers the grace period to drain.
             try:
-                luminary.wait([actor.ping.remote()], timeout=grace_period_s)
+                done = actor.__ray_terminate__.remote()
+                ready, _ = luminary.wait([done], timeout=grace_period_s)
+                if ready:
+                    return
             except Exception:  # noqa: BLE001 - the actor is going away either way
                 pass
         try:

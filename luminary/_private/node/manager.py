@@ -124,12 +124,12 @@ class NodeManager:
         if self.cfg.get("tcp_port") is not None:
             self.tcp_server, self.tcp_address = await protocol.serve(
                 f"tcp:{self.cfg['node_ip']}:{self.cfg['tcp_port']}", self.secret, self.handlers, name="node-manager")
+        _, self.zygote = await loop.create_connection(lambda: _ZygoteProtocol(self), sock=self.zygote_sock)
         self.gcs = await protocol.connect(self.cfg["gcs_address"], self.secret, self.handlers, name="gcs")
         self.gcs.close_callbacks.append(lambda c: self._gcs_lost())
         self.view = await self.gcs.call("register_node", {
             "node_id": self.node_id, "address": self.tcp_address or self.address, "ip": self.cfg["node_ip"],
             "resources": self.resources, "head": bool(self.cfg.get("head")), "pid": os.getpid()})
-        _, self.zygote = await loop.create_connection(lambda: _ZygoteProtocol(self), sock=self.zygote_sock)
         for _ in range(int(self.cfg.get("prestart", self.resources.get("CPU", 1)))):
             self._start_worker()
         loop.create_task(self._heartbeat_loop())

@@ -200,8 +200,9 @@ class TaskSubmitter:
         nm = nm or self.core.nm
         if not ok or grant is None:
             if not ok and not self.core.shutting_down:
-                logger.warning("lease request failed: %s", grant)
-            if kq.queue and not self.core.shutting_down and ok:
+                logger.warning("lease request failed (will retry): %s", grant)
+                self.core.io.loop.call_later(0.1, self._dispatch, kq)
+            elif kq.queue and not self.core.shutting_down:
                 self._dispatch(kq)
             return
         if not kq.queue:

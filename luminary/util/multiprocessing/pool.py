@@ -6,10 +6,10 @@ list of argument tuples and answers with the list of results, where an exception
 original exception (with the remote traceback as its ``__cause__``, as the standard library
 does).
 
-Results are collected without polling: each chunk's ``ObjectRef.future()`` tells a single
-result-handler thread when it is done; that thread fills in the ``AsyncResult``s and runs the
-user's ``callback``/``error_callback`` one at a time, as the standard library's does.  Only the
-caller's thread submits work or kills actors.
+Chunks wait in a backlog on the caller's side and go to actors as they become free (pull-based,
+like the standard library's workers).  One result-handler thread per pool waits on the chunks
+in flight (``luminary.wait``), sends the next chunks, fills in the ``AsyncResult``s and runs the
+user's ``callback``/``error_callback`` one at a time, as the standard library's does.
 
 Written against Luminary's public API only.
 """
@@ -47,11 +47,15 @@ class _RemoteError:
         self.tb = tb
 
     def __reduce__(self):
+        # An exception that cannot make the trip becomes MaybeEncodingError, as in the
+        # standard library, instead of failing the whole chunk.
         import pickle
+
+        import cloudpickle
         exc = self.exc
         try:
-            pickle.loads(pickle.dumps(exc))
-        except Exception as e:  # noqa: BLE001 - what the standard library does for these
+            pickle.loads(cloudpickle.dumps(exc))
+        except Exception as e:  # noqa: BLE001
             exc = MaybeEncodingError(e, repr(self.exc))
         return (_RemoteError, (exc, self.tb))
 
