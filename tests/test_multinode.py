@@ -118,7 +118,7 @@ def test_spillback_when_local_node_is_busy(cluster):
 
 
 def test_killed_node_tasks_retried_actor_restarted_object_rebuilt(cluster, tmp_path):
-    doomed = cluster.add_node(num_cpus=1, resources={"spot": 1})
+    doomed = cluster.add_node(num_cpus=2, resources={"spot": 1})
     cluster.connect()
 
     @ray.remote(resources={"spot": 0.1}, max_retries=3)
@@ -146,7 +146,7 @@ def test_killed_node_tasks_retried_actor_restarted_object_rebuilt(cluster, tmp_p
     poll_for(lambda: os.path.exists(marker), timeout=30, desc="slow task to start")
 
     cluster.remove_node(doomed, allow_graceful=False)     # SIGKILL every process of that node
-    spare = cluster.add_node(num_cpus=1, resources={"spot": 1})
+    spare = cluster.add_node(num_cpus=2, resources={"spot": 1})
 
     assert ray.get(running, timeout=60) == spare.node_id          # retried elsewhere
     assert int(ray.get(block, timeout=60).sum()) == 7 << 20       # rebuilt from lineage

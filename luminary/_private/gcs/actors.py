@@ -34,6 +34,7 @@ class ActorEntry:
         self.max_restarts = p.get("max_restarts", 0)
         self.meta = p.get("meta")             # the handle's method table, for get_actor
         self.class_name = p.get("class_name", "")
+        self.strategy = p.get("strategy")
         self.state = PENDING
         self.address = None
         self.node_id = None
@@ -105,8 +106,23 @@ class ActorManager:
                 self._kill(a, "The actor's owner (the process that created it) died; non-detached actors "
                               "die with their owner. Use lifetime='detached' to keep an actor alive.")
 
-    def _pick_node(self, resources):
+    def _pick_node(self, resources, strategy=None):
         best = None
+        strategy = strategy or {}
+        if strategy.get("type") == "NODE_AFFINITY":
+            nid = strategy["node_id"]
+            node = self.gcs.nodes.get(nid)
+            if node is not None and node["Alive"] and nid in self.gcs.node_conns and all(
+                    node.get("Total", node["Resources"]).get(k, 0) + 1e-9 >= v for k, v in resources.items() if v > 0):
+                return nid
+            if not strategy.get("soft"):
+                return None
+        spread = strategy.get("type") == "SPREAD"
+        if spread:
+            counts = {}
+            for a in self.actors.values():
+                if a.state == ALIVE and a.node_id is not None:
+                    counts[a.node_id] = counts.get(a.node_id, 0) + 1
         for nid, node in self.gcs.nodes.items():
             if not node["Alive"] or nid not in self.gcs.node_conns or self.gcs.node_conns[nid].closed:
                 continue
@@ -115,14 +131,14 @@ class ActorManager:
                 continue
             avail = node["Available"]
             fits = all(avail.get(k, 0) + 1e-9 >= v for k, v in resources.items() if v > 0)
-            score = (fits, sum(avail.get(k, 0) for k in ("CPU",)))
+            score = (fits, -counts.get(nid, 0) if spread else 0, sum(avail.get(k, 0) for k in ("CPU",)))
             if best is None or score > best[0]:
                 best = (score, nid)
         return best[1] if best else None
 
     async def _create(self, a: ActorEntry):
         while a.state in (PENDING, RESTARTING):
-            nid = self._pick_node(a.resources)
+            nid = self._pick_node(a.resources, a.strategy)
             if nid is None:
                 if not getattr(a, "warned", False):
                     a.warned = True
@@ -134,7 +150,7 @@ class ActorManager:
             lease_id = b"gcs-actor" + self.lease_counter.to_bytes(8, "big")
             try:
                 grant = await nconn.call("request_lease", {"lease_id": lease_id, "resources": a.resources,
-                                                            "actor": True})
+                                                            "actor": True, "no_spill": True})
             except Exception as e:  # node died while we waited
                 logger.warning("lease for actor %s failed: %s", a.actor_id.hex(), e)
                 await asyncio.sleep(0.2)

@@ -42,7 +42,9 @@ class GcsServer:
             "ping": lambda conn, p: "pong",
         }
         from .actors import ActorManager
+        from .placement_groups import PlacementGroupManager
         self.actors = ActorManager(self)
+        self.placement_groups = PlacementGroupManager(self)
 
     async def start(self, address):
         self.server, self.address = await protocol.serve(address, self.secret, self.handlers, name="gcs")
@@ -75,8 +77,11 @@ class GcsServer:
         if node is not None and node["Alive"]:
             node["last"] = time.monotonic()
             node["Available"] = p["available"]
-            if "total" in p:
+            if "total" in p and p["total"] != node.get("Total"):
+                changed = "Total" in node
                 node["Total"] = p["total"]
+                if changed:   # bundles came or went: every scheduler should know at once
+                    self.broadcast_view(exclude=p["node_id"])
             node["pending"] = p.get("pending", [])
         return self.view()
 

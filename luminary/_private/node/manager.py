@@ -271,7 +271,8 @@ class NodeManager:
         if isinstance(target, dict):
             return target
         req = LeaseRequest(p["lease_id"], resources, conn, data=p)
-        if not self.scheduler.feasible(resources) and not self._feasible_anywhere(resources):
+        if not self.scheduler.feasible(resources) and not self._feasible_anywhere(resources) \
+                and not any("_group_" in k for k in resources):   # placement-group tasks wait for their group
             missing = self.scheduler.missing(resources)
             conn.notify("infeasible", {"lease_id": p["lease_id"], "missing": missing,
                                        "node_resources": self.resources})

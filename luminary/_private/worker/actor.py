@@ -133,6 +133,11 @@ class ActorClass:
         resources = opt.resources_of(options, default_cpus=0)
         if options.get("num_cpus") is None:
             resources.pop("CPU", None)
+        from ...util.scheduling_strategies import PlacementGroupSchedulingStrategy, wire_strategy
+        strategy, resources = wire_strategy(options.get("scheduling_strategy"), resources)
+        if options.get("placement_group") not in (None, "default"):
+            strategy, resources = wire_strategy(PlacementGroupSchedulingStrategy(
+                options["placement_group"], options.get("placement_group_bundle_index", -1)), resources)
         max_restarts = options.get("max_restarts") or 0
         max_task_retries = options.get("max_task_retries") or 0
         meta = {"class_name": self.__name__, "methods": self._methods, "is_async": self._is_async,
@@ -147,7 +152,7 @@ class ActorClass:
         payload = {"actor_id": actor_id, "spec": spec, "resources": resources, "name": name,
                    "namespace": namespace, "detached": detached, "owner": core.address,
                    "max_restarts": max_restarts, "meta": meta, "get_if_exists": bool(options.get("get_if_exists")),
-                   "class_name": self.__name__}
+                   "class_name": self.__name__, "strategy": strategy}
         try:
             res = core.call_sync_gcs("register_actor", payload)
         except exc.RaySystemError as e:

@@ -1,0 +1,195 @@
+"""Placement groups in the GCS: bundles of resources reserved atomically across nodes.
+
+    create ─▶ PENDING ─ plan (strategy) ─▶ prepare on every chosen node ─┬─ all yes ─▶ commit ─▶ CREATED
+                 ▲                                                    └─ any no ─▶ cancel prepared,
+                 └──────────────────── retry when the cluster changes ◀──────────── retry
+    remove ─▶ bundles cancelled on their nodes ─▶ REMOVED
+
+A committed bundle appears on its node as renamed resources (``CPU_group_<i>_<pg>`` and
+``CPU_group_<pg>``); tasks and actors scheduled into the group ask for those, so the ordinary
+scheduler and spillback place them on the right node.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+def _fits(avail, need):
+    return all(avail.get(k, 0.0) + 1e-9 >= v for k, v in need.items() if v > 0)
+
+
+def _take(avail, need):
+    for k, v in need.items():
+        avail[k] = avail.get(k, 0.0) - v
+
+
+def plan(bundles, strategy, nodes):
+    """Choose a node per bundle, or None when the cluster cannot hold the group now.
+    ``nodes``: {node_id: available resources}.  Pure function (unit tested)."""
+    avail = {nid: dict(a) for nid, a in nodes.items()}
+    order = sorted(nodes)
+    if strategy in ("STRICT_PACK", "PACK"):
+        total = {}
+        for b in bundles:
+            for k, v in b.items():
+                total[k] = total.get(k, 0.0) + v
+        for nid in sorted(order, key=lambda n: -sum(avail[n].values())):
+            if _fits(avail[nid], total):
+                return [nid] * len(bundles)
+        if strategy == "STRICT_PACK":
+            return None
+    if strategy == "STRICT_SPREAD":
+        if len(bundles) > len(order):
+            return None
+        result, used = [None] * len(bundles), set()
+        for i in sorted(range(len(bundles)), key=lambda i: -sum(bundles[i].values())):
+            choice = next((n for n in order if n not in used and _fits(avail[n], bundles[i])), None)
+            if choice is None:
+                return None
+            used.add(choice)
+            _take(avail[choice], bundles[i])
+            result[i] = choice
+        return result
+    result, used = [], []
+    for b in bundles:
+        if strategy == "SPREAD":
+            candidates = sorted(order, key=lambda n: (used.count(n), order.index(n)))
+        else:  # PACK fallback: fill the nodes already used first
+            candidates = sorted(order, key=lambda n: (n not in used, order.index(n)))
+        choice = next((n for n in candidates if _fits(avail[n], b)), None)
+        if choice is None:
+            return None
+        _take(avail[choice], b)
+        used.append(choice)
+        result.append(choice)
+    return result
+
+
+class PlacementGroup:
+    def __init__(self, p, owner):
+        self.pg_id = p["pg_id"]
+        self.bundles = p["bundles"]
+        self.strategy = p["strategy"]
+        self.name = p.get("name") or ""
+        self.detached = p.get("lifetime") == "detached"
+        self.owner = owner
+        self.state = "PENDING"
+        self.nodes = None
+        self.waiters = []
+
+
+class PlacementGroupManager:
+    def __init__(self, gcs):
+        self.gcs = gcs
+        self.groups: dict[bytes, PlacementGroup] = {}
+        gcs.handlers.update({
+            "create_pg": self.create_pg,
+            "remove_pg": self.remove_pg,
+            "wait_pg": self.wait_pg,
+            "get_pg": self.get_pg,
+            "pg_table": self.pg_table,
+        })
+
+    def create_pg(self, conn, p):
+        if p["strategy"] not in STRATEGIES:
+            raise ValueError(f"unknown strategy {p['strategy']!r}")
+        pg = PlacementGroup(p, conn)
+        self.groups[pg.pg_id] = pg
+        if not pg.detached:
+            conn.close_callbacks.append(lambda c, pg=pg: asyncio.ensure_future(self._remove(pg)))
+        asyncio.ensure_future(self._schedule(pg))
+        return True
+
+    async def _schedule(self, pg):
+        warned = False
+        while pg.state == "PENDING":
+            nodes = {nid: n.get("Available", {}) for nid, n in self.gcs.nodes.items()
+                     if n["Alive"] and nid in self.gcs.node_conns and not self.gcs.node_conns[nid].closed}
+            choice = plan(pg.bundles, pg.strategy, nodes)
+            if choice is None:
+                if not warned:
+                    warned = True
+                    logger.info("placement group %s cannot be placed yet (%s %s)", pg.pg_id.hex(), pg.strategy, pg.bundles)
+                await asyncio.sleep(0.2)
+                continue
+            prepared = []
+            ok = True
+            for i, (nid, b) in enumerate(zip(choice, pg.bundles)):
+                try:
+                    res = await self.gcs.node_conns[nid].call("prepare_bundle", {"pg_id": pg.pg_id, "index": i, "resources": b})
+                except Exception:
+                    res = False
+                if not res:
+                    ok = False
+                    break
+                prepared.append((nid, i))
+            if not ok or pg.state != "PENDING":
+                for nid, i in prepared:
+                    c = self.gcs.node_conns.get(nid)
+                    if c is not None and not c.closed:
+                        c.notify("cancel_bundle", {"pg_id": pg.pg_id, "index": i})
+                await asyncio.sleep(0.1)
+                continue
+            for nid, i in prepared:
+                await self.gcs.node_conns[nid].call("commit_bundle", {"pg_id": pg.pg_id, "index": i})
+            pg.nodes = choice
+            pg.state = "CREATED"
+            self._wake(pg)
+
+    def _wake(self, pg):
+        waiters, pg.waiters = pg.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(pg.state)
+
+    async def _remove(self, pg):
+        if pg.state == "REMOVED":
+            return
+        nodes = pg.nodes
+        pg.state = "REMOVED"
+        if nodes:
+            for i, nid in enumerate(nodes):
+                c = self.gcs.node_conns.get(nid)
+                if c is not None and not c.closed:
+                    c.notify("cancel_bundle", {"pg_id": pg.pg_id, "index": i})
+        self._wake(pg)
+
+    def remove_pg(self, conn, p):
+        pg = self.groups.get(p["pg_id"])
+        if pg is not None:
+            asyncio.ensure_future(self._remove(pg))
+        return True
+
+    def wait_pg(self, conn, p):
+        pg = self.groups.get(p["pg_id"])
+        if pg is None:
+            return "REMOVED"
+        if pg.state != "PENDING":
+            return pg.state
+        fut = asyncio.get_event_loop().create_future()
+        pg.waiters.append(fut)
+        timeout = p.get("timeout")
+
+        async def bounded():
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.TimeoutError:
+                return pg.state
+        return bounded()
+
+    def get_pg(self, conn, p):
+        for pg in self.groups.values():
+            if pg.name == p["name"] and pg.state != "REMOVED":
+                return {"pg_id": pg.pg_id, "bundles": pg.bundles, "strategy": pg.strategy}
+        return None
+
+    def pg_table(self, conn, p):
+        return {pg.pg_id.hex(): {"placement_group_id": pg.pg_id.hex(), "name": pg.name, "strategy": pg.strategy,
+                                 "state": pg.state, "bundles": dict(enumerate(pg.bundles)),
+                                 "bundles_to_node_id": {i: n.hex() for i, n in enumerate(pg.nodes or [])}}
+                for pg in self.groups.values()}
