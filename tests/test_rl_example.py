@@ -1,5 +1,6 @@
 """examples/rl_parameter_server.py: actors learn CartPole (a short, seeded run)."""
 
+import importlib.util
 import os
 import sys
 
@@ -19,9 +20,7 @@ if IS_RAY:
     # The example is written against luminary (it imports it; the tests pass backend=ray), and
     # the oracle's environment may lack it: use the source tree.  Ray's workers find modules
     # through PYTHONPATH (inherited when the cluster starts, after collection).
-    try:
-        import luminary  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("luminary") is None:
         sys.path.append(_ROOT)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [_EXAMPLES, _ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])

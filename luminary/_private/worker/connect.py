@@ -43,6 +43,17 @@ def _my_ips():
     return ips
 
 
+def _is_local(ip):
+    """An address is this machine's if we can bind to it."""
+    import socket
+    try:
+        with socket.socket() as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
 async def _nodes(gcs_address, secret):
     conn = await protocol.connect(gcs_address, secret, {}, name="gcs", timeout=5)
     try:
@@ -73,6 +84,7 @@ def connect_existing(address):
     nodes = [n for n in query_nodes(gcs, secret) if n["Alive"]]
     mine = _my_ips()
     local = [n for n in nodes if n["NodeManagerAddress"] in mine]
+    local = local or [n for n in nodes if _is_local(n["NodeManagerAddress"])]
     if not local:
         raise ConnectionError(f"The cluster at {gcs[4:]} has no node on this machine; a driver connects through "
                               "the node manager of its own machine. Run `luminary start --address "
