@@ -85,6 +85,9 @@ class RolloutWorker:
         self.index = worker_index
         self.gamma = gamma
 
+    def node(self) -> str:
+        return luminary.get_runtime_context().get_node_id()
+
     def rollout(self, weights: dict, num_episodes: int, seed: int) -> dict:
         rng = np.random.default_rng(seed)
         episodes = []
@@ -159,7 +162,7 @@ def progress_line(it: int, iterations: int, avg: float, best: float, elapsed: fl
 
 def train(iterations: int = 60, num_workers: int = 2, episodes_per_worker: int = 5,
           seed: int = 0, lr: float = 0.02, hidden: int = 16, verbose: bool = True,
-          backend=None) -> list:
+          backend=None, spread: bool = False) -> list:
     """Train the policy; return the average episode reward of each iteration.
 
     ``backend`` is the module providing the API (default: ``luminary``); the cluster must be
@@ -170,7 +173,12 @@ def train(iterations: int = 60, num_workers: int = 2, episodes_per_worker: int =
     Worker = api.remote(RolloutWorker)
 
     server = Server.remote(init_policy(seed, hidden), lr)
+    if spread:   # one rollout worker per node where possible (a multi-node cluster)
+        Worker = Worker.options(num_cpus=1, scheduling_strategy="SPREAD")
     workers = [Worker.remote(i) for i in range(num_workers)]
+    if spread and verbose:
+        nodes = set(api.get([w.node.remote() for w in workers]))
+        print(f"rollout workers placed on {len(nodes)} node(s): {', '.join(sorted(n[:8] for n in nodes))}")
     weights = server.get_weights.remote()
     history = []
     t0 = time.perf_counter()
@@ -218,15 +226,20 @@ def main(argv=None) -> int:
                         help="episodes per worker per iteration (default 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a short run (30 iterations)")
+    parser.add_argument("--address", default=None,
+                        help="run on a running cluster (HOST:PORT or 'auto'); default: a private local one")
     args = parser.parse_args(argv)
     iterations = args.iterations or (30 if args.quick else 60)
 
-    luminary.init()
+    luminary.init(address=args.address)
+    if args.address:
+        nodes = [n for n in luminary.nodes() if n["Alive"]]
+        print(f"connected to {args.address}: {len(nodes)} nodes, {luminary.cluster_resources().get('CPU', 0):g} CPUs")
     try:
         print(f"CartPole-v1: {args.workers} rollout workers x {args.episodes} episodes per "
               f"iteration, a parameter server applying REINFORCE gradients with Adam\n")
         t0 = time.perf_counter()
-        history = train(iterations, args.workers, args.episodes, args.seed)
+        history = train(iterations, args.workers, args.episodes, args.seed, spread=bool(args.address))
         print(summarize(history, time.perf_counter() - t0, args.workers))
     finally:
         luminary.shutdown()

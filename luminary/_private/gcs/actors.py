@@ -35,6 +35,7 @@ class ActorEntry:
         self.meta = p.get("meta")             # the handle's method table, for get_actor
         self.class_name = p.get("class_name", "")
         self.strategy = p.get("strategy")
+        self.planned = None
         self.state = PENDING
         self.address = None
         self.node_id = None
@@ -118,18 +119,24 @@ class ActorManager:
             if not strategy.get("soft"):
                 return None
         spread = strategy.get("type") == "SPREAD"
-        if spread:
-            counts = {}
-            for a in self.actors.values():
-                if a.state == ALIVE and a.node_id is not None:
-                    counts[a.node_id] = counts.get(a.node_id, 0) + 1
+        counts, planned = {}, {}
+        for a in self.actors.values():
+            where = a.node_id if a.state == ALIVE else getattr(a, "planned", None) if a.state in (PENDING, RESTARTING) else None
+            if where is None:
+                continue
+            counts[where] = counts.get(where, 0) + 1
+            if a.state != ALIVE:   # placed but not yet reported by the node: count it as taken
+                res = planned.setdefault(where, {})
+                for k, v in a.resources.items():
+                    res[k] = res.get(k, 0.0) + v
         for nid, node in self.gcs.nodes.items():
             if not node["Alive"] or nid not in self.gcs.node_conns or self.gcs.node_conns[nid].closed:
                 continue
             total = node.get("Total", node["Resources"])
             if any(total.get(k, 0) + 1e-9 < v for k, v in resources.items() if v > 0):
                 continue
-            avail = node["Available"]
+            taken = planned.get(nid, {})
+            avail = {k: v - taken.get(k, 0.0) for k, v in node["Available"].items()}
             fits = all(avail.get(k, 0) + 1e-9 >= v for k, v in resources.items() if v > 0)
             score = (fits, -counts.get(nid, 0) if spread else 0, sum(avail.get(k, 0) for k in ("CPU",)))
             if best is None or score > best[0]:
@@ -138,7 +145,9 @@ class ActorManager:
 
     async def _create(self, a: ActorEntry):
         while a.state in (PENDING, RESTARTING):
+            a.planned = None
             nid = self._pick_node(a.resources, a.strategy)
+            a.planned = nid
             if nid is None:
                 if not getattr(a, "warned", False):
                     a.warned = True

@@ -104,9 +104,15 @@ class ObjectRef:
         self.future().add_done_callback(lambda f: callback(f.result()))
 
 
+_future_pool = None
+
+
 def _run_in_thread(fn):
-    import threading
-    threading.Thread(target=fn, daemon=True, name="luminary-future").start()
+    """Resolve futures on one shared helper thread (the I/O thread must never block)."""
+    global _future_pool
+    if _future_pool is None:
+        _future_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="luminary-future")
+    _future_pool.submit(fn)
 
 
 def _rebuild_ref(oid, owner):
