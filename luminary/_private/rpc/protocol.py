@@ -38,6 +38,16 @@ REQ, RESP, NOTE = 0, 1, 2
 MAX_BUFFER = 1 << 31     # largest single message accepted (inline objects are <= 100 KiB; chunks a few MiB)
 
 
+class _Deferred:
+    """Returned by a handler that will answer later with ``conn.reply(rid, ...)``."""
+
+    def __repr__(self):
+        return "DEFERRED"
+
+
+DEFERRED = _Deferred()
+
+
 class ConnectionLost(ConnectionError):
     pass
 
@@ -193,6 +203,7 @@ class Connection(asyncio.Protocol):
                 logger.exception("%s: handler for %s failed", self.name, msg[1])
             return
         rid, method, payload = msg[1], msg[2], msg[3]
+        self.current_rid = rid
         handler = self.handlers.get(method)
         if handler is None:
             self._send([RESP, rid, False, f"unknown method {method!r}"])
@@ -202,6 +213,8 @@ class Connection(asyncio.Protocol):
         except Exception as e:
             logger.debug("%s: handler %s raised", self.name, method, exc_info=True)
             self._send([RESP, rid, False, f"{type(e).__name__}: {e}"])
+            return
+        if res is DEFERRED:
             return
         if inspect.isawaitable(res):
             fut = asyncio.ensure_future(res)
@@ -220,8 +233,9 @@ class Connection(asyncio.Protocol):
         else:
             self._send([RESP, rid, True, fut.result()])
 
-    def reply_later(self):
-        """Not used by handlers that return futures; kept for symmetry."""
+    def reply(self, rid, ok, value):
+        """Answer request ``rid`` whose handler returned DEFERRED (on this loop's thread)."""
+        self._send([RESP, rid, ok, value])
 
     def _send(self, msg):
         if self.closed:

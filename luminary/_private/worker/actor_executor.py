@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import inspect
 import os
@@ -48,6 +49,8 @@ class ActorRuntime:
         self.sems = {}
         self.loop = None
         self._mode_lock = threading.Lock()
+        self._incoming = collections.deque()
+        self._wake_pending = False
 
     def handle(self):
         return ActorHandle(self.actor_id, self.meta, None)
@@ -136,12 +139,23 @@ class ActorRuntime:
         loop.run_forever()
 
     def schedule(self, t):
-        """From the I/O thread: hand a call to the async loop (False if it is not running yet)."""
-        with self._mode_lock:
-            if self.loop is None:
-                return False
-        self.loop.call_soon_threadsafe(self.start_async, t)
+        """From the I/O thread: hand a call to the async loop (False if it is not running yet).
+        Calls are queued and the loop is woken once per batch."""
+        if self.loop is None:
+            with self._mode_lock:
+                if self.loop is None:
+                    return False
+        self._incoming.append(t)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.loop.call_soon_threadsafe(self._drain_incoming)
         return True
+
+    def _drain_incoming(self):
+        self._wake_pending = False
+        q = self._incoming
+        while q:
+            self.start_async(q.popleft())
 
     def sem_for(self, group):
         key = group if group in self.groups else None

@@ -10,7 +10,6 @@ Each ExecTask has a small lock so the two threads never both claim it.
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import queue
@@ -22,6 +21,7 @@ import traceback
 
 from ... import exceptions as exc
 from .. import ids, procutil, serialization
+from ..rpc.protocol import DEFERRED
 from .actor import _ActorExit
 
 
@@ -36,12 +36,13 @@ class TaskCancelled(BaseException):
 
 
 class ExecTask:
-    __slots__ = ("spec", "conn", "fut", "lock", "state", "cancel_requested")
+    __slots__ = ("spec", "conn", "rid", "lock", "state", "cancel_requested", "answered")
 
-    def __init__(self, spec, conn, fut):
+    def __init__(self, spec, conn, rid):
         self.spec = spec
         self.conn = conn
-        self.fut = fut
+        self.rid = rid
+        self.answered = False
         self.lock = threading.Lock()
         self.state = QUEUED
         self.cancel_requested = False
@@ -64,18 +65,16 @@ class Executor:
 
     # --- I/O thread -------------------------------------------------------------------------------
     def h_create_actor(self, conn, spec):
-        fut = asyncio.get_event_loop().create_future()
         spec["tid"] = b"create-" + spec["actor_id"]
-        t = ExecTask(spec, conn, fut)
+        t = ExecTask(spec, conn, conn.current_rid)
         if "path" in spec:
             known = set(sys.path)
             sys.path.extend(p for p in spec["path"] if p not in known)
         self.queue.put(t)
-        return fut
+        return DEFERRED
 
     def h_push_task(self, conn, spec):
-        fut = asyncio.get_event_loop().create_future()
-        t = ExecTask(spec, conn, fut)
+        t = ExecTask(spec, conn, conn.current_rid)
         self.pending[spec["tid"]] = t
         if "path" in spec:
             known = set(sys.path)
@@ -86,14 +85,15 @@ class Executor:
             self.functions.setdefault(spec["fid"], spec["fn"])
         actor = self.actor
         if actor is not None and actor.is_async and actor.schedule(t):
-            return fut
+            return DEFERRED
         self.queue.put(t)
-        return fut
+        return DEFERRED
 
     def _reply(self, t, reply):
         self.pending.pop(t.spec["tid"], None)
-        if not t.fut.done():
-            t.fut.set_result(reply)
+        if not t.answered:
+            t.answered = True
+            t.conn.reply(t.rid, True, reply)
 
     def h_cancel_task(self, conn, p):
         t = self.pending.get(p["tid"])
@@ -189,8 +189,9 @@ class Executor:
             rt.run_async_forever(self.queue)
 
     def _reply_create(self, t, reply):
-        if not t.fut.done():
-            t.fut.set_result(reply)
+        if not t.answered:
+            t.answered = True
+            t.conn.reply(t.rid, True, reply)
 
     def finish(self, t, reply):
         """Send the reply once the owners of refs we return know the caller holds them."""
