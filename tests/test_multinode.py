@@ -247,3 +247,22 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_lost_task_argument_is_rebuilt_for_its_consumer(cluster):
+    doomed = cluster.add_node(num_cpus=1, resources={"spot": 1})
+    cluster.connect()
+
+    @ray.remote(resources={"spot": 0.1}, max_retries=2)
+    def make():
+        return np.full(2 << 20, 5, dtype=np.uint8)
+
+    @ray.remote(max_retries=2)
+    def consume(a):
+        return int(a.sum())
+
+    block = make.remote()
+    ray.wait([block])
+    cluster.remove_node(doomed, allow_graceful=False)
+    cluster.add_node(num_cpus=1, resources={"spot": 1})
+    assert ray.get(consume.remote(block), timeout=60) == 5 * (2 << 20)

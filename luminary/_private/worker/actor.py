@@ -411,7 +411,7 @@ class ActorSubmitter:
                     if kind == "e":
                         failed = data
                         break
-                    resolved.append([pos, kind, data, ref.id])
+                    resolved.append([pos, kind, data, ref.id, ref.owner])
                 if failed is not None:
                     self.core.submitter._finish_error_blob(task, failed)
                     continue

@@ -23,6 +23,7 @@ from ... import exceptions as exc
 from .. import ids, procutil, serialization
 from ..rpc.protocol import DEFERRED
 from .actor import _ActorExit
+from .core import ObjectLocationLost
 
 
 def procutil_name(class_name):
@@ -239,8 +240,15 @@ class Executor:
         resolved = spec.get("refs")
         if resolved:
             args = list(args)
-            for pos, rkind, rdata, oid in resolved:
-                value = core.deserialize(oid, rkind, rdata)
+            for pos, rkind, rdata, oid, owner in resolved:
+                try:
+                    value = core.deserialize(oid, rkind, rdata)
+                except ObjectLocationLost as lost:
+                    # the argument's only copy died with its node: the owner rebuilds it (lineage)
+                    from .object_ref import ObjectRef
+                    ref = ObjectRef(oid, owner)
+                    core.recover(ref, lost)
+                    value = core.get_objects([ref], None)[0]
                 if isinstance(pos, int):
                     args[pos] = value
                 else:

@@ -130,7 +130,7 @@ class TaskSubmitter:
                 if kind == "s":
                     locality = locality or {}
                     locality[data[0]] = locality.get(data[0], 0) + data[1]
-                resolved.append([pos, kind, data, ref.id])
+                resolved.append([pos, kind, data, ref.id, ref.owner])
             task.spec["refs"] = resolved
             task.locality = locality
         if task.spec["args"][0] == "s":
