@@ -48,8 +48,8 @@ TITLES = R.TITLES
 GiB = 1 << 30
 MiB = 1 << 20
 
-DOCS_BEGIN = "<!-- multinode:begin (written by benchmarks/multinode.py --write-docs) -->"
-DOCS_END = "<!-- multinode:end -->"
+DOCS_BEGIN = R.MULTINODE_BEGIN  # run.py --write-docs keeps what lies between
+DOCS_END = R.MULTINODE_END
 
 SOCKET_ROW = W.Row("plain socket copy on loopback (limit)", "GiB/s", "higher",
                    "1 GiB sent by one process with sendall() from a bytearray and "
@@ -67,7 +67,7 @@ class Sizes:
         self.transfer_rounds = 1 if quick else 3
         self.store_bytes = int(2.5 * GiB)      # per node
         self.task_batch = 1000
-        self.task_batches = 1 if quick else 3
+        self.task_batches = 1 if quick else 5
         self.bcast_bytes = 100 * MiB
         self.bcast_rounds = 2 if quick else 5
         self.socket_rounds = 2 if quick else 3
@@ -212,25 +212,25 @@ def _counts(ids, nodes):
 
 
 def w_spread(ctx):
-    """1,000 trivial tasks with scheduling_strategy="SPREAD", one get() of all."""
+    """1,000 tasks with scheduling_strategy="SPREAD" that return their node id,
+    one get() of all.  The tasks per node are recorded, not asserted: SPREAD is
+    best-effort on both systems."""
     ray, r, sz = ctx.ray, ctx.r, ctx.sizes
     m = sz.task_batch
-    # Warm-up (and check): the same batch returning node ids, so that workers
-    # run on every node before the timed batches.
-    ids = ray.get([r.where.options(scheduling_strategy="SPREAD").remote() for _ in range(m)],
-                  timeout=120)
-    dist = _counts(ids, ctx.nodes)
-    W.check(len(dist) == 3, "SPREAD used %d node(s): %s" % (len(dist), dist))
-    rates = []
+    # Warm-up: one batch, so that workers run on every node before timing.
+    ray.get([r.where.options(scheduling_strategy="SPREAD").remote() for _ in range(m)],
+            timeout=120)
+    rates, dists = [], []
     for _ in range(sz.task_batches):
         t0 = time.perf_counter()
-        out = ray.get([r.trivial.options(scheduling_strategy="SPREAD").remote()
+        ids = ray.get([r.where.options(scheduling_strategy="SPREAD").remote()
                        for _ in range(m)], timeout=120)
         dt = time.perf_counter() - t0
-        W.check(sum(out) == m, "batch sum")
+        W.check(len(ids) == m and all(ids), "batch results")
         rates.append(m / dt)
+        dists.append(_counts(ids, ctx.nodes))
     return {"value": statistics.median(rates),
-            "details": {"tasks_per_s": rates, "warmup_distribution": dist}}
+            "details": {"tasks_per_s": rates, "distribution": dists}}
 
 
 def w_default(ctx):
@@ -273,7 +273,8 @@ WORKLOADS = [
         "result.")], timeout=150),
     W.Workload(w_spread, [W.Row(
         "1,000 tasks spread over 3 nodes (SPREAD)", "tasks/s", "higher",
-        "1,000 trivial tasks with scheduling_strategy=\"SPREAD\", one get().")],
+        "1,000 tasks returning their node id, scheduling_strategy=\"SPREAD\", one "
+        "get().")],
         timeout=150),
     W.Workload(w_default, [W.Row(
         "1,000 1-ms tasks over 3 nodes (default strategy)", "tasks/s", "higher",
@@ -517,18 +518,14 @@ def detail_notes(rows, per_backend, available, sock, meds):
     for b in BACKENDS:
         if not available.get(b):
             continue
-        for e in per_backend[b].get("1,000 tasks spread over 3 nodes (SPREAD)", []):
-            d = (e.get("details") or {}).get("warmup_distribution")
-            if d:
-                notes.append("%s SPREAD, tasks per node (n0 = head) in the check "
-                             "batch: %s." % (TITLES[b], d))
-                break
-        for e in per_backend[b].get("1,000 1-ms tasks over 3 nodes (default strategy)", []):
-            ds = (e.get("details") or {}).get("distribution")
+        for key, what in (("spread", "SPREAD"), ("default", "default strategy, 1-ms tasks")):
+            ds = [d for e in per_backend[b].get(KEYS[key].name, [])
+                  for d in (e.get("details") or {}).get("distribution") or []]
             if ds:
-                notes.append("%s default strategy, tasks per node (n0 = head) in the timed "
-                             "batches of the first run: %s." % (TITLES[b], ds))
-                break
+                notes.append("%s %s, tasks per node (n0 = head) in each timed batch: %s."
+                             % (TITLES[b], what, "; ".join(
+                                 "/".join(str(d.get("n%d" % k, 0)) for k in range(3))
+                                 for d in ds)))
         for e in per_backend[b].get("100 MB broadcast to 3 nodes", []):
             d = (e.get("details") or {}).get("driver_local_sum_s")
             if d:

@@ -467,7 +467,28 @@ def error_notes(rows, per_backend, available):
 # docs/benchmarks.md
 # --------------------------------------------------------------------------
 
+# benchmarks/multinode.py owns the part of docs/benchmarks.md between these
+# markers; write_docs() below keeps it when it rewrites the page.
+MULTINODE_BEGIN = "<!-- multinode:begin (written by benchmarks/multinode.py --write-docs) -->"
+MULTINODE_END = "<!-- multinode:end -->"
+
+
+def kept_multinode_section(path):
+    """The marked multi-node section of the existing page, or ''."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    i = text.find(MULTINODE_BEGIN.split(" (")[0])
+    j = text.find(MULTINODE_END, i)
+    if i < 0 or j < 0:
+        return ""
+    return text[i:j + len(MULTINODE_END)]
+
+
 def write_docs(path, table_md, info):
+    kept = kept_multinode_section(path)
     m = info["machine"]
     lines = []
     lines.append("# Benchmarks: Luminary vs Ray")
@@ -526,6 +547,9 @@ def write_docs(path, table_md, info):
     lines.append("Raw per-run results: `%s` (not committed)." % os.path.relpath(
         info["out_dir"], ROOT))
     lines.append("")
+    if kept:
+        lines.append(kept)
+        lines.append("")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines))

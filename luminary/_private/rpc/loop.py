@@ -25,6 +25,8 @@ class IOThread:
     def __init__(self, name="luminary-io"):
         self.loop = new_event_loop()
         self._queue = collections.deque()
+        self._increfs = collections.deque()
+        self.incref_handler = None
         self._wake_pending = False
         self._lock = threading.Lock()
         self._started = threading.Event()
@@ -58,9 +60,29 @@ class IOThread:
             except RuntimeError:  # loop closed during shutdown
                 pass
 
+    def add_incref(self, item):
+        """Queue a reference increment; increments are applied before the next batch of posted
+        callbacks (applying an increment early only keeps an object alive longer, never less)."""
+        self._increfs.append(item)
+        if not self._wake_pending:
+            with self._lock:
+                if self._wake_pending:
+                    return
+                self._wake_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:
+                pass
+
     def _drain(self):
         with self._lock:
             self._wake_pending = False
+        inc = self._increfs
+        if inc:
+            items = []
+            while inc:
+                items.append(inc.popleft())
+            self.incref_handler(items)
         q = self._queue
         while q:
             fn, args = q.popleft()

@@ -80,6 +80,7 @@ class CoreWorker:
         else:
             self.address = f"unix:{os.path.join(sock_dir, self.worker_id.hex()[:16])}"
         self.io = IOThread()
+        self.io.incref_handler = self.on_increfs
         self.memory = MemoryStore()
         self.conns: dict[str, protocol.Connection] = {}
         self._connecting: dict[str, list] = {}
@@ -245,6 +246,11 @@ class CoreWorker:
     def on_incref(self, oid, owner):
         self.refs.add_local(oid, owner)
 
+    def on_increfs(self, items):
+        add = self.refs.add_local
+        for oid, owner in items:
+            add(oid, owner)
+
     def on_decref(self, oid):
         actions = []
         self.refs.remove_local(oid, actions)
@@ -278,6 +284,12 @@ class CoreWorker:
 
     def register_borrowed(self, refs):
         """From the main thread: make sure the owners know we hold ``refs`` before we use them."""
+        me = self.address
+        for r in refs:
+            if r.owner != me:
+                break
+        else:
+            return              # all ours: nobody to tell
         res = SyncCall()
         self.io.post(self._register_borrowed, refs, res)
         res.wait(30)

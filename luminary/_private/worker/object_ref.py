@@ -22,7 +22,7 @@ class ObjectRef:
         if _register:
             cw = state.core
             if cw is not None:
-                cw.io.post(cw.on_incref, oid, owner)
+                cw.io.add_incref((oid, owner))
 
     def __del__(self):
         cw = state.core
@@ -117,8 +117,13 @@ def _run_in_thread(fn):
 
 def _rebuild_ref(oid, owner):
     ref = ObjectRef(oid, owner)
-    serialization.note_deserialized_ref(ref)
+    refs = getattr(_tls, "deser", None)
+    if refs is not None:
+        refs.append(ref)
     return ref
+
+
+_tls = serialization._local
 
 
 class ObjectRefGenerator:
