@@ -51,28 +51,24 @@ class IOThread:
         """Run ``fn(*args)`` on the loop thread soon (FIFO).  Safe from any thread."""
         self._queue.append((fn, args))
         if not self._wake_pending:
-            with self._lock:
-                if self._wake_pending:
-                    return
-                self._wake_pending = True
-            try:
-                self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # loop closed during shutdown
-                pass
+            self._wake()
 
     def add_incref(self, item):
         """Queue a reference increment; increments are applied before the next batch of posted
         callbacks (applying an increment early only keeps an object alive longer, never less)."""
         self._increfs.append(item)
         if not self._wake_pending:
-            with self._lock:
-                if self._wake_pending:
-                    return
-                self._wake_pending = True
-            try:
-                self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:
-                pass
+            self._wake()
+
+    def _wake(self):
+        with self._lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # loop closed during shutdown
+            pass
 
     def _drain(self):
         with self._lock:

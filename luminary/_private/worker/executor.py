@@ -364,35 +364,39 @@ class Executor:
         return reply
 
     async def run_async_generator(self, t, agen, nret, start):
-        spec = t.spec
-        tid = spec["tid"]
-        first = 1 if nret == "streaming" else 2
-        idx = first
-        core = self.core
+        idx = first = 1 if nret == "streaming" else 2
         try:
             async for value in agen:
-                item = {}
-                ret = self._store(spec, ids.object_id(tid, idx), value, item, 0)
-                msg = {"tid": tid, "idx": idx, "ret": ret}
-                if item.get("contained"):
-                    msg["contained"] = [[o, w] for _, o, w in item["contained"]]
-                core.io.post(t.conn.notify, "gen_item", msg)
+                self._emit_item(t, idx, value)
                 idx += 1
         except Exception as e:  # noqa: BLE001
-            err = self._error_reply(spec, e, 1)["rets"][0]
-            core.io.post(t.conn.notify, "gen_item", {"tid": tid, "idx": idx, "ret": err})
+            self._emit_error(t, idx, e)
             idx += 1
-        n = idx - first
+        return self._generator_reply(nret, idx - first, start)
+
+    def _emit_item(self, t, idx, value):
+        """Store one yielded value and tell the caller at once (on the push connection)."""
+        spec = t.spec
+        item = {}
+        ret = self._store(spec, ids.object_id(spec["tid"], idx), value, item, 0)
+        msg = {"tid": spec["tid"], "idx": idx, "ret": ret}
+        if item.get("contained"):
+            msg["contained"] = [[o, w] for _, o, w in item["contained"]]
+        self.core.io.post(t.conn.notify, "gen_item", msg)
+
+    def _emit_error(self, t, idx, e):
+        err = self._error_reply(t.spec, e, 1)["rets"][0]
+        self.core.io.post(t.conn.notify, "gen_item", {"tid": t.spec["tid"], "idx": idx, "ret": err})
+
+    @staticmethod
+    def _generator_reply(nret, n, start):
         reply = {"gen_count": n} if nret == "streaming" else {"dynamic": n, "rets": []}
         reply["dur"] = time.perf_counter() - start
         return reply
 
     def _run_generator(self, t, gen, nret, start):
         spec = t.spec
-        tid = spec["tid"]
-        first = 1 if nret == "streaming" else 2
-        idx = first
-        core = self.core
+        idx = first = 1 if nret == "streaming" else 2
         if not inspect.isgenerator(gen) and not hasattr(gen, "__next__"):
             try:
                 gen = iter(gen)
@@ -401,20 +405,11 @@ class Executor:
                                  f"but returned {type(gen).__name__}, not a generator.") from None
         try:
             for value in gen:
-                item = {}
-                ret = self._store(spec, ids.object_id(tid, idx), value, item, 0)
-                msg = {"tid": tid, "idx": idx, "ret": ret}
-                if item.get("contained"):
-                    msg["contained"] = [[o, w] for _, o, w in item["contained"]]
-                core.io.post(t.conn.notify, "gen_item", msg)
+                self._emit_item(t, idx, value)
                 idx += 1
         except TaskCancelled:
             return {"cancelled": True, "dur": time.perf_counter() - start}
         except Exception as e:  # noqa: BLE001
-            err = self._error_reply(spec, e, 1)["rets"][0]
-            core.io.post(t.conn.notify, "gen_item", {"tid": tid, "idx": idx, "ret": err})
+            self._emit_error(t, idx, e)
             idx += 1
-        n = idx - first
-        reply = {"gen_count": n} if nret == "streaming" else {"dynamic": n, "rets": []}
-        reply["dur"] = time.perf_counter() - start
-        return reply
+        return self._generator_reply(nret, idx - first, start)
