@@ -135,3 +135,20 @@ def test_public_surface_is_exactly_what_is_intended():
         "actor", "util", "runtime_context"])
     for name in luminary.__all__:
         assert hasattr(luminary, name), name
+
+
+@pytest.mark.parametrize("ray_start_fresh", [{"num_cpus": 1, "_system_config": {"infeasible_tasks": "fail"}}],
+                         indirect=True)
+def test_infeasible_task_can_be_made_to_fail_instead_of_wait(ray_start_fresh):
+    @ray.remote(num_gpus=2)
+    def needs_gpus():
+        return 1
+
+    with pytest.raises(ray.exceptions.TaskUnschedulableError, match="GPU"):
+        ray.get(needs_gpus.remote(), timeout=30)
+
+    @ray.remote
+    def fine():
+        return 2
+
+    assert ray.get(fine.remote()) == 2

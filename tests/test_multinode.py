@@ -225,6 +225,12 @@ def test_cli_start_status_stop(tmp_path):
                 "print(ray.get(f.remote()))" % port)
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert run.stdout.strip() == "ok", run.stderr
+        example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "examples", "rl_parameter_server.py")
+        rl = subprocess.run([sys.executable, example, "--address", f"127.0.0.1:{port}", "--workers", "2",
+                             "--iterations", "8"], capture_output=True, text=True, timeout=120)
+        assert rl.returncode == 0, rl.stderr[-2000:]
+        assert "placed on 2 node(s)" in rl.stdout
     finally:
         out = subprocess.run(cli + ["stop"], capture_output=True, text=True, timeout=60)
     assert "Stopped 2" in out.stdout

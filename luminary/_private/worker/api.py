@@ -96,6 +96,14 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
     sess.namespace = namespace or f"anon-{os.urandom(4).hex()}"
     _session = sess
     cfg["log_to_driver"] = log_to_driver
+    system = kwargs.get("_system_config") or {}
+    if not isinstance(system, dict):
+        raise TypeError("_system_config must be a dict")
+    mode = system.get("infeasible_tasks", "wait")
+    if mode not in ("wait", "fail"):
+        raise ValueError("_system_config['infeasible_tasks'] must be 'wait' (the default, as in Ray: wait for a "
+                         "node with the resources to join) or 'fail' (raise TaskUnschedulableError at get)")
+    cfg["infeasible_tasks"] = mode
     core = CoreWorker(DRIVER, cfg)
     try:
         core.start("register_driver")

@@ -365,6 +365,8 @@ class CoreWorker:
             pass
 
     def h_infeasible(self, conn, p):
+        if self.cfg.get("infeasible_tasks") == "fail" and self.submitter.fail_infeasible(p):
+            return
         key = tuple(sorted(p["missing"].items()))
         if key not in self.infeasible_warned:
             self.infeasible_warned.add(key)

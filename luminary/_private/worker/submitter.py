@@ -469,6 +469,21 @@ class TaskSubmitter:
         self._ready(t)
         return "resubmitted"
 
+    def fail_infeasible(self, p):
+        """With _system_config={"infeasible_tasks": "fail"}: fail the tasks no node can ever run."""
+        for kq in self.keys.values():
+            if p["lease_id"] in kq.requests:
+                missing = ", ".join(f"{k}: {v:g}" for k, v in p["missing"].items())
+                err = exc.TaskUnschedulableError(
+                    f"No node in the cluster can run this task: it needs {{{missing}}} more than any node has "
+                    f"(resources asked: {kq.resources}). Lower the request or add a node with these resources.")
+                self.core.nm.request("cancel_lease_request", {"lease_id": p["lease_id"]}, lambda ok, r: None)
+                kq.requests.discard(p["lease_id"])
+                while kq.queue:
+                    self._finish_error(kq.queue.popleft(), err)
+                return True
+        return False
+
     def on_blocked(self):
         core = self.core
         core.nm.notify("blocked", None)
