@@ -246,6 +246,12 @@ class NodeManager:
             self.shutdown("the driver that started this cluster disconnected")
         self._schedule()
 
+    def _requester_gone(self, conn):
+        self._release_pins(conn)
+        self._drop_requester(conn)
+        self._schedule()
+        self._report_soon()
+
     def _drop_requester(self, conn):
         """The owner is gone: forget its lease requests and end the workers it leased."""
         for lease in self.scheduler.drop_requester(conn):
@@ -271,6 +277,10 @@ class NodeManager:
         if isinstance(target, dict):
             return target
         req = LeaseRequest(p["lease_id"], resources, conn, data=p)
+        if "worker" not in conn.state and not conn.state.get("lease_watch"):
+            # an owner on another node (spillback) or the GCS: its leases end with its connection
+            conn.state["lease_watch"] = True
+            conn.close_callbacks.append(self._requester_gone)
         if not self.scheduler.feasible(resources) and not self._feasible_anywhere(resources) \
                 and not any("_group_" in k for k in resources):   # placement-group tasks wait for their group
             missing = self.scheduler.missing(resources)
