@@ -64,7 +64,7 @@ TRANSFER_ROW = "cross-node transfer 1 GB"
 class Sizes:
     def __init__(self, quick):
         self.transfer_bytes = GiB
-        self.transfer_rounds = 1 if quick else 3
+        self.transfer_rounds = 1 if quick else 5
         self.store_bytes = int(2.5 * GiB)      # per node
         self.task_batch = 1000
         self.task_batches = 1 if quick else 5

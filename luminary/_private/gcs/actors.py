@@ -158,8 +158,26 @@ class ActorManager:
             self.lease_counter += 1
             lease_id = b"gcs-actor" + self.lease_counter.to_bytes(8, "big")
             try:
-                grant = await nconn.call("request_lease", {"lease_id": lease_id, "resources": a.resources,
-                                                            "actor": True, "no_spill": True})
+                req = {"lease_id": lease_id, "resources": a.resources, "actor": True}
+                if a.strategy and a.strategy.get("type") in ("NODE_AFFINITY", "SPREAD"):
+                    req["no_spill"] = True
+                try:
+                    # a node whose report was stale may not have room: give it a moment, then re-plan
+                    grant = await asyncio.wait_for(asyncio.shield(call := nconn.call("request_lease", req)), 2.0)
+                except asyncio.TimeoutError:
+                    nconn.notify("cancel_lease_request", {"lease_id": lease_id, "release_if_granted": True})
+                    call.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+                    continue
+                if isinstance(grant, dict) and "spillback" in grant:
+                    # the node's own, fresher view found a better place: ask there, once
+                    nid = grant["node_id"]
+                    nconn = self.gcs.node_conns.get(nid)
+                    if nconn is None or nconn.closed:
+                        continue
+                    grant = await nconn.call("request_lease", dict(req, no_spill=True))
+                if isinstance(grant, dict) and "error" in grant:
+                    self._set_dead(a, f"The actor cannot be scheduled: {grant['message']}")
+                    return
             except Exception as e:  # node died while we waited
                 logger.warning("lease for actor %s failed: %s", a.actor_id.hex(), e)
                 await asyncio.sleep(0.2)

@@ -337,8 +337,8 @@ class NodeManager:
         locality = p.get("locality")
         if locality:
             best = max(locality.items(), key=lambda kv: kv[1])[0]
-            if best in alive and feasible(alive[best]) and (fits(alive[best]) or best == me):
-                return spill(best)
+            if best in alive and feasible(alive[best]):
+                return spill(best)      # wait there rather than move the bytes (as Ray's locality-aware leasing)
         if here_ok and self.scheduler.fits(resources) and self._utilization(resources) < 0.5:
             return None
         ready = [nid for nid in candidates if fits(alive[nid])]
@@ -442,6 +442,8 @@ class NodeManager:
             fut, _ = self.lease_waiters.pop(p["lease_id"], (None, None))
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        elif p.get("release_if_granted") and p["lease_id"] in self.scheduler.leases:
+            self.return_lease(conn, {"lease_id": p["lease_id"]})   # granted as we gave up: take it back
         return True
 
     def return_lease(self, conn, p):
