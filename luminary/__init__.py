@@ -14,7 +14,7 @@ from ._private.worker.api import (available_resources, cancel, cluster_resources
 from ._private.worker.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from ._private.worker.remote_function import RemoteFunction
 from .runtime_context import get_runtime_context
-from . import actor, runtime_context, util  # noqa: E402  (public submodules, as in Ray)
+from . import actor, job_config, runtime_context, runtime_env, util  # noqa: E402  (public submodules, as in Ray)
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 

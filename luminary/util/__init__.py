@@ -2,10 +2,20 @@
 from __future__ import annotations
 
 from .._private.worker.actor import list_named_actors  # noqa: F401
-from . import scheduling_strategies  # noqa: F401
+from . import scheduling_strategies, state  # noqa: F401
 from .actor_pool import ActorPool  # noqa: F401
 from .placement_group import (get_current_placement_group, get_placement_group, placement_group,  # noqa: F401
                               placement_group_table, remove_placement_group)
 
 __all__ = ["ActorPool", "list_named_actors", "placement_group", "remove_placement_group", "get_placement_group",
-           "placement_group_table", "get_current_placement_group", "scheduling_strategies"]
+           "placement_group_table", "get_current_placement_group", "scheduling_strategies", "state",
+           "get_node_ip_address"]
+
+
+def get_node_ip_address(address="8.8.8.8:53"):
+    """The address of this node as the cluster knows it (127.0.0.1 for a local cluster)."""
+    from .._private.worker import state as _state
+    core = _state.core
+    if core is not None:
+        return core.cfg.get("node_ip", "127.0.0.1")
+    return "127.0.0.1"
