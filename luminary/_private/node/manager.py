@@ -83,6 +83,7 @@ class NodeManager:
         self.view = {}            # node_id -> {"address", "total", "available"} of alive nodes (from the GCS)
         self.peers = {}           # node manager address -> Connection (transfers)
         self.pulls = {}           # oid -> future of a pull in progress
+        self.copies = {}          # oid -> peer connections that pulled a copy of our primary
         self.spread_next = 0
         self.bundles = {}         # (pg_id, index) -> reserved resources
         self.handlers = {
@@ -107,6 +108,7 @@ class NodeManager:
             "shutdown": self.request_shutdown,
             "view": lambda c, p: self._on_view(True, p),
             "transfer_begin": self.transfer_begin,
+            "drop_copies": self.drop_copies,
             "fetch_chunk": self.fetch_chunk,
             "transfer_end": self.transfer_end,
             "prepare_bundle": self.prepare_bundle,
@@ -583,11 +585,21 @@ class NodeManager:
         sem = asyncio.Semaphore(self.IN_FLIGHT)
         mm = self.arena_mm
 
+        dest = memoryview(mm)
+
         async def chunk(start):
             async with sem:
-                data = await peer.call("fetch_chunk", {"oid": oid, "offset": start,
-                                                       "length": min(self.CHUNK, size - start)})
-                mm[offset + start:offset + start + len(data)] = data
+                n = min(self.CHUNK, size - start)
+                fut = asyncio.get_event_loop().create_future()
+
+                def done(ok, res):
+                    if not fut.done():
+                        fut.set_result(None) if ok else fut.set_exception(
+                            res if isinstance(res, BaseException) else RuntimeError(str(res)))
+                peer.request_into("fetch_chunk", {"oid": oid, "offset": start, "length": n},
+                                  dest[offset + start:offset + start + n], done)
+                await fut
+
         try:
             await asyncio.gather(*(chunk(s) for s in range(0, size, self.CHUNK)))
         except Exception as e:  # noqa: BLE001
@@ -607,6 +619,7 @@ class NodeManager:
         loc = self._pin(conn, oid) if oid in self.store.objects else None
         if not isinstance(loc, list):
             return None
+        self.copies.setdefault(oid, set()).add(conn)     # this peer will hold a copy
         return loc[1]
 
     def fetch_chunk(self, conn, p):
@@ -614,7 +627,7 @@ class NodeManager:
         if obj is None or obj.offset < 0:
             raise ValueError("object not here")
         start = obj.offset + p["offset"]
-        return self.arena_mm[start:start + p["length"]]
+        return protocol.RawReply(memoryview(self.arena_mm)[start:start + p["length"]])
 
     def transfer_end(self, conn, p):
         self.store_release(conn, {"oids": [p["oid"]]})
@@ -636,8 +649,22 @@ class NodeManager:
                     self.store.release(oid)
 
     def store_delete(self, conn, p):
+        """The owner freed these objects: drop them here and tell the nodes that copied them, so
+        their memory is reused (warm) instead of waiting for eviction."""
+        forward = {}
         for oid in p["oids"]:
             self.store.delete(oid)
+            for peer in self.copies.pop(oid, ()):
+                forward.setdefault(peer, []).append(oid)
+        for peer, oids in forward.items():
+            if not peer.closed:
+                peer.notify("drop_copies", {"oids": oids})
+
+    def drop_copies(self, conn, p):
+        for oid in p["oids"]:
+            obj = self.store.objects.get(oid)
+            if obj is not None and not obj.primary:
+                self.store.delete(oid)
 
     # --- logs and reports --------------------------------------------------------------------------
     def forward_log(self, conn, p):

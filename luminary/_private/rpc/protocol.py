@@ -11,6 +11,9 @@ After the handshake every message is one msgpack array:
     [0, request_id, method, payload]    request, answered by exactly one response
     [1, request_id, ok, payload]        response (payload is an error text when not ok)
     [2, method, payload]                notification, never answered
+    [4, request_id, nbytes] + raw bytes a response carrying bulk data (object chunks): the bytes
+                                        follow the header unframed and land directly in the
+                                        buffer the requester registered (``request_into``)
 Handlers are looked up by method name in a dict given to the connection (a message table).
 Writes are batched: every send appends to a buffer flushed once per event-loop iteration, so a
 burst of messages costs one system call.  Everything here runs on the owning event loop's thread.
@@ -34,7 +37,7 @@ DENY = b"DENY"           # sent by a server before it drops a peer whose proof w
 MAGIC = b"LUM1"          # bump when the wire format changes: peers of other versions are refused
 NONCE = 32
 MAC = 32
-REQ, RESP, NOTE = 0, 1, 2
+REQ, RESP, NOTE, RAW = 0, 1, 2, 4
 MAX_BUFFER = 1 << 31     # largest single message accepted (inline objects are <= 100 KiB; chunks a few MiB)
 
 
@@ -46,6 +49,14 @@ class _Deferred:
 
 
 DEFERRED = _Deferred()
+
+
+class RawReply:
+    """Returned by a handler to answer with bulk bytes (sent without copying into msgpack)."""
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
 
 
 class ConnectionLost(ConnectionError):
@@ -87,6 +98,8 @@ class Connection(asyncio.Protocol):
         self._out = []
         self._flush_scheduled = False
         self.peer = None
+        self._sinks = {}          # request id -> writable memoryview for a RAW answer
+        self._bulk = None         # [dest, received, total, callback] while raw bytes stream in
 
     # --- asyncio protocol -------------------------------------------------------------------
     def connection_made(self, transport):
@@ -102,9 +115,51 @@ class Connection(asyncio.Protocol):
         if self._stage < 3:
             self._handshake(data)
             return
-        self._unpacker.feed(data)
-        for msg in self._unpacker:
-            self._dispatch(msg)
+        if self._bulk is not None:
+            data = self._take_raw(memoryview(data))
+            if not data:
+                return
+            data = bytes(data)
+        up = self._unpacker
+        up.feed(data)
+        while True:
+            try:
+                msg = up.unpack()
+            except msgpack.OutOfData:
+                return
+            if msg[0] == RAW:
+                self._start_raw(msg[1], msg[2])
+                if self._bulk is not None:   # the rest arrives in later reads
+                    return
+            else:
+                self._dispatch(msg)
+
+    def _start_raw(self, rid, n):
+        dest = self._sinks.pop(rid, None)
+        cb = self._pending.pop(rid, None)
+        if dest is None:
+            dest = bytearray(n)   # nobody waits for it: read and drop
+        self._bulk = [dest, 0, n, cb]
+        got = self._unpacker.read_bytes(n)
+        if got:
+            self._take_raw(memoryview(got))
+        elif n == 0:
+            self._finish_raw()
+
+    def _take_raw(self, view):
+        dest, have, n, cb = self._bulk
+        take = min(n - have, len(view))
+        dest[have:have + take] = view[:take]
+        self._bulk[1] = have + take
+        if have + take == n:
+            self._finish_raw()
+        return view[take:]
+
+    def _finish_raw(self):
+        dest, have, n, cb = self._bulk
+        self._bulk = None
+        if cb is not None:
+            cb(True, n)
 
     def connection_lost(self, exc):
         self.closed = True
@@ -186,6 +241,7 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, msg):
         kind = msg[0]
         if kind == RESP:
+            self._sinks.pop(msg[1], None)
             cb = self._pending.pop(msg[1], None)
             if cb is not None:
                 cb(msg[2], msg[3] if msg[2] else RemoteError(msg[3]))
@@ -216,6 +272,9 @@ class Connection(asyncio.Protocol):
             return
         if res is DEFERRED:
             return
+        if type(res) is RawReply:
+            self._send_raw(rid, res.data)
+            return
         if inspect.isawaitable(res):
             fut = asyncio.ensure_future(res)
             fut.add_done_callback(lambda f, rid=rid: self._reply_from_future(rid, f))
@@ -245,6 +304,15 @@ class Connection(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
+    def _send_raw(self, rid, data):
+        if self.closed:
+            return
+        self._out.append(msgpack.packb([RAW, rid, len(data)]))
+        self._out.append(data)                  # written as it is, after its header
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
     def _flush(self):
         self._flush_scheduled = False
         out, self._out = self._out, []
@@ -252,7 +320,8 @@ class Connection(asyncio.Protocol):
             if len(out) == 1:
                 self.transport.write(out[0])
             else:
-                self.transport.writelines(out)
+                for b in out:
+                    self.transport.write(b)
 
     def notify(self, method, payload=None):
         self._send([NOTE, method, payload])
@@ -265,6 +334,18 @@ class Connection(asyncio.Protocol):
         self._next_id += 1
         rid = self._next_id
         self._pending[rid] = callback
+        self._send([REQ, rid, method, payload])
+
+    def request_into(self, method, payload, dest, callback):
+        """Like ``request``, for handlers answering with RawReply: the bytes are written into
+        ``dest`` (a writable memoryview) and ``callback(True, nbytes)`` runs."""
+        if self.closed:
+            callback(False, ConnectionLost(f"connection {self.name} is closed"))
+            return
+        self._next_id += 1
+        rid = self._next_id
+        self._pending[rid] = callback
+        self._sinks[rid] = dest
         self._send([REQ, rid, method, payload])
 
     def call(self, method, payload=None):
