@@ -1,0 +1,78 @@
+"""The wire protocol in one process: handshake, requests, notifications, bulk replies."""
+import asyncio
+import os
+
+import pytest
+
+from luminary._private.rpc import protocol
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def run(coro):
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+async def _server(tmp_path, secret, handlers):
+    addr = f"unix:{tmp_path}/s.sock"
+    server, addr = await protocol.serve(addr, secret, handlers)
+    return server, addr
+
+
+def test_requests_notifications_and_bulk_replies(tmp_path):
+    secret = os.urandom(32)
+    blob = bytes(range(256)) * 40000          # ~10 MB, arrives in many reads
+    seen = []
+
+    async def main():
+        handlers = {"add": lambda c, p: p[0] + p[1], "note": lambda c, p: seen.append(p),
+                    "bulk": lambda c, p: protocol.RawReply(memoryview(blob)[p["start"]:p["start"] + p["n"]]),
+                    "fail": lambda c, p: 1 / 0}
+        server, addr = await _server(tmp_path, secret, handlers)
+        conn = await protocol.connect(addr, secret, {})
+        assert await conn.call("add", [2, 3]) == 5
+        conn.notify("note", "hello")
+        dest = bytearray(len(blob))
+        done = asyncio.get_event_loop().create_future()
+        conn.request_into("bulk", {"start": 0, "n": len(blob)}, memoryview(dest), lambda ok, n: done.set_result((ok, n)))
+        assert await done == (True, len(blob))
+        assert dest == blob
+        with pytest.raises(protocol.RemoteError, match="ZeroDivisionError"):
+            await conn.call("fail", None)
+        assert await conn.call("add", [1, 1]) == 2    # still usable after a bulk reply and an error
+        conn.close()
+        server.close()
+    run(main())
+    assert seen == ["hello"]
+
+
+def test_wrong_secret_is_refused_before_any_payload(tmp_path):
+    calls = []
+
+    async def main():
+        server, addr = await _server(tmp_path, os.urandom(32), {"x": lambda c, p: calls.append(p)})
+        with pytest.raises(protocol.AuthenticationError, match="refused"):
+            await protocol.connect(addr, os.urandom(32), {})
+        server.close()
+    run(main())
+    assert calls == []
+
+
+def test_peer_of_another_version_gets_a_clear_error(tmp_path):
+    async def main():
+        path = f"{tmp_path}/old.sock"
+
+        async def old_peer(reader, writer):
+            writer.write(b"LUM0" + os.urandom(32))
+            await writer.drain()
+            await reader.read(100)
+            writer.close()
+        server = await asyncio.start_unix_server(old_peer, path)
+        with pytest.raises(protocol.AuthenticationError, match="same Luminary version"):
+            await protocol.connect(f"unix:{path}", os.urandom(32), {})
+        server.close()
+    run(main())
