@@ -272,3 +272,22 @@ def test_lost_task_argument_is_rebuilt_for_its_consumer(cluster):
     cluster.remove_node(doomed, allow_graceful=False)
     cluster.add_node(num_cpus=1, resources={"spot": 1})
     assert ray.get(consume.remote(block), timeout=60) == 5 * (2 << 20)
+
+
+def test_prints_on_another_node_reach_the_driver(cluster, capfd):
+    cluster.add_node(num_cpus=1, resources={"far": 1})
+    cluster.connect()
+
+    @ray.remote(resources={"far": 1})
+    def shout():
+        print("greetings from the far node")
+        return 1
+
+    ray.get(shout.remote())
+    seen = []
+
+    def printed():
+        seen.append(capfd.readouterr().out)
+        return "greetings from the far node" in "".join(seen)
+    poll_for(printed, timeout=20, desc="the remote print at the driver")
+    assert "shout" in "".join(seen)

@@ -49,10 +49,15 @@ def cleanup_stale_sessions():
         return
     for name in entries:
         path = os.path.join(root, name)
-        try:
-            with open(os.path.join(path, "node.pid")) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
+        pid = 0
+        for marker in ("node.pid", "owner.pid"):
+            try:
+                with open(os.path.join(path, marker)) as f:
+                    pid = int(f.read().strip() or 0)
+                break
+            except (OSError, ValueError):
+                continue
+        if not pid:
             continue
         if pid and not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)

@@ -40,6 +40,7 @@ class GcsServer:
             "kv_keys": self.kv_keys,
             "cluster_resources": self.cluster_resources,
             "ping": lambda conn, p: "pong",
+            "log": self.relay_log,
         }
         from .actors import ActorManager
         from .placement_groups import PlacementGroupManager
@@ -84,6 +85,11 @@ class GcsServer:
                     self.broadcast_view(exclude=p["node_id"])
             node["pending"] = p.get("pending", [])
         return self.view()
+
+    def relay_log(self, conn, p):
+        for nid, c in self.node_conns.items():
+            if c is not conn and not c.closed and self.nodes[nid]["Alive"]:
+                c.notify("log_remote", p)
 
     def view(self):
         return {nid: {"address": n["Address"], "total": n.get("Total", n["Resources"]), "available": n["Available"]}

@@ -33,6 +33,10 @@ def new_session_dir(parent=None, prefix="session"):
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     path = os.path.join(root, f"{prefix}_{stamp}_{os.getpid()}_{os.urandom(3).hex()}")
     os.makedirs(os.path.join(path, "logs"), mode=0o700)
+    if prefix != "session" and prefix != "node":
+        # a driver's or a test cluster's directory: removed by the next start if its owner was killed
+        with open(os.path.join(path, "owner.pid"), "w") as f:
+            f.write(str(os.getpid()))
     return path
 
 

@@ -104,6 +104,7 @@ class NodeManager:
             "kill_worker": self.kill_worker,
             "kill_worker_nowait": self.kill_worker,
             "log": self.forward_log,
+            "log_remote": self.log_to_local_drivers,
             "node_info": self.node_info,
             "shutdown": self.request_shutdown,
             "view": lambda c, p: self._on_view(True, p),
@@ -668,6 +669,12 @@ class NodeManager:
 
     # --- logs and reports --------------------------------------------------------------------------
     def forward_log(self, conn, p):
+        """Worker output goes to the drivers on this node and, through the GCS, on the others."""
+        self.log_to_local_drivers(conn, p)
+        if len(self.view) > 1 and not self.gcs.closed:
+            self.gcs.notify("log", p)
+
+    def log_to_local_drivers(self, conn, p):
         for dconn in self.drivers.values():
             if dconn.state.get("log_to_driver", True):
                 dconn.notify("log", p)
