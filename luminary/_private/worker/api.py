@@ -205,12 +205,12 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     core = _core()
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}.")
-    for r in object_refs:
-        if not isinstance(r, ObjectRef):
-            raise TypeError(f"wait() expects a list of ObjectRefs, but it contains {type(r).__name__}.")
+    if set(map(type, object_refs)) - {ObjectRef}:
+        bad = next(r for r in object_refs if not isinstance(r, ObjectRef))
+        raise TypeError(f"wait() expects a list of ObjectRefs, but it contains {type(bad).__name__}.")
     if not object_refs:
         return [], []
-    if len(set(r.id for r in object_refs)) != len(object_refs):
+    if len(set(map(_ref_id, object_refs))) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns!r}: it must be a positive int.")
@@ -220,6 +220,9 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be None or non-negative")
     return core.wait_objects(list(object_refs), num_returns, timeout, fetch_local)
+
+
+_ref_id = __import__("operator").attrgetter("id")
 
 
 def cancel(object_ref, *, force=False, recursive=True):

@@ -604,10 +604,12 @@ class CoreWorker:
     def wait_objects(self, refs, num_returns, timeout, fetch_local=True):
         values = self.memory.values
         ready = []
-        for r in refs:
+        for i, r in enumerate(refs):
             if r.id in values:
                 ready.append(r)
                 if len(ready) == num_returns:
+                    if num_returns == 1:
+                        return ready, refs[:i] + refs[i + 1:]
                     chosen = set(map(id, ready))
                     return ready, [r for r in refs if id(r) not in chosen]
         if timeout == 0:
