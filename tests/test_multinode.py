@@ -242,7 +242,8 @@ def _luminary_daemons():
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "luminary._private.node" in " ".join(p.info["cmdline"] or []):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "luminary._private.node" in cmd or "luminary::" in cmd:
                 found.append(p.pid)
         except psutil.Error:
             pass

@@ -22,6 +22,12 @@ def die_with_parent(sig=signal.SIGKILL):
 
 
 def set_name(name: str):
+    """A readable process title (``ps``/``top``): ``luminary::worker``, ``luminary::gcs`` ..."""
+    try:
+        import setproctitle
+        setproctitle.setproctitle(name)
+    except ImportError:
+        pass
     if _libc is not None:
         _libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 

@@ -45,7 +45,7 @@ def main():
     os.makedirs(os.path.join(session_dir, "logs"), mode=0o700, exist_ok=True)
     logging.basicConfig(filename=os.path.join(session_dir, "logs", "node.log"), level=logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    procutil.set_name("luminary:node")
+    procutil.set_name("luminary::node")
     with open(os.path.join(session_dir, "node.pid"), "w") as f:
         f.write(str(os.getpid()))
 
@@ -66,7 +66,7 @@ def main():
             os.close(r)
             try:
                 procutil.die_with_parent()
-                procutil.set_name("luminary:gcs")
+                procutil.set_name("luminary::gcs")
                 arena.close()
                 os.close(arena_fd)
                 from ..gcs.server import run_gcs

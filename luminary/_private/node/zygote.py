@@ -22,7 +22,7 @@ from .. import procutil
 
 def run_zygote(sock: socket.socket, worker_config: dict, close_fds=()):
     procutil.die_with_parent()
-    procutil.set_name("luminary:zygote")
+    procutil.set_name("luminary::zygote")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in close_fds:
         try:

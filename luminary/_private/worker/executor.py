@@ -27,7 +27,7 @@ from .core import ObjectLocationLost
 
 
 def procutil_name(class_name):
-    procutil.set_name(f"lum:{class_name}"[:15])
+    procutil.set_name(f"luminary::{class_name}")
 
 QUEUED, RUNNING, FINISHED, CANCELLED, BOUNCED = range(5)
 

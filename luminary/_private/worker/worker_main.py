@@ -58,7 +58,7 @@ class _LogStream(io.TextIOBase):
 def main(cfg):
     ids.reseed()
     procutil.die_with_parent()
-    procutil.set_name("luminary:worker")
+    procutil.set_name("luminary::worker (idle)")
     wid = cfg["worker_id"]
     log_path = os.path.join(cfg["session_dir"], "logs", f"worker-{wid.hex()[:12]}-{os.getpid()}.log")
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
