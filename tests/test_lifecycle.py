@@ -152,3 +152,18 @@ def test_infeasible_task_can_be_made_to_fail_instead_of_wait(ray_start_fresh):
         return 2
 
     assert ray.get(fine.remote()) == 2
+
+
+class _TwoArgError(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a}-{b}")
+
+
+def test_exception_that_cannot_be_rebuilt_still_arrives_with_its_traceback(ray_start):
+    @ray.remote
+    def fail():
+        raise _TwoArgError(1, 2)
+
+    with pytest.raises(ray.exceptions.RayTaskError, match="_TwoArgError"):
+        ray.get(fail.remote())
+    assert ray.get(ray.put("still fine")) == "still fine"

@@ -175,9 +175,12 @@ def dumps_function(fn) -> bytes:
 
 
 def dumps_error(err) -> bytes:
-    """Pickle an exception, falling back to a text copy when it cannot be pickled."""
+    """Pickle an exception, falling back to a text copy when it cannot be pickled or would not
+    unpickle (an exception class whose __init__ takes other arguments than its args)."""
     try:
-        return cloudpickle.dumps(err, protocol=5)
+        blob = cloudpickle.dumps(err, protocol=5)
+        pickle.loads(blob)
+        return blob
     except Exception:
         from ..exceptions import RayTaskError
         if isinstance(err, RayTaskError):

@@ -595,7 +595,11 @@ class CoreWorker:
         if kind == "s":
             return self.read_store_object(oid, data)
         if kind == "e":
-            err = pickle.loads(data)
+            try:
+                err = pickle.loads(data)
+            except Exception as e:  # e.g. the error's class cannot be imported here
+                raise exc.RaySystemError(f"A remote error could not be deserialized in this process "
+                                         f"({type(e).__name__}: {e}).") from None
             raise err
         if kind == "end":
             raise exc.ObjectLostError(oid.hex(), message="this generator ended before producing this item")
