@@ -14,12 +14,14 @@ I/O thread, so an owner busy in user code still serves its objects.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import mmap
 import os
 import pickle
 import sys
 import threading
+import time
 import weakref
 
 from ... import exceptions as exc
@@ -33,6 +35,10 @@ from .refs import ReferenceTable
 logger = logging.getLogger(__name__)
 
 DRIVER, WORKER = "driver", "worker"
+RECENT_S = 1.0                 # how long a read object stays mapped after its last read
+RECENT_MAX = 16                # and how many such objects
+RECENT_MAX_BYTES = 16 << 20    # only objects up to this size are kept
+RECENT_TOTAL_BYTES = 64 << 20  # and at most this much per process
 
 
 class SyncCall:
@@ -86,6 +92,11 @@ class CoreWorker:
         self._connecting: dict[str, list] = {}
         self.functions: dict[bytes, object] = {}
         self._mm_cache: dict[bytes, weakref.ref] = {}
+        # Recently read stored objects stay mapped (and pinned) for a moment, so a worker that
+        # receives the same large argument call after call maps it once (RECENT_S, RECENT_MAX).
+        self._recent = collections.OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._recent_timer = False
         self._arena_rw = None
         self.current_task_id = None
         self.current_task_name = None
@@ -264,6 +275,7 @@ class CoreWorker:
                 oid = a[1]
                 v = self.memory.values.get(oid)
                 self.memory.delete(oid)
+                self._forget_recent(oid)
                 self.submitter.lineage.pop(oid, None)
                 if v is not None and v[0] == "s":
                     self._store_deletes.append((oid, v[1][0]))
@@ -272,8 +284,8 @@ class CoreWorker:
                     self.actor_submitter.on_handle_freed(oid)
             else:
                 _, oid, owner = a
-                v = self.memory.values.get(oid)
                 self.memory.delete(oid)
+                self._forget_recent(oid)
                 unborrow.setdefault(owner, []).append(oid)
         if self._store_deletes:
             dels, self._store_deletes = self._store_deletes, []
@@ -444,6 +456,8 @@ class CoreWorker:
                 if req["pull_from"] is None:
                     raise ObjectLocationLost(oid, where[0], "the node holding it is dead")
             loc = self.call_sync("nm", "store_get", req)
+            if isinstance(loc, dict) and loc.get("error") == "ObjectStoreFullError":
+                raise exc.ObjectStoreFullError(loc["message"])
             if loc is None or isinstance(loc, dict):
                 msg = loc.get("message") if isinstance(loc, dict) else "it is not in the object store"
                 raise ObjectLocationLost(oid, where[0] if where else self.node_id, msg)
@@ -451,11 +465,39 @@ class CoreWorker:
             mm = mmap.mmap(self.arena_fd(), size, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset)
             weakref.finalize(mm, self._release_pin, oid)
             self._mm_cache[oid] = weakref.ref(mm)
+            if size <= min(RECENT_MAX_BYTES, self.cfg["capacity"] // 64):
+                self._keep_recent(oid, mm, size)
         with serialization.collect_deserialized_refs() as refs:
             value = serialization.loads_store(memoryview(mm))
         if refs:
             self.register_borrowed(refs)
         return value
+
+    def _keep_recent(self, oid, mm, size):
+        budget = min(RECENT_TOTAL_BYTES, self.cfg["capacity"] // 16)   # never what fills the store
+        with self._recent_lock:
+            self._recent[oid] = (mm, time.monotonic(), size)
+            total = sum(v[2] for v in self._recent.values())
+            while len(self._recent) > RECENT_MAX or total > budget:
+                total -= self._recent.popitem(last=False)[1][2]
+            start = not self._recent_timer
+            self._recent_timer = True
+        if start:
+            self.io.post(lambda: self.io.loop.call_later(RECENT_S, self._expire_recent))
+
+    def _expire_recent(self):
+        cutoff = time.monotonic() - RECENT_S
+        with self._recent_lock:
+            while self._recent and next(iter(self._recent.values()))[1] <= cutoff:
+                self._recent.popitem(last=False)
+            again = bool(self._recent)
+            self._recent_timer = again
+        if again and not self.shutting_down:
+            self.io.loop.call_later(RECENT_S, self._expire_recent)
+
+    def _forget_recent(self, oid):
+        with self._recent_lock:
+            self._recent.pop(oid, None)
 
     def _release_pin(self, oid):
         if self.shutting_down:
