@@ -81,15 +81,20 @@ class MemoryStore:
             for o in missing:
                 self._waiters.setdefault(o, []).append(w)
         ok = w.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
-        if not ok:
+        if len(missing) > 1 or not ok:
+            # take this waiter off the objects it no longer waits for, so later puts do not
+            # walk (and decrement) stale waiters
             with self._lock:
                 for o in missing:
                     lst = self._waiters.get(o)
-                    if lst and w in lst:
-                        lst.remove(w)
+                    if lst:
+                        try:
+                            lst.remove(w)
+                        except ValueError:
+                            continue
                         if not lst:
                             del self._waiters[o]
-                if w.remaining <= 0:
+                if not ok and w.remaining <= 0:
                     return True
         return ok
 
