@@ -140,12 +140,6 @@ def note_ref(ref):
         refs.append(ref)
 
 
-def note_deserialized_ref(ref):
-    refs = getattr(_local, "deser", None)
-    if refs is not None:
-        refs.append(ref)
-
-
 class collect_deserialized_refs:
     def __enter__(self):
         self.prev = getattr(_local, "deser", None)

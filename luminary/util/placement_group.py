@@ -39,7 +39,6 @@ class PlacementGroup:
 
     def ready(self):
         """An ObjectRef that resolves (to True) once every bundle is reserved."""
-        import luminary
         from .scheduling_strategies import PlacementGroupSchedulingStrategy
 
         return _ready_task.options(

@@ -325,10 +325,6 @@ class ActorSubmitter:
             ac = self.actors[actor_id] = ActorConn(actor_id)
         return ac
 
-    def pending_count(self, actor_id):
-        ac = self.actors.get(actor_id)
-        return 0 if ac is None else len(ac.queue) + len(ac.inflight)
-
     def created(self, actor_id, handle_oid, held, detached):
         ac = self._get(actor_id)
         ac.handle_oid = handle_oid

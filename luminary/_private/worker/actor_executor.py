@@ -18,15 +18,12 @@ import collections
 import concurrent.futures
 import inspect
 import os
-import pickle
 import sys
 import threading
 import time
 
 import cloudpickle
 
-from ... import exceptions as exc
-from .. import serialization
 from .actor import ActorHandle, _ActorExit
 
 
@@ -212,10 +209,3 @@ class ActorRuntime:
         except AttributeError:
             raise AttributeError(f"The actor has no method {name!r}") from None
 
-
-def error_blob(e, tb=""):
-    return serialization.dumps_error(exc.RayTaskError("__init__", tb, e, pid=os.getpid()))
-
-
-def dumps(x):
-    return pickle.dumps(x)

@@ -5,7 +5,6 @@ import atexit
 import logging
 import os
 
-from ... import exceptions as exc
 from .. import ids
 from . import state
 from .core import DRIVER, CoreWorker

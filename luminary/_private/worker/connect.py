@@ -10,7 +10,6 @@ import asyncio
 import glob
 import json
 import os
-import shutil
 
 from .. import ids
 from ..node import launch
@@ -97,7 +96,3 @@ def connect_existing(address):
     cfg = {"secret": secret, "session_dir": sess.session_dir, "nm_address": node["Address"],
            "gcs_address": gcs, "node_ip": node["NodeManagerAddress"], "worker_id": ids.random_id(), "tcp": True}
     return sess, cfg
-
-
-def remove_driver_dir(path):
-    shutil.rmtree(path, ignore_errors=True)

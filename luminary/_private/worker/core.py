@@ -254,9 +254,6 @@ class CoreWorker:
         return res.wait(timeout)
 
     # --- references (I/O thread) ------------------------------------------------------------------
-    def on_incref(self, oid, owner):
-        self.refs.add_local(oid, owner)
-
     def on_increfs(self, items):
         add = self.refs.add_local
         for oid, owner in items:
