@@ -1,4 +1,4 @@
-"""Luminary's main job: a real parallel workload on a local cluster.
+"""A parallel batch-scoring workload on a local cluster (tasks, nested tasks, shared-memory objects).
 
 Batch "inference" over shared-memory objects: a 64 MB weight matrix is put once into the object
 store and read zero-copy by every task; 64 batches are scored in parallel, each task submitting
