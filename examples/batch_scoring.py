@@ -1,6 +1,6 @@
 """A parallel batch-scoring workload on a local cluster (tasks, nested tasks, shared-memory objects).
 
-Batch "inference" over shared-memory objects: a 64 MB weight matrix is put once into the object
+Batch "inference" over shared-memory objects: a 16 MB weight matrix is put once into the object
 store and read zero-copy by every task; 64 batches are scored in parallel, each task submitting
 a nested task for its post-processing; results are streamed back with wait() as they finish,
 with a progress bar.  Then a Monte Carlo estimate of pi from 200 tasks checks the arithmetic.
