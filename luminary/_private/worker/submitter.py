@@ -24,6 +24,7 @@ from ..config import MAX_PENDING_LEASES, PIPELINE_DEPTH
 logger = logging.getLogger(__name__)
 
 WAITING, QUEUED, PUSHED, DONE = "waiting", "queued", "pushed", "done"
+_NONE = pickle.dumps(None, 5)
 LEASE_IDLE_S = 0.01
 FAST_TASK_S = 0.001
 
@@ -355,6 +356,8 @@ class TaskSubmitter:
     def _end_generator(self, task, count):
         end = ids.object_id(task.tid, count + 1)
         self.core.memory.put(end, "end", None)
+        # ObjectRefGenerator.completed(): ready (None) once the generator task has finished
+        self.core.memory.put(ids.object_id(task.tid, 0), "v", _NONE)
 
     def _finish_error(self, task, err):
         from .. import serialization
