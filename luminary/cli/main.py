@@ -152,6 +152,13 @@ def cmd_status(args):
     print(f"Resources: CPU {total.get('CPU', 0) - avail.get('CPU', 0):g}/{total.get('CPU', 0):g} used"
           + (f", GPU {total.get('GPU', 0) - avail.get('GPU', 0):g}/{total.get('GPU', 0):g} used" if total.get("GPU") else ""))
     print(f"Pending demand: {len(demand)} lease request(s)" + (f": {demand[:5]}" if demand else ""))
+    try:
+        from .._private.worker.connect import query_gcs
+        actors = query_gcs(gcs, secret, "list_actors")
+        alive_actors = sum(1 for a in actors if a["state"] == "ALIVE")
+        print(f"Actors: {alive_actors} alive, {len(actors) - alive_actors} other (pending, restarting or dead)")
+    except ConnectionError:
+        pass
     if infeasible:
         print(f"Infeasible (no node can ever run these): {infeasible[:5]}")
 

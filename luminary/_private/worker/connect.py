@@ -53,18 +53,23 @@ def _is_local(ip):
         return False
 
 
-async def _nodes(gcs_address, secret):
+async def _ask(gcs_address, secret, method):
     conn = await protocol.connect(gcs_address, secret, {}, name="gcs", timeout=5)
     try:
-        return await conn.call("get_nodes")
+        return await conn.call(method)
     finally:
         conn.close()
 
 
 def query_nodes(gcs_address, secret):
+    return query_gcs(gcs_address, secret, "get_nodes")
+
+
+def query_gcs(gcs_address, secret, method):
+    """One request to a cluster's GCS from outside a driver (the CLI, start-up checks)."""
     loop = new_event_loop()
     try:
-        return loop.run_until_complete(_nodes(gcs_address, secret))
+        return loop.run_until_complete(_ask(gcs_address, secret, method))
     except protocol.AuthenticationError as e:
         raise ConnectionError(f"The cluster at {gcs_address[4:]} refused this secret ({e}). Use the secret "
                               "file of that cluster (LUMINARY_SECRET_FILE).") from None
