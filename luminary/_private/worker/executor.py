@@ -262,6 +262,7 @@ class Executor:
         core.current_task_id = spec["tid"]
         core.current_task_name = name
         core.job_id = spec.get("job", core.job_id)
+        core.assigned_resources = spec.get("res", {})
         if "ns" in spec:
             core.namespace = spec["ns"]
         gpus = spec.get("gpus")

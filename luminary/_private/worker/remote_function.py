@@ -152,6 +152,7 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
         from ...util.scheduling_strategies import PlacementGroupSchedulingStrategy
         strategy, resources = wire_strategy(PlacementGroupSchedulingStrategy(
             options["placement_group"], options.get("placement_group_bundle_index", -1)), resources)
+    spec["res"] = resources
     task = Task(tid, spec, fid, blob, resources, returns, nret, max_retries, retry_exc,
                 arg_refs, (held_oids, held_owners), name)
     if strategy is not None:
