@@ -49,14 +49,7 @@ class RayTaskError(RayError):
 
     def __init__(self, function_name="", traceback_str="", cause=None, proctitle=None,
                  pid=None, ip=None, actor_repr=None, actor_id=None):
-        self.function_name = function_name
-        self.traceback_str = traceback_str
-        self.cause = cause
-        self.proctitle = proctitle
-        self.pid = pid
-        self.ip = ip
-        self.actor_repr = actor_repr
-        self.actor_id = actor_id
+        _dual_init(self, function_name, traceback_str, cause, proctitle, pid, ip, actor_repr, actor_id)
         RayError.__init__(self, self._message())
 
     def _message(self):

@@ -326,7 +326,7 @@ class Connection(asyncio.Protocol):
     def notify(self, method, payload=None):
         self._send([NOTE, method, payload])
 
-    def request(self, method, payload, callback):
+    def request(self, method, payload, callback, _sink=None):
         """Send a request; ``callback(ok, result_or_error)`` runs on this loop when answered."""
         if self.closed:
             callback(False, ConnectionLost(f"connection {self.name} is closed"))
@@ -334,19 +334,14 @@ class Connection(asyncio.Protocol):
         self._next_id += 1
         rid = self._next_id
         self._pending[rid] = callback
+        if _sink is not None:
+            self._sinks[rid] = _sink
         self._send([REQ, rid, method, payload])
 
     def request_into(self, method, payload, dest, callback):
         """Like ``request``, for handlers answering with RawReply: the bytes are written into
         ``dest`` (a writable memoryview) and ``callback(True, nbytes)`` runs."""
-        if self.closed:
-            callback(False, ConnectionLost(f"connection {self.name} is closed"))
-            return
-        self._next_id += 1
-        rid = self._next_id
-        self._pending[rid] = callback
-        self._sinks[rid] = dest
-        self._send([REQ, rid, method, payload])
+        self.request(method, payload, callback, _sink=dest)
 
     def call(self, method, payload=None):
         """Awaitable request; raises RemoteError or ConnectionLost."""
