@@ -564,6 +564,8 @@ def render_docs_section(table_md, info):
     L.append("- Load average before the run: %s; after: %s"
              % tuple("/".join("%.2f" % x for x in v) if v else "n/a"
                      for v in (info["load_before"], info["load_after"])))
+    if info.get("note"):
+        L.append("- Note: %s" % info["note"])
     L.append("")
     L.append("Every cell is the **median of %d runs** (backends alternating, each run a "
              "fresh process and a fresh cluster); inside a run, a row is the median of "
@@ -633,6 +635,8 @@ def parse_args(argv=None):
     p.add_argument("--no-socket", action="store_true", help="skip the socket baseline")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--docs-path", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    p.add_argument("--note", default="",
+                   help="one more line for the docs section, e.g. what else ran meanwhile")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--list", action="store_true")
     # internal
@@ -776,6 +780,7 @@ def main(argv=None):
         "errors": errors,
         "out_dir": out_dir,
         "socket_rates": socket_rates,
+        "note": args.note,
     }
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump({"info": info, "metas": metas, "problems": problems,
