@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
