@@ -20,6 +20,7 @@ from ..rpc import protocol
 from .storage import MemoryStorage, SqliteStorage
 
 logger = logging.getLogger(__name__)
+VIEW_PERIOD_S = 0.1
 
 
 class GcsServer:
@@ -27,6 +28,7 @@ class GcsServer:
         self.secret = secret
         self.storage = storage or MemoryStorage()
         self.nodes: dict[bytes, dict] = {}
+        self.view_dirty = False
         self.node_conns: dict[bytes, protocol.Connection] = {}
         self.next_job = int.from_bytes(self.storage.get("meta", b"job") or b"\x00", "big")
         self.handlers = {
@@ -50,6 +52,7 @@ class GcsServer:
     async def start(self, address):
         self.server, self.address = await protocol.serve(address, self.secret, self.handlers, name="gcs")
         asyncio.get_event_loop().create_task(self._health_loop())
+        asyncio.get_event_loop().create_task(self._broadcast_loop())
         return self.address
 
     # --- nodes -------------------------------------------------------------------------------
@@ -84,6 +87,7 @@ class GcsServer:
                 if changed:   # bundles came or went: every scheduler should know at once
                     self.broadcast_view(exclude=p["node_id"])
             node["pending"] = p.get("pending", [])
+            self.view_dirty = True
         return self.view()
 
     def relay_log(self, conn, p):
@@ -102,6 +106,15 @@ class GcsServer:
             node["death_reason"] = why
             logger.warning("node %s is dead: %s", nid.hex(), why)
             self.broadcast_view(exclude=nid)
+
+    async def _broadcast_loop(self):
+        """Resource views go to every node manager at most every VIEW_PERIOD_S when something
+        changed, so spillback decisions see other nodes' room within a fraction of a second."""
+        while True:
+            await asyncio.sleep(VIEW_PERIOD_S)
+            if self.view_dirty and len(self.node_conns) > 1:
+                self.view_dirty = False
+                self.broadcast_view()
 
     async def _health_loop(self):
         while True:

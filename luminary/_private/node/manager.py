@@ -85,6 +85,7 @@ class NodeManager:
         self.pulls = {}           # oid -> future of a pull in progress
         self.copies = {}          # oid -> peer connections that pulled a copy of our primary
         self.spread_next = 0
+        self.sent_recently = collections.deque()   # (time, node_id, resources) of recent spillbacks
         self.bundles = {}         # (pg_id, index) -> reserved resources
         self.handlers = {
             "register_worker": self.register_worker,
@@ -303,6 +304,7 @@ class NodeManager:
         strategy = p.get("strategy") or {}
         kind = strategy.get("type", "DEFAULT")
         alive = dict(view)
+        self._discount_recent(alive)
         alive[me] = {"address": self.tcp_address or self.address, "total": self.scheduler.total,
                      "available": self.scheduler.available}     # our own state is exact, not a report
         here_ok = self.scheduler.feasible(resources)
@@ -316,6 +318,9 @@ class NodeManager:
         def spill(nid):
             if nid == me:
                 return None
+            # count what we send there until the next report, so a burst of requests spreads over
+            # the nodes with room instead of piling onto the one that looked best a moment ago
+            self.sent_recently.append((time.monotonic(), nid, resources))
             return {"spillback": alive[nid]["address"], "node_id": nid}
 
         if kind == "NODE_AFFINITY":
@@ -349,6 +354,23 @@ class NodeManager:
             best = min(ready, key=lambda nid: (self._node_util(alive[nid], resources), nid != me))
             return spill(best)
         return None if here_ok else spill(sorted(candidates)[0])
+
+    SENT_MEMORY_S = 0.2   # how long a spilled request counts against its target's reported room
+
+    def _discount_recent(self, alive):
+        """Subtract requests we spilled in the last moment from their targets' reported room."""
+        sent = self.sent_recently
+        cutoff = time.monotonic() - self.SENT_MEMORY_S
+        while sent and sent[0][0] < cutoff:
+            sent.popleft()
+        for _, nid, res in sent:
+            n = alive.get(nid)
+            if n is None:
+                continue
+            avail = dict(n["available"])
+            for k, v in res.items():
+                avail[k] = avail.get(k, 0.0) - v
+            alive[nid] = dict(n, available=avail)
 
     def _feasible_anywhere(self, resources):
         return any(all(n["total"].get(k, 0.0) + 1e-9 >= v for k, v in resources.items() if v > 0)
