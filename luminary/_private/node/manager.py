@@ -394,11 +394,16 @@ class NodeManager:
         return util
 
     def _respill(self):
-        """Queued requests that this node can never run may find a node that joined since."""
+        """With a fresh view, queued requests that cannot run here now may go where they can:
+        a node that joined since (for requests infeasible here) or one with room (for requests
+        queued behind our busy resources when the view said every other node was busy too)."""
         for req in list(self.scheduler.queue):
-            if self.scheduler.feasible(req.resources):
+            data = req.data or {}
+            if data.get("no_spill") and self.scheduler.feasible(req.resources):
                 continue
-            target = self._choose_node(req.resources, req.data or {})
+            if self.scheduler.fits(req.resources):
+                continue
+            target = self._choose_node(req.resources, data)
             if isinstance(target, dict) and "spillback" in target:
                 self.scheduler.cancel(req.lease_id)
                 fut, _ = self.lease_waiters.pop(req.lease_id, (None, None))

@@ -61,7 +61,8 @@ class Task:
 
 
 class KeyQueue:
-    __slots__ = ("key", "resources", "queue", "leases", "requests", "avg_run", "depth", "strategy")
+    __slots__ = ("key", "resources", "queue", "leases", "requests", "avg_run", "depth", "strategy",
+                 "cancel_pending")
 
     def __init__(self, key, resources):
         self.key = key
@@ -72,6 +73,7 @@ class KeyQueue:
         self.avg_run = 0.1
         self.depth = 1
         self.strategy = None
+        self.cancel_pending = False
 
 
 class LeaseConn:
@@ -161,12 +163,21 @@ class TaskSubmitter:
             want = min(MAX_PENDING_LEASES, len(queue)) - len(kq.requests)
             for _ in range(want):
                 self._request_lease(kq)
-        elif kq.requests:
-            for lease_id in list(kq.requests):
-                self.core.nm.request("cancel_lease_request", {"lease_id": lease_id}, lambda ok, r: None)
-                for c in self.core.conns.values():
-                    if c.state.get("is_nm"):
-                        c.request("cancel_lease_request", {"lease_id": lease_id}, lambda ok, r: None)
+        elif kq.requests and not kq.cancel_pending:
+            # the queue emptied: give up the lease requests only if it stays empty for a moment
+            # (submissions arrive one by one; cancelling at every gap loses the leases we asked for)
+            kq.cancel_pending = True
+            self.core.io.loop.call_later(LEASE_IDLE_S, self._cancel_requests_if_idle, kq)
+
+    def _cancel_requests_if_idle(self, kq):
+        kq.cancel_pending = False
+        if kq.queue or not kq.requests:
+            return
+        for lease_id in list(kq.requests):
+            self.core.nm.request("cancel_lease_request", {"lease_id": lease_id}, lambda ok, r: None)
+            for c in self.core.conns.values():
+                if c.state.get("is_nm"):
+                    c.request("cancel_lease_request", {"lease_id": lease_id}, lambda ok, r: None)
 
     def _request_lease(self, kq):
         self._lease_counter += 1
