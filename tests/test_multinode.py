@@ -292,3 +292,19 @@ def test_prints_on_another_node_reach_the_driver(cluster, capfd):
         return "greetings from the far node" in "".join(seen)
     poll_for(printed, timeout=20, desc="the remote print at the driver")
     assert "shout" in "".join(seen)
+
+
+def test_batches_of_short_tasks_use_every_node(cluster):
+    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    cluster.connect()
+
+    @ray.remote
+    def short():
+        time.sleep(0.001)
+        return node_id()
+
+    ray.get([short.remote() for _ in range(30)])
+    for _ in range(4):   # back to back, as a driver loop would: no batch may leave a node idle
+        used = set(ray.get([short.remote() for _ in range(1000)]))
+        assert len(used) == 3
