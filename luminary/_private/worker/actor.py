@@ -92,15 +92,8 @@ class ActorClass:
     def options(self, **options):
         opt.validate(options, opt.ACTOR_OPTIONS, "actor")
         merged = dict(self._default_options, **options)
-        ac = self
-
-        class _Bound:
-            def remote(self, *args, **kwargs):
-                return ac._remote(args, kwargs, merged)
-
-            def options(self, **more):
-                return ac.options(**dict(options, **more))
-        return _Bound()
+        return opt.Bound(lambda a, k: self._remote(a, k, merged),
+                         lambda more: self.options(**dict(options, **more)), self)
 
     def bind(self, *a, **k):
         raise NotImplementedError("Ray DAG (bind) is not part of Luminary's core API.")
@@ -341,13 +334,7 @@ class ActorSubmitter:
         if task.held[0]:
             core.refs.add_submitted(*task.held)
         core.submitter.tasks[task.tid] = task
-        values = core.memory.values
-        for pos, ref in task.arg_refs:
-            if ref.id not in values:
-                task.deps_left += 1
-                core.memory.on_ready(ref.id, lambda o, k, d, t=task, a=ac: self._dep_ready(a, t))
-                if ref.owner != core.address:
-                    core._fetch_if_missing(ref.id, ref.owner)
+        core.submitter.watch_deps(task, lambda t=task, a=ac: self._dep_ready(a, t))
         ac.queue.append(task)
         if ac.state == "dead":
             self._fail_queued(ac)
@@ -394,24 +381,15 @@ class ActorSubmitter:
         if ac.conn is None or ac.conn.closed:
             return
         queue = ac.queue
-        values = self.core.memory.values
+        sub = self.core.submitter
         while queue and queue[0].deps_left == 0:
             task = queue.popleft()
             if task.state not in (WAITING, QUEUED):
                 continue
-            if task.arg_refs:
-                resolved = []
-                failed = None
-                for pos, ref in task.arg_refs:
-                    kind, data = values[ref.id]
-                    if kind == "e":
-                        failed = data
-                        break
-                    resolved.append([pos, kind, data, ref.id, ref.owner])
-                if failed is not None:
-                    self.core.submitter._finish_error_blob(task, failed)
-                    continue
-                task.spec["refs"] = resolved
+            failed = sub.resolve_args(task)
+            if failed is not None:
+                sub._finish_error_blob(task, failed)
+                continue
             task.state = "pushed"
             ac.inflight[task.tid] = task
             spec = task.spec

@@ -78,3 +78,22 @@ def resources_of(opts: dict, default_cpus=1.0) -> dict:
         if v:
             res[k] = float(v)
     return {k: v for k, v in res.items() if v}
+
+
+class Bound:
+    """What ``.options(...)`` returns for a remote function or actor class: ``.remote()`` with
+    the merged options, ``.options()`` to add more; calling it directly gives the target's error."""
+
+    def __init__(self, submit, rebind, target):
+        self._submit = submit
+        self._rebind = rebind
+        self._target = target
+
+    def remote(self, *args, **kwargs):
+        return self._submit(args, kwargs)
+
+    def options(self, **more):
+        return self._rebind(more)
+
+    def __call__(self, *args, **kwargs):
+        return self._target(*args, **kwargs)

@@ -40,18 +40,8 @@ class RemoteFunction:
     def options(self, **options):
         opt.validate(options, opt.TASK_OPTIONS)
         merged = dict(self._default_options, **options)
-        rf = self
-
-        class _Bound:
-            def remote(self, *args, **kwargs):
-                return submit_task(rf, args, kwargs, merged)
-
-            def options(self, **more):
-                return rf.options(**dict(options, **more))
-
-            def __call__(self, *a, **k):
-                return rf(*a, **k)
-        return _Bound()
+        return opt.Bound(lambda a, k: submit_task(self, a, k, merged),
+                         lambda more: self.options(**dict(options, **more)), self)
 
     def _export(self):
         if self._blob is None:

@@ -105,15 +105,41 @@ class TaskSubmitter:
         core = self.core
         core.refs.add_submitted(*task.held) if task.held[0] else None
         self.tasks[task.tid] = task
+        if self.watch_deps(task, lambda t=task: self._dep_ready(t)) == 0:
+            self._ready(task)
+
+    def watch_deps(self, task, on_ready):
+        """Count the top-level ObjectRef arguments not ready yet; ``on_ready()`` runs as each
+        arrives (borrowed ones are fetched from their owners).  Shared by tasks and actor calls."""
+        core = self.core
         values = core.memory.values
         for pos, ref in task.arg_refs:
             if ref.id not in values:
                 task.deps_left += 1
-                core.memory.on_ready(ref.id, lambda o, k, d, t=task: self._dep_ready(t))
+                core.memory.on_ready(ref.id, lambda o, k, d: on_ready())
                 if ref.owner != core.address:
                     core._fetch_if_missing(ref.id, ref.owner)
-        if task.deps_left == 0:
-            self._ready(task)
+        return task.deps_left
+
+    def resolve_args(self, task):
+        """Put the ready argument values into the spec; returns the error blob of an argument
+        that holds an error (the task then fails without running), else None."""
+        if not task.arg_refs:
+            return None
+        values = self.core.memory.values
+        resolved = []
+        locality = None
+        for pos, ref in task.arg_refs:
+            kind, data = values[ref.id]
+            if kind == "e":
+                return data
+            if kind == "s":
+                locality = locality or {}
+                locality[data[0]] = locality.get(data[0], 0) + data[1]
+            resolved.append([pos, kind, data, ref.id, ref.owner])
+        task.spec["refs"] = resolved
+        task.locality = locality
+        return None
 
     def _dep_ready(self, task):
         task.deps_left -= 1
@@ -121,21 +147,10 @@ class TaskSubmitter:
             self._ready(task)
 
     def _ready(self, task):
-        values = self.core.memory.values
-        if task.arg_refs:
-            resolved = []
-            locality = None
-            for pos, ref in task.arg_refs:
-                kind, data = values[ref.id]
-                if kind == "e":
-                    self._finish_error_blob(task, data)
-                    return
-                if kind == "s":
-                    locality = locality or {}
-                    locality[data[0]] = locality.get(data[0], 0) + data[1]
-                resolved.append([pos, kind, data, ref.id, ref.owner])
-            task.spec["refs"] = resolved
-            task.locality = locality
+        failed = self.resolve_args(task)
+        if failed is not None:
+            self._finish_error_blob(task, failed)
+            return
         if task.spec["args"][0] == "s":
             a = task.spec["args"]
             task.locality = task.locality or {}
