@@ -90,6 +90,10 @@ class RuntimeContext:
             raise RuntimeError("current_actor is only available inside an actor.")
         return a.handle()
 
+    def get_placement_group_id(self):
+        pg = getattr(self._core, "current_pg", None)
+        return pg[0].hex() if pg else None
+
     def get_assigned_resources(self):
         return dict(getattr(self._core, "assigned_resources", {}) or {})
 

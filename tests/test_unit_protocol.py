@@ -76,3 +76,27 @@ def test_peer_of_another_version_gets_a_clear_error(tmp_path):
             await protocol.connect(f"unix:{path}", os.urandom(32), {})
         server.close()
     run(main())
+
+
+def test_bad_payloads_fail_one_request_and_keep_the_connection(tmp_path):
+    """Integer map keys decode; a value msgpack cannot encode fails only its own request (both
+    ways); a frame of the wrong shape is dropped; the connection keeps serving."""
+    secret = os.urandom(32)
+
+    async def main():
+        handlers = {"table": lambda c, p: {0: {"CPU": 1.0}, 1: {"CPU": 0.5}},
+                    "unencodable": lambda c, p: {"cls": object()},
+                    "echo": lambda c, p: p}
+        server, addr = await _server(tmp_path, secret, handlers)
+        conn = await protocol.connect(addr, secret, {})
+        assert await conn.call("table") == {0: {"CPU": 1.0}, 1: {"CPU": 0.5}}
+        with pytest.raises(protocol.RemoteError, match="could not be encoded"):
+            await conn.call("unencodable")
+        with pytest.raises(TypeError, match="could not be encoded"):
+            await conn.call("echo", {"x": object()})
+        conn.transport.write(__import__("msgpack").packb("not a message"))
+        conn.transport.write(__import__("msgpack").packb([0, 99]))
+        assert await conn.call("echo", [1, 2]) == [1, 2]
+        conn.close()
+        server.close()
+    run(main())

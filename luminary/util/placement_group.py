@@ -118,4 +118,9 @@ def placement_group_table(placement_group: PlacementGroup | None = None):
 
 
 def get_current_placement_group():
-    return None
+    """The placement group the current task or actor runs in, or None (also in a driver)."""
+    core = state.core
+    pg = getattr(core, "current_pg", None) if core is not None else None
+    if not pg:
+        return None
+    return PlacementGroup(pg[0], pg[2])

@@ -31,6 +31,27 @@ class NodeLabelSchedulingStrategy:
         self.soft = soft
 
 
+def resolve_strategy(options, core):
+    """The scheduling strategy a task or actor asked for, or, when it asked for none, the
+    placement group of the task or actor submitting it if that one captures its children
+    (``placement_group_capture_child_tasks=True``).  Returns (strategy, pg context for the spec)."""
+    strategy = options.get("scheduling_strategy")
+    if options.get("placement_group") not in (None, "default"):
+        strategy = PlacementGroupSchedulingStrategy(
+            options["placement_group"], options.get("placement_group_bundle_index", -1),
+            options.get("placement_group_capture_child_tasks"))
+    elif strategy in (None, "DEFAULT") and options.get("placement_group") is None:
+        cur = getattr(core, "current_pg", None)
+        if cur and cur[1]:
+            from .placement_group import PlacementGroup
+            strategy = PlacementGroupSchedulingStrategy(PlacementGroup(cur[0], cur[2]), -1, True)
+    pg_ctx = None
+    if isinstance(strategy, PlacementGroupSchedulingStrategy) and strategy.placement_group is not None:
+        pg = strategy.placement_group
+        pg_ctx = [pg.id.binary(), bool(strategy.placement_group_capture_child_tasks), pg.bundle_specs]
+    return strategy, pg_ctx
+
+
 def wire_strategy(strategy, resources):
     """(strategy dict for the wire or None, resources rewritten for placement groups)."""
     if strategy is None or strategy == "DEFAULT":

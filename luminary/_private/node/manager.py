@@ -117,6 +117,7 @@ class NodeManager:
             "commit_bundle": self.commit_bundle,
             "cancel_bundle": self.cancel_bundle,
             "ping": lambda c, p: "pong",
+            "flush_logs": self.flush_logs,
         }
 
     # --- start and stop ----------------------------------------------------------------------
@@ -700,6 +701,21 @@ class NodeManager:
         self.log_to_local_drivers(conn, p)
         if len(self.view) > 1 and not self.gcs.closed:
             self.gcs.notify("log", p)
+
+    async def flush_logs(self, conn, p):
+        """Answer once every local worker has sent what it printed before now (a driver about to
+        exit asks, so output of its last tasks is not lost): a ping to each worker travels behind
+        the log lines it already queued on the same connection."""
+        loop = asyncio.get_event_loop()
+        futs = []
+        for w in list(self.workers.values()):
+            if w.conn is not None and not w.conn.closed:
+                fut = loop.create_future()
+                w.conn.request("ping", None, lambda ok, r, f=fut: f.done() or f.set_result(ok))
+                futs.append(fut)
+        if futs:
+            await asyncio.wait(futs, timeout=p.get("timeout", 1.0) if isinstance(p, dict) else 1.0)
+        return True
 
     def log_to_local_drivers(self, conn, p):
         for dconn in self.drivers.values():

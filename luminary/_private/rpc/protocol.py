@@ -92,7 +92,7 @@ class Connection(asyncio.Protocol):
         self._stage = 0
         self._raw = b""
         self._nonce = os.urandom(NONCE)
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER)
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER, strict_map_key=False)
         self._next_id = 0
         self._pending = {}
         self._out = []
@@ -127,12 +127,20 @@ class Connection(asyncio.Protocol):
                 msg = up.unpack()
             except msgpack.OutOfData:
                 return
+            if type(msg) is not list or len(msg) < 3:
+                logger.warning("%s: ignored a malformed message (%s)", self.name, type(msg).__name__)
+                continue
             if msg[0] == RAW:
                 self._start_raw(msg[1], msg[2])
                 if self._bulk is not None:   # the rest arrives in later reads
                     return
             else:
-                self._dispatch(msg)
+                try:
+                    self._dispatch(msg)
+                except Exception:
+                    # a message of the wrong shape fails alone; the connection and its other
+                    # requests carry on
+                    logger.exception("%s: could not handle a message %r", self.name, msg[:2])
 
     def _start_raw(self, rid, n):
         dest = self._sinks.pop(rid, None)
@@ -299,7 +307,14 @@ class Connection(asyncio.Protocol):
     def _send(self, msg):
         if self.closed:
             return
-        self._out.append(msgpack.packb(msg, use_bin_type=True))
+        try:
+            data = msgpack.packb(msg, use_bin_type=True)
+        except Exception as e:  # a value msgpack cannot encode
+            if msg[0] != RESP:
+                raise
+            logger.error("%s: could not encode the answer to request %s: %s", self.name, msg[1], e)
+            data = msgpack.packb([RESP, msg[1], False, f"the answer could not be encoded: {type(e).__name__}: {e}"])
+        self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -333,10 +348,18 @@ class Connection(asyncio.Protocol):
             return
         self._next_id += 1
         rid = self._next_id
+        try:
+            data = msgpack.packb([REQ, rid, method, payload], use_bin_type=True)
+        except Exception as e:  # fail this request alone, never the caller's wait
+            callback(False, TypeError(f"request {method!r} could not be encoded: {type(e).__name__}: {e}"))
+            return
         self._pending[rid] = callback
         if _sink is not None:
             self._sinks[rid] = _sink
-        self._send([REQ, rid, method, payload])
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
     def request_into(self, method, payload, dest, callback):
         """Like ``request``, for handlers answering with RawReply: the bytes are written into

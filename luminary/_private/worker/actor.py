@@ -53,9 +53,23 @@ def _method_meta(cls):
             nret = "streaming" if is_gen else 1
         methods[name] = {"num_returns": nret, "concurrency_group": opts.get("concurrency_group"),
                          "max_task_retries": opts.get("max_task_retries"),
-                         "retry_exceptions": opts.get("retry_exceptions")}
+                         "retry_exceptions": _encode_retry_exceptions(opts.get("retry_exceptions"))}
     methods["__ray_terminate__"] = {"num_returns": 1, "concurrency_group": None}
     return methods, is_async
+
+
+def _encode_retry_exceptions(value):
+    """Method metadata travels as msgpack (to the GCS, inside handles): a list of exception
+    classes is kept pickled there and rebuilt by the caller that submits the call."""
+    if isinstance(value, (list, tuple)):
+        return cloudpickle.dumps(list(value), protocol=5)
+    return value
+
+
+def _decode_retry_exceptions(value):
+    if isinstance(value, (bytes, bytearray)):
+        return pickle.loads(value)
+    return value
 
 
 class ActorClass:
@@ -126,11 +140,9 @@ class ActorClass:
         resources = opt.resources_of(options, default_cpus=0)
         if options.get("num_cpus") is None:
             resources.pop("CPU", None)
-        from ...util.scheduling_strategies import PlacementGroupSchedulingStrategy, wire_strategy
-        strategy, resources = wire_strategy(options.get("scheduling_strategy"), resources)
-        if options.get("placement_group") not in (None, "default"):
-            strategy, resources = wire_strategy(PlacementGroupSchedulingStrategy(
-                options["placement_group"], options.get("placement_group_bundle_index", -1)), resources)
+        from ...util.scheduling_strategies import resolve_strategy, wire_strategy
+        strategy, pg_ctx = resolve_strategy(options, core)
+        strategy, resources = wire_strategy(strategy, resources)
         max_restarts = options.get("max_restarts") or 0
         max_task_retries = options.get("max_task_retries") or 0
         meta = {"class_name": self.__name__, "methods": self._methods, "is_async": self._is_async,
@@ -142,6 +154,8 @@ class ActorClass:
                 "checkpoint_interval": options.get("checkpoint_interval") or 0, "job": core.job_id,
                 "owner": core.address, "owner_id": core.worker_id, "path": core.code_path(),
                 "meta": meta}
+        if pg_ctx is not None:
+            spec["pg"] = pg_ctx
         payload = {"actor_id": actor_id, "spec": spec, "resources": resources, "name": name,
                    "namespace": namespace, "detached": detached, "owner": core.address,
                    "max_restarts": max_restarts, "meta": meta, "get_if_exists": bool(options.get("get_if_exists")),
@@ -272,7 +286,10 @@ def submit_actor_call(handle, method, meta, options, args, kwargs):
         retries = hmeta.get("max_task_retries", 0)
     if retries == -1:
         retries = 1 << 30
-    task = Task(tid, spec, b"", b"", {}, returns, nret, retries, options.get("retry_exceptions") or False,
+    retry_exc = options.get("retry_exceptions")
+    if retry_exc is None:
+        retry_exc = _decode_retry_exceptions(meta.get("retry_exceptions"))
+    task = Task(tid, spec, b"", b"", {}, returns, nret, retries, retry_exc or False,
                 arg_refs, (held_oids, held_owners), name)
     core.io.post(core.actor_submitter.submit, handle._actor_id, task, handle._ref)
     if nret == "streaming":

@@ -163,7 +163,7 @@ class ActorRuntime:
         return sem
 
     def start_async(self, t):
-        asyncio.ensure_future(self.run_async(t))
+        t.afut = asyncio.ensure_future(self.run_async(t))
 
     async def run_async(self, t):
         ex = self.executor

@@ -114,7 +114,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
         raise RuntimeError(f"Could not connect to the cluster: {e}") from e
     core.namespace = sess.namespace
     state.core = core
-    atexit.register(shutdown)
+    atexit.register(_shutdown_at_exit)
     return RayContext({"node_id": core.node_id.hex(), "session_dir": sess.session_dir,
                        "address": cfg.get("gcs_address"), "node_ip_address": cfg.get("node_ip"),
                        "gcs_address": cfg.get("gcs_address"), "webui_url": None})
@@ -137,6 +137,38 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs):
     wcfg = {"secret": secret, "session_dir": session_dir, "nm_address": info["nm_address"],
             "gcs_address": info["gcs_address"], "node_ip": node_ip, "worker_id": ids.random_id()}
     return sess, wcfg
+
+
+EXIT_DRAIN_S = 10.0
+
+
+def _shutdown_at_exit():
+    """The driver script ended: let the tasks it submitted and nobody waited for finish (as they
+    do on Ray: ``f.remote()`` as a script's last line runs and its output appears), bounded by
+    ``$LUMINARY_EXIT_DRAIN_S`` seconds (default 10), then end the cluster."""
+    core = state.core
+    try:
+        if core is not None and not core.shutting_down:
+            try:
+                limit = float(os.environ.get("LUMINARY_EXIT_DRAIN_S", EXIT_DRAIN_S))
+            except ValueError:
+                limit = EXIT_DRAIN_S
+            if limit > 0 and not core.nm.closed:
+                if not core.submitter.wait_idle(min(1.0, limit)):
+                    n = len(core.submitter.tasks)
+                    logger.warning("waiting up to %g s for %d task(s) this script submitted to finish "
+                                   "(set LUMINARY_EXIT_DRAIN_S=0 to exit at once)", limit, n)
+                    if not core.submitter.wait_idle(limit - 1.0):
+                        logger.warning("%d task(s) still unfinished at exit were abandoned",
+                                       len(core.submitter.tasks))
+                try:
+                    core.call_sync("nm", "flush_logs", {"timeout": 1.0}, timeout=3)
+                except Exception:
+                    pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown()
 
 
 def shutdown(_exiting_interpreter=False):

@@ -102,6 +102,7 @@ class CoreWorker:
         self.current_task_name = None
         self.current_actor = None
         self.gpu_ids = []
+        self.current_pg = None      # [pg_id, capture_child_tasks, bundles] of the running task or actor
         self.node_id = None
         self.shutting_down = False
         self._store_deletes = []
@@ -283,6 +284,7 @@ class CoreWorker:
                 _, oid, owner = a
                 self.memory.delete(oid)
                 self._forget_recent(oid)
+                self.submitter.fetching.discard(oid)
                 unborrow.setdefault(owner, []).append(oid)
         if self._store_deletes:
             dels, self._store_deletes = self._store_deletes, []
@@ -520,6 +522,7 @@ class CoreWorker:
     def _fetch(self, oid, owner):
         """Ask the owner for a borrowed object's value (I/O thread)."""
         def got(ok, res):
+            self.submitter.fetching.discard(oid)
             if ok:
                 self.memory.put(oid, res[0], res[1])
             else:
@@ -549,10 +552,16 @@ class CoreWorker:
             if blocked:
                 self.io.post(self.submitter.on_blocked)
             try:
-                ok = self.memory.wait(oids, len(oids), timeout)
+                ok = self.memory.wait(oids, len(oids), timeout, wake_on_error=len(oids) > 1)
             finally:
                 if blocked:
                     self.io.post(self.nm.notify, "unblocked", None)
+            if len(oids) > 1:
+                # an object that failed is raised at once, even while others are still pending
+                for r in refs:
+                    v = values.get(r.id)
+                    if v is not None and v[0] == "e":
+                        self.deserialize(r.id, *v)
             if not ok:
                 raise exc.GetTimeoutError(f"get() timed out after {timeout} seconds; "
                                           f"{sum(1 for o in oids if o not in values)} of {len(oids)} objects not ready.")

@@ -37,7 +37,7 @@ class TaskCancelled(BaseException):
 
 
 class ExecTask:
-    __slots__ = ("spec", "conn", "rid", "lock", "state", "cancel_requested", "answered")
+    __slots__ = ("spec", "conn", "rid", "lock", "state", "cancel_requested", "answered", "afut")
 
     def __init__(self, spec, conn, rid):
         self.spec = spec
@@ -47,6 +47,7 @@ class ExecTask:
         self.lock = threading.Lock()
         self.state = QUEUED
         self.cancel_requested = False
+        self.afut = None       # the asyncio task running it (async actors)
 
 
 class Executor:
@@ -108,6 +109,10 @@ class Executor:
             if t.state != RUNNING:
                 return
             t.cancel_requested = True
+            afut = t.afut
+        if afut is not None:   # an async actor's call: cancel its coroutine (it sees CancelledError)
+            self.actor.loop.call_soon_threadsafe(afut.cancel)
+            return
         if p.get("force"):
             try:
                 sys.stdout.flush()
@@ -171,6 +176,7 @@ class Executor:
         core = self.core
         core.job_id = spec.get("job", core.job_id)
         core.namespace = spec.get("namespace")
+        core.current_pg = spec.get("pg")
         core.current_task_name = spec.get("class_name", "actor") + ".__init__"
         try:
             rt.create(spec)
@@ -263,6 +269,8 @@ class Executor:
         core.current_task_name = name
         core.job_id = spec.get("job", core.job_id)
         core.assigned_resources = spec.get("res", {})
+        if self.actor is None:
+            core.current_pg = spec.get("pg")
         if "ns" in spec:
             core.namespace = spec["ns"]
         gpus = spec.get("gpus")

@@ -14,12 +14,13 @@ import time
 
 
 class Waiter:
-    __slots__ = ("lock", "remaining")
+    __slots__ = ("lock", "remaining", "wake_on_error")
 
-    def __init__(self, remaining):
+    def __init__(self, remaining, wake_on_error=False):
         self.lock = threading.Lock()
         self.lock.acquire()
         self.remaining = remaining
+        self.wake_on_error = wake_on_error
 
 
 class MemoryStore:
@@ -43,7 +44,9 @@ class MemoryStore:
             if waiters:
                 for w in waiters:
                     w.remaining -= 1
-                    if w.remaining == 0:
+                    if w.remaining == 0 or (kind == "e" and w.wake_on_error and w.remaining > 0):
+                        if w.remaining > 0:
+                            w.remaining = 0     # get() raises this error at once (as Ray does)
                         wake.append(w)
         for w in wake:
             w.lock.release()
@@ -70,14 +73,18 @@ class MemoryStore:
                 return
         cb(oid, v[0], v[1])
 
-    def wait(self, oids, num, timeout):
-        """Block until ``num`` of ``oids`` have values or ``timeout`` passes; returns True if met."""
+    def wait(self, oids, num, timeout, wake_on_error=False):
+        """Block until ``num`` of ``oids`` have values or ``timeout`` passes; returns True if met.
+        With ``wake_on_error`` an error value among ``oids`` ends the wait at once (True)."""
         with self._lock:
-            missing = [o for o in oids if o not in self.values]
+            values = self.values
+            missing = [o for o in oids if o not in values]
             have = len(oids) - len(missing)
             if have >= num:
                 return True
-            w = Waiter(num - have)
+            if wake_on_error and any(values[o][0] == "e" for o in oids if o in values):
+                return True
+            w = Waiter(num - have, wake_on_error)
             for o in missing:
                 self._waiters.setdefault(o, []).append(w)
         ok = w.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))

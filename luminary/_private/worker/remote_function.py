@@ -136,13 +136,12 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     retry_exc = options.get("retry_exceptions", False)
     if isinstance(retry_exc, (list, tuple)):
         retry_exc = list(retry_exc)
-    from ...util.scheduling_strategies import wire_strategy
-    strategy, resources = wire_strategy(options.get("scheduling_strategy"), opt.resources_of(options))
-    if options.get("placement_group") not in (None, "default"):
-        from ...util.scheduling_strategies import PlacementGroupSchedulingStrategy
-        strategy, resources = wire_strategy(PlacementGroupSchedulingStrategy(
-            options["placement_group"], options.get("placement_group_bundle_index", -1)), resources)
+    from ...util.scheduling_strategies import resolve_strategy, wire_strategy
+    strategy, pg_ctx = resolve_strategy(options, core)
+    strategy, resources = wire_strategy(strategy, opt.resources_of(options))
     spec["res"] = resources
+    if pg_ctx is not None:
+        spec["pg"] = pg_ctx
     task = Task(tid, spec, fid, blob, resources, returns, nret, max_retries, retry_exc,
                 arg_refs, (held_oids, held_owners), name)
     if strategy is not None:

@@ -99,6 +99,20 @@ class TaskSubmitter:
         self.fetching = set()
         self.lineage = {}
         self._lease_counter = 0
+        self._idle_events = []     # threading.Events set when no submitted task is left
+
+    def wait_idle(self, timeout):
+        """From the main thread: wait until every task and actor call submitted here finished."""
+        import threading
+        ev = threading.Event()
+
+        def check():
+            if not self.tasks:
+                ev.set()
+            else:
+                self._idle_events.append(ev)
+        self.core.io.post(check)
+        return ev.wait(timeout)
 
     # --- submission -----------------------------------------------------------------------------
     def submit(self, task: Task):
@@ -402,6 +416,10 @@ class TaskSubmitter:
     def _done(self, task):
         task.state = DONE
         self.tasks.pop(task.tid, None)
+        if not self.tasks and self._idle_events:
+            for ev in self._idle_events:
+                ev.set()
+            self._idle_events = []
         if task.held[0]:
             actions = []
             self.core.refs.remove_submitted(task.held[0], actions)
