@@ -28,6 +28,9 @@ _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+# debug mode: owner state asserts it is only touched from the I/O thread that owns it
+os.environ.setdefault("LUMINARY_CHECK_THREADS", "1")
+
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 

@@ -14,7 +14,6 @@ already queued.
 """
 from __future__ import annotations
 
-import collections
 import inspect
 import logging
 import os
@@ -28,7 +27,7 @@ from . import options as opt
 from . import state
 from .object_ref import ObjectRef, ObjectRefGenerator
 from .remote_function import _auto_init, prepare_args
-from .submitter import QUEUED, WAITING, Task
+from .submitter import Task
 
 logger = logging.getLogger(__name__)
 
@@ -301,217 +300,21 @@ def submit_actor_call(handle, method, meta, options, args, kwargs):
     return refs
 
 
-class ActorConn:
-    __slots__ = ("actor_id", "queue", "inflight", "conn", "address", "incarnation", "state", "cause", "asking",
-                 "handle_oid", "held", "detached", "terminate_sent")
-
-    def __init__(self, actor_id):
-        self.actor_id = actor_id
-        self.queue = collections.deque()
-        self.inflight = {}
-        self.conn = None
-        self.address = None
-        self.incarnation = -1
-        self.state = "unknown"
-        self.cause = None
-        self.asking = False
-        self.handle_oid = None
-        self.held = None
-        self.detached = False
-        self.terminate_sent = False
-
-
 class ActorSubmitter:
-    """Per-actor queues of calls on the caller's I/O thread."""
+    """The caller's side of actor calls: a view over the owner state machine (owner.py), whose
+    shell (submitter.py) queues calls per actor, locates actors and pushes calls in order."""
 
     def __init__(self, core):
         self.core = core
-        self.actors: dict[bytes, ActorConn] = {}
-        self.by_handle: dict[bytes, bytes] = {}
-
-    def _get(self, actor_id):
-        ac = self.actors.get(actor_id)
-        if ac is None:
-            ac = self.actors[actor_id] = ActorConn(actor_id)
-        return ac
 
     def created(self, actor_id, handle_oid, held, detached):
-        ac = self._get(actor_id)
-        ac.handle_oid = handle_oid
-        ac.detached = detached
-        if held[0]:
-            self.core.refs.add_submitted(*held)
-            ac.held = held
-        if handle_oid is not None:
-            self.by_handle[handle_oid] = actor_id
+        self.core.submitter.actor_created(actor_id, handle_oid, held, detached)
 
     def submit(self, actor_id, task, handle_ref):
-        core = self.core
-        ac = self._get(actor_id)
-        if task.held[0]:
-            core.refs.add_submitted(*task.held)
-        core.submitter.tasks[task.tid] = task
-        core.submitter.watch_deps(task, lambda t=task, a=ac: self._dep_ready(a, t))
-        ac.queue.append(task)
-        if ac.state == "dead":
-            self._fail_queued(ac)
-            return
-        if ac.conn is None:
-            self._locate(ac)
-        else:
-            self._pump(ac)
-
-    def _dep_ready(self, ac, task):
-        task.deps_left -= 1
-        if task.deps_left == 0:
-            self._pump(ac)
-
-    def _locate(self, ac, min_incarnation=0):
-        if ac.asking:
-            return
-        ac.asking = True
-        self.core.gcs.request("wait_actor", {"actor_id": ac.actor_id, "min_incarnation": min_incarnation},
-                              lambda ok, info: self._located(ac, ok, info))
-
-    def _located(self, ac, ok, info):
-        ac.asking = False
-        if not ok:
-            self._set_dead(ac, None, f"Could not reach the GCS to find the actor: {info}")
-            return
-        if info["state"] == "DEAD":
-            self._set_dead(ac, info.get("cause"), info.get("cause_text"))
-            return
-        ac.incarnation = info["incarnation"]
-        ac.address = info["address"]
-
-        def connected(conn, err):
-            if conn is None:
-                self._locate(ac, ac.incarnation + 1)
-                return
-            ac.conn = conn
-            ac.state = "alive"
-            conn.close_callbacks.append(lambda c, ac=ac, inc=ac.incarnation: self._lost(ac, inc))
-            self._pump(ac)
-        self.core.with_conn(ac.address, connected)
-
-    def _pump(self, ac):
-        if ac.conn is None or ac.conn.closed:
-            return
-        queue = ac.queue
-        sub = self.core.submitter
-        while queue and queue[0].deps_left == 0:
-            task = queue.popleft()
-            if task.state not in (WAITING, QUEUED):
-                continue
-            failed = sub.resolve_args(task)
-            if failed is not None:
-                sub._finish_error_blob(task, failed)
-                continue
-            task.state = "pushed"
-            ac.inflight[task.tid] = task
-            spec = task.spec
-            if ac.conn.state.get("pathsent") is None:
-                ac.conn.state["pathsent"] = True
-                spec = dict(spec, path=self.core.code_path())
-            ac.conn.request("push_task", spec, lambda ok, r, t=task, a=ac: self._on_reply(a, t, ok, r))
-
-    def _on_reply(self, ac, task, ok, reply):
-        if not ok:
-            return  # handled by _lost for the whole connection
-        ac.inflight.pop(task.tid, None)
-        sub = self.core.submitter
-        if reply.get("cancelled"):
-            sub._finish_error(task, exc.TaskCancelledError(task.tid.hex()))
-        elif reply.get("app_error") and sub._should_retry_app_error(task, reply):
-            task.retries_left -= 1
-            task.state = QUEUED
-            ac.queue.appendleft(task)
-            self._pump(ac)
-        else:
-            sub._complete(task, reply)
-
-    def _lost(self, ac, incarnation):
-        if ac.incarnation != incarnation:
-            return
-        ac.conn = None
-        ac.state = "unknown"
-        inflight = sorted(ac.inflight.values(), key=lambda t: t.tid)
-        ac.inflight = {}
-        retry = []
-        for task in inflight:
-            if task.cancelled:
-                self.core.submitter._finish_error(task, exc.TaskCancelledError(task.tid.hex()))
-            elif task.retries_left > 0:
-                task.retries_left -= 1
-                task.state = QUEUED
-                retry.append(task)
-            else:
-                self.core.submitter._finish_error(task, exc.ActorDiedError(
-                    error_msg=f"The actor {ac.actor_id.hex()} died while running this call "
-                              "(its worker process exited). The call may or may not have run; "
-                              "set max_task_retries to retry calls on a restarted actor.",
-                    actor_id=ac.actor_id.hex()))
-        ac.queue.extendleft(reversed(retry))
-        if not self.core.shutting_down:
-            self._locate(ac, incarnation + 1)
-
-    def _set_dead(self, ac, cause_blob, text):
-        ac.state = "dead"
-        cause = None
-        if cause_blob:
-            try:
-                cause = pickle.loads(cause_blob)
-            except Exception:
-                cause = None
-        msg = f"The actor {ac.actor_id.hex()} is dead: {text or 'unknown cause'}"
-        if cause is not None:
-            msg += f"\nIts constructor raised:\n{cause}"
-        ac.cause = exc.ActorDiedError(cause=cause, actor_id=ac.actor_id.hex(), error_msg=msg)
-        self._fail_queued(ac)
-        for task in list(ac.inflight.values()):
-            self.core.submitter._finish_error(task, ac.cause)
-        ac.inflight = {}
-
-    def _fail_queued(self, ac):
-        while ac.queue:
-            task = ac.queue.popleft()
-            self.core.submitter._finish_error(task, ac.cause)
-
-    def cancel(self, task, force):
-        for ac in self.actors.values():
-            if task in ac.queue:
-                ac.queue.remove(task)
-                self.core.submitter._finish_error(task, exc.TaskCancelledError(task.tid.hex()))
-                return True
-            if task.tid in ac.inflight and ac.conn is not None:
-                task.cancelled = True
-                ac.conn.notify("cancel_task", {"tid": task.tid, "force": False})
-                return True
-        return False
+        self.core.submitter.submit_actor_call(actor_id, task)
 
     def on_handle_freed(self, oid):
-        """No handle to a non-detached actor is left anywhere: end it after its queued calls."""
-        actor_id = self.by_handle.pop(oid, None)
-        if actor_id is None:
-            return
-        ac = self.actors.get(actor_id)
-        if ac is None or ac.state == "dead":
-            return
-        if ac.held:
-            actions = []
-            self.core.refs.remove_submitted(ac.held[0], actions)
-            ac.held = None
-            if actions:
-                self.core.run_actions(actions)
-        if not ac.queue and not ac.inflight:
-            self.core.gcs.notify("kill_actor", {"actor_id": actor_id, "no_restart": True})
-            return
-        tid = ids.new_task_id()
-        spec = {"tid": tid, "fid": b"", "name": "__ray_terminate__", "args": ["v", pickle.dumps(((), {}), 5)],
-                "nret": 0, "owner": self.core.address, "owner_id": self.core.worker_id, "job": self.core.job_id,
-                "actor": actor_id, "method": "__ray_terminate__"}
-        task = Task(tid, spec, b"", b"", {}, [], 0, 0, False, [], ([], []), "__ray_terminate__")
-        self.submit(actor_id, task, None)
+        self.core.submitter.on_handle_freed(oid)
 
 
 # --- module-level API ---------------------------------------------------------------------------

@@ -264,9 +264,12 @@ def cancel(object_ref, *, force=False, recursive=True):
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}.")
     core = _core()
-    task = core.submitter.tasks.get(ids.task_of(object_ref.id))
-    if force and task is not None and "actor" in task.spec:
-        raise ValueError("force=True is not supported for actor calls: use luminary.kill() on the actor.")
+    if force and object_ref.owner == core.address:
+        from .core import SyncCall
+        res = SyncCall()   # the owner's state belongs to the I/O thread: ask it there
+        core.io.post(lambda: res(True, core.submitter.is_actor_call(object_ref.id)))
+        if res.wait(30):
+            raise ValueError("force=True is not supported for actor calls: use luminary.kill() on the actor.")
     if object_ref.owner != core.address:
         return  # only the submitter can cancel; refs from elsewhere (or put objects) are a no-op as in Ray
     core.io.post(core.submitter.cancel, object_ref.id, force, recursive)

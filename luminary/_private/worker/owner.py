@@ -1,0 +1,793 @@
+"""The owner's state machine: every task and actor call a process submitted, as pure state.
+
+No sockets, no timers, no threads: ``handle(event) -> actions``.  The shell in submitter.py
+runs on the I/O thread, turns socket replies and timers into events, and carries out the
+actions (lease requests, pushes, stored values, timers).  One call record with one state enum
+covers tasks and actor calls alike:
+
+        submit ─▶ WAITING ──(all top-level ObjectRef args ready)──▶ QUEUED ──push──▶ PUSHED
+                    │                                                 ▲   │            │
+                    │ an argument holds an error, cancelled           │   │ cancelled, │ reply ─▶ FINISHED
+                    ▼                                                 │   ▼ no lease,  │ error, no retry ─▶ FAILED
+                  FAILED ◀──────────────────────────────────────────── ─ FAILED        │
+                                                                      └── retry / bounce / restart ◀┘
+        FINISHED ──(a stored return value was lost: lineage)──▶ QUEUED
+
+Tasks queue per scheduling key (resource shape + strategy) and run on leased workers: the
+owner asks its node manager for leases (following spillbacks), pipelines short tasks (up to
+PIPELINE_DEPTH in flight per lease) and returns a lease idle for LEASE_IDLE_S.  Actor calls
+queue per actor, are pushed strictly in submission order once the actor's address is known,
+and survive a restart when ``max_task_retries`` allows.
+
+Two read-only views of the process's data are given at construction: ``values`` (object id ->
+(kind, data) of values known here, for resolving arguments) and ``live`` (object ids someone
+here still references, so unreferenced return values are dropped instead of kept).
+"""
+from __future__ import annotations
+
+import collections
+import enum
+import pickle
+
+from ... import exceptions as exc
+from .. import ids
+from ..config import MAX_PENDING_LEASES, PIPELINE_DEPTH
+
+LEASE_IDLE_S = 0.01      # a lease with nothing to run goes back after this long
+FAST_TASK_S = 0.001      # tasks shorter than this (moving average) are pipelined
+RETRY_LEASE_S = 0.1      # a failed lease request is retried after this long
+_NONE = pickle.dumps(None, 5)
+
+
+class State(enum.IntEnum):
+    WAITING = 0     # top-level ObjectRef arguments not all ready
+    QUEUED = 1      # ready, in its key's queue (task) or its actor's queue (actor call)
+    PUSHED = 2      # sent to a worker; its reply is awaited
+    FINISHED = 3    # return values stored
+    FAILED = 4      # an error stored in every return value
+
+
+S = State
+TRANSITIONS = {
+    S.WAITING: {S.QUEUED, S.FAILED},
+    S.QUEUED: {S.PUSHED, S.FAILED},
+    S.PUSHED: {S.QUEUED, S.FINISHED, S.FAILED},
+    S.FINISHED: {S.QUEUED},          # rebuilt from lineage
+    S.FAILED: set(),
+}
+LIVE = (S.WAITING, S.QUEUED, S.PUSHED)
+
+
+class Call:
+    """One task or actor call, from submission to its last reply."""
+    __slots__ = ("tid", "spec", "fid", "fn_blob", "resources", "key", "strategy", "locality", "returns",
+                 "nret", "retries_left", "retry_exc", "arg_refs", "held", "state", "lease", "actor",
+                 "cancelled", "name", "deps_left", "gen_seen", "gen_dropped")
+
+    def __init__(self, tid, spec, fid, fn_blob, resources, returns, nret, max_retries, retry_exc,
+                 arg_refs, held, name, actor=None):
+        self.tid = tid
+        self.spec = spec
+        self.fid = fid
+        self.fn_blob = fn_blob
+        self.resources = resources
+        self.strategy = None
+        self.locality = None
+        self.key = tuple(sorted(resources.items()))
+        self.returns = returns
+        self.nret = nret
+        self.retries_left = max_retries
+        self.retry_exc = retry_exc
+        self.arg_refs = arg_refs          # [(position, ObjectRef)] of top-level ObjectRef arguments
+        self.held = held                  # (oids, owners) this call keeps alive until it ends
+        self.state = S.WAITING
+        self.lease = None                 # the Lease it was pushed on (tasks)
+        self.actor = actor                # the actor id (actor calls)
+        self.cancelled = False
+        self.name = name
+        self.deps_left = 0
+        self.gen_seen = None
+        self.gen_dropped = False
+
+    def __repr__(self):
+        return f"Call({self.name}, {self.tid.hex()[:12]}, {self.state.name})"
+
+
+Task = Call   # the name callers use for a task record
+
+
+class KeyQueue:
+    __slots__ = ("key", "resources", "queue", "leases", "requests", "avg_run", "depth", "strategy",
+                 "cancel_pending")
+
+    def __init__(self, key, resources, strategy):
+        self.key = key
+        self.resources = resources
+        self.queue = collections.deque()
+        self.leases = []
+        self.requests = set()
+        self.avg_run = 0.1
+        self.depth = 1
+        self.strategy = strategy
+        self.cancel_pending = False
+
+
+class Lease:
+    __slots__ = ("lease_id", "grant", "nm", "inflight", "kq", "idle_timer", "dead")
+
+    def __init__(self, lease_id, grant, nm, kq):
+        self.lease_id = lease_id
+        self.grant = grant
+        self.nm = nm                     # which node manager granted it (None: the local one)
+        self.inflight = {}
+        self.kq = kq
+        self.idle_timer = False
+        self.dead = False
+
+
+class Actor:
+    __slots__ = ("actor_id", "queue", "inflight", "incarnation", "state", "cause", "asking",
+                 "handle_oid", "held", "detached")
+
+    def __init__(self, actor_id):
+        self.actor_id = actor_id
+        self.queue = collections.deque()
+        self.inflight = {}
+        self.incarnation = -1
+        self.state = "unknown"        # unknown (address being asked) | alive | dead
+        self.cause = None
+        self.asking = False
+        self.handle_oid = None
+        self.held = None
+        self.detached = False
+
+
+def _dead_worker_error(call, where):
+    return exc.WorkerCrashedError(
+        f"The worker running task {call.name} died unexpectedly (killed, crashed, os._exit or out of "
+        f"memory) and no retries are left (max_retries). Check the worker logs in {where}/logs.")
+
+
+class Owner:
+    def __init__(self, worker_id, values, live, where=""):
+        self.worker_id = worker_id
+        self.values = values
+        self.live = live
+        self.where = where
+        self.calls: dict[bytes, Call] = {}
+        self.keys: dict[tuple, KeyQueue] = {}
+        self.leases: dict[bytes, Lease] = {}
+        self.actors: dict[bytes, Actor] = {}
+        self.by_handle: dict[bytes, bytes] = {}
+        self.lineage: dict[bytes, Call] = {}
+        self.closing = False
+        self._lease_counter = 0
+        self.out = []
+
+    # --- the one entry point -----------------------------------------------------------------
+    def handle(self, event):
+        """Apply one event ``(name, *args)``; returns the actions to carry out, in order."""
+        getattr(self, "on_" + event[0])(*event[1:])
+        return self.take()
+
+    def take(self):
+        out, self.out = self.out, []
+        return out
+
+    def _to(self, call, state):
+        assert state in TRANSITIONS[call.state], f"{call!r}: {call.state.name} -> {state.name} is not allowed"
+        call.state = state
+
+    # --- submission ------------------------------------------------------------------------------
+    def on_submit(self, call, missing):
+        """A new task or actor call; ``missing``: its argument object ids not ready yet (the
+        shell sends ``dep_ready`` for each as it arrives)."""
+        self.calls[call.tid] = call
+        call.deps_left = len(missing)
+        if call.actor is not None:
+            a = self._actor(call.actor)
+            a.queue.append(call)
+            if a.state == "dead":
+                self._fail_actor_queue(a)
+            elif a.state == "unknown":
+                self._locate(a, 0)
+            else:
+                self._pump(a)
+        elif call.deps_left == 0:
+            self._ready(call)
+
+    def on_dep_ready(self, tid):
+        call = self.calls.get(tid)
+        if call is None or call.deps_left <= 0:
+            return
+        call.deps_left -= 1
+        if call.deps_left:
+            return
+        if call.actor is not None:
+            a = self.actors.get(call.actor)
+            if a is not None and a.state == "alive":
+                self._pump(a)
+        elif call.state == S.WAITING:
+            self._ready(call)
+
+    def _resolve_args(self, call):
+        """Put the ready argument values into the spec; returns the error blob of an argument
+        that holds an error (the call then fails without running), else None."""
+        if not call.arg_refs:
+            return None
+        values = self.values
+        resolved = []
+        locality = None
+        for pos, ref in call.arg_refs:
+            kind, data = values[ref.id]
+            if kind == "e":
+                return data
+            if kind == "s":
+                locality = locality or {}
+                locality[data[0]] = locality.get(data[0], 0) + data[1]
+            resolved.append([pos, kind, data, ref.id, ref.owner])
+        call.spec["refs"] = resolved
+        call.locality = locality
+        return None
+
+    def _ready(self, call):
+        failed = self._resolve_args(call)
+        if failed is not None:
+            self._fail_blob(call, failed)
+            return
+        self._enqueue(call)
+
+    def _enqueue(self, call):
+        a = call.spec["args"]
+        if a[0] == "s":
+            call.locality = call.locality or {}
+            call.locality[a[2]] = call.locality.get(a[2], 0) + a[3]
+        self._to(call, S.QUEUED)
+        kq = self.keys.get(call.key)
+        if kq is None:
+            kq = self.keys[call.key] = KeyQueue(call.key, call.resources, call.strategy)
+        kq.queue.append(call)
+        self._dispatch(kq)
+
+    # --- leases ----------------------------------------------------------------------------------
+    def _dispatch(self, kq):
+        queue = kq.queue
+        while queue:
+            best = None
+            for lease in kq.leases:
+                n = len(lease.inflight)
+                if n < kq.depth and (best is None or n < len(best.inflight)):
+                    best = lease
+            if best is None:
+                break
+            self._push(best, queue.popleft())
+        if queue:
+            for _ in range(min(MAX_PENDING_LEASES, len(queue)) - len(kq.requests)):
+                self._request_lease(kq)
+        elif kq.requests and not kq.cancel_pending:
+            # the queue emptied: give the requests up only if it stays empty for a moment
+            # (submissions arrive one by one; cancelling at every gap loses the leases asked for)
+            kq.cancel_pending = True
+            self.out.append(("timer", LEASE_IDLE_S, ("requests_idle", kq.key)))
+
+    def on_requests_idle(self, key):
+        kq = self.keys.get(key)
+        if kq is None:
+            return
+        kq.cancel_pending = False
+        if kq.queue or not kq.requests:
+            return
+        for lease_id in list(kq.requests):
+            self.out.append(("cancel_lease_request", lease_id))
+
+    def _request_lease(self, kq):
+        self._lease_counter += 1
+        lease_id = self.worker_id + self._lease_counter.to_bytes(8, "big")
+        kq.requests.add(lease_id)
+        req = {"lease_id": lease_id, "resources": kq.resources}
+        if kq.strategy:
+            req["strategy"] = kq.strategy
+        if kq.queue and kq.queue[0].locality:
+            req["locality"] = kq.queue[0].locality
+        self.out.append(("request_lease", kq.key, lease_id, req, None))
+
+    def on_lease_reply(self, key, lease_id, ok, grant, nm, req):
+        """The answer to ``request_lease`` from node manager ``nm`` (None: the local one)."""
+        kq = self.keys[key]
+        if ok and isinstance(grant, dict) and "spillback" in grant:
+            # another node is the better place: ask its node manager (once) instead
+            self.out.append(("request_lease", key, lease_id, dict(req, no_spill=True), grant["spillback"]))
+            return
+        kq.requests.discard(lease_id)
+        if ok and isinstance(grant, dict) and "error" in grant:
+            err = exc.TaskUnschedulableError(grant["message"])
+            while kq.queue:
+                self._fail(kq.queue.popleft(), err)
+            return
+        if not ok or grant is None:
+            if self.closing:
+                return
+            if not ok:
+                self.out.append(("log", "warning", f"lease request failed (will retry): {grant}"))
+                self.out.append(("timer", RETRY_LEASE_S, ("redispatch", key)))
+            elif kq.queue:
+                self._dispatch(kq)
+            return
+        if not kq.queue:
+            self.out.append(("return_lease", lease_id, nm, False))
+            return
+        lease = Lease(lease_id, grant, nm, kq)
+        self.leases[lease_id] = lease
+        self.out.append(("connect_lease", lease_id, grant["address"]))
+
+    def on_spill_unreachable(self, key, lease_id):
+        """The node a spillback named could not be reached."""
+        kq = self.keys[key]
+        kq.requests.discard(lease_id)
+        self._dispatch(kq)
+
+    def on_redispatch(self, key):
+        kq = self.keys.get(key)
+        if kq is not None and not self.closing:
+            self._dispatch(kq)
+
+    def on_lease_connected(self, lease_id, ok, err=None):
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return
+        kq = lease.kq
+        if not ok:
+            del self.leases[lease_id]
+            self.out.append(("forget_lease", lease_id))
+            self.out.append(("log", "warning", f"could not reach leased worker {lease.grant['address']}: {err}"))
+            self.out.append(("return_lease", lease_id, lease.nm, True))
+            self._dispatch(kq)
+            return
+        kq.leases.append(lease)
+        self._dispatch(kq)
+        self._maybe_idle(lease)
+
+    def _push(self, lease, call):
+        lease.idle_timer = False
+        self._to(call, S.PUSHED)
+        call.lease = lease
+        lease.inflight[call.tid] = call
+        self.out.append(("push", lease.lease_id, call))
+
+    def _maybe_idle(self, lease):
+        if not lease.inflight and not lease.kq.queue and not lease.idle_timer and not lease.dead:
+            lease.idle_timer = True
+            self.out.append(("timer", LEASE_IDLE_S, ("lease_idle", lease.lease_id)))
+
+    def on_lease_idle(self, lease_id):
+        lease = self.leases.get(lease_id)
+        if lease is None or not lease.idle_timer:
+            return
+        lease.idle_timer = False
+        if lease.inflight or lease.dead:
+            return
+        self._drop_lease(lease)
+        self.out.append(("return_lease", lease_id, lease.nm, False))
+
+    def _drop_lease(self, lease):
+        lease.dead = True
+        self.leases.pop(lease.lease_id, None)
+        self.out.append(("forget_lease", lease.lease_id))
+        try:
+            lease.kq.leases.remove(lease)
+        except ValueError:
+            pass
+
+    # --- replies ---------------------------------------------------------------------------------
+    def on_push_reply(self, lease_id, tid, ok, reply):
+        call = self.calls.get(tid)
+        if call is None or call.state != S.PUSHED or call.lease is None or call.lease.lease_id != lease_id:
+            return
+        lease = call.lease
+        lease.inflight.pop(tid, None)
+        kq = self.keys[call.key]
+        if not ok:
+            if not lease.dead:
+                self._drop_lease(lease)
+            self._worker_died(call, kq)
+        elif reply.get("bounced"):
+            self._to(call, S.QUEUED)
+            kq.queue.appendleft(call)
+        elif reply.get("cancelled"):
+            self._fail(call, exc.TaskCancelledError(call.tid.hex()))
+        else:
+            kq.avg_run = 0.8 * kq.avg_run + 0.2 * reply.get("dur", 0.0)
+            kq.depth = PIPELINE_DEPTH if kq.avg_run < FAST_TASK_S else 1
+            if reply.get("app_error") and self._should_retry(call, reply):
+                call.retries_left -= 1
+                self._to(call, S.QUEUED)
+                kq.queue.append(call)
+            else:
+                self._complete(call, reply)
+        if not self.closing:
+            self._dispatch(kq)
+            if not lease.dead:
+                self._maybe_idle(lease)
+
+    def _should_retry(self, call, reply):
+        if call.retries_left <= 0 or not call.retry_exc or call.cancelled:
+            return False
+        if call.retry_exc is True:
+            return True
+        try:
+            err = pickle.loads(reply["rets"][0][1])
+        except Exception:
+            return False
+        return isinstance(getattr(err, "cause", err), tuple(call.retry_exc))
+
+    def _worker_died(self, call, kq):
+        if call.cancelled:
+            self._fail(call, exc.TaskCancelledError(call.tid.hex()))
+        elif call.retries_left > 0 and not self.closing:
+            call.retries_left -= 1
+            self.out.append(("log", "info", f"worker running {call.name} died; retrying "
+                                            f"({call.retries_left} retries left)"))
+            self._to(call, S.QUEUED)
+            kq.queue.appendleft(call)
+        else:
+            self._fail(call, _dead_worker_error(call, self.where))
+
+    def _complete(self, call, reply):
+        rets = reply.get("rets", ())
+        if "dynamic" in reply:
+            self.out.append(("dynamic_returns", call.returns[0] if call.returns else None, call.tid, reply["dynamic"]))
+            rets = ()
+        live = self.live
+        for oid, (kind, data) in zip(call.returns, rets):
+            if oid in live:
+                self.out.append(("store", oid, kind, data))
+                if kind == "s" and call.retries_left > 0 and call.actor is None:
+                    self.lineage[oid] = call
+            elif kind == "s":
+                self.out.append(("delete_stored", oid, data[0]))
+        contained = reply.get("contained")
+        if contained:
+            by_outer = {}
+            for idx, oid, owner in contained:
+                by_outer.setdefault(call.returns[idx], []).append((oid, owner))
+            for outer, inner in by_outer.items():
+                if outer in live:
+                    self.out.append(("set_contains", outer, inner, True))
+        if "gen_count" in reply:
+            self._end_generator(call, reply["gen_count"])
+        self._to(call, S.FINISHED)
+        self._end(call)
+
+    def _end_generator(self, call, count):
+        self.out.append(("put", ids.object_id(call.tid, count + 1), "end", None))
+        # ObjectRefGenerator.completed(): ready once the generator task has finished
+        self.out.append(("put", ids.object_id(call.tid, 0), "v", _NONE))
+
+    def _fail(self, call, err):
+        from .. import serialization
+        self._fail_blob(call, serialization.dumps_error(err))
+
+    def _fail_blob(self, call, blob):
+        if call.nret == "streaming":
+            n = len(call.gen_seen or ())
+            self.out.append(("put", ids.object_id(call.tid, n + 1), "e", blob))
+            self._end_generator(call, n + 1)
+        for oid in call.returns:
+            if oid in self.live:
+                self.out.append(("put", oid, "e", blob))
+        self._to(call, S.FAILED)
+        self._end(call)
+
+    def _end(self, call):
+        self.calls.pop(call.tid, None)
+        call.lease = None
+        if call.held[0]:
+            self.out.append(("release", call.held[0]))
+        if not self.calls:
+            self.out.append(("idle",))
+
+    # --- generators ------------------------------------------------------------------------------
+    def on_gen_item(self, tid, idx, kind, data, contained):
+        call = self.calls.get(tid)
+        oid = ids.object_id(tid, idx)
+        if call is None or call.gen_dropped:
+            if kind == "s":
+                self.out.append(("delete_stored", oid, data[0]))
+            return
+        if call.gen_seen is None:
+            call.gen_seen = set()
+        if idx in call.gen_seen:
+            return
+        call.gen_seen.add(idx)
+        self.out.append(("own", oid))
+        if contained:
+            self.out.append(("set_contains", oid, [tuple(x) for x in contained], False))
+        self.out.append(("put", oid, kind, data))
+
+    def on_gen_dropped(self, tid):
+        call = self.calls.get(tid)
+        if call is not None:
+            call.gen_dropped = True
+
+    # --- cancellation, failures, lineage ---------------------------------------------------------
+    def on_cancel(self, tid, force, recursive):
+        call = self.calls.get(tid)
+        if call is None:
+            return
+        if call.actor is not None:
+            a = self.actors.get(call.actor)
+            if a is None:
+                return
+            if call in a.queue:
+                a.queue.remove(call)
+                self._fail(call, exc.TaskCancelledError(call.tid.hex()))
+            elif call.tid in a.inflight:
+                call.cancelled = True
+                self.out.append(("cancel_actor_call", call.actor, a.incarnation, call.tid))
+            return
+        call.cancelled = True
+        if call.state == S.WAITING:
+            self._fail(call, exc.TaskCancelledError(call.tid.hex()))
+        elif call.state == S.QUEUED:
+            kq = self.keys.get(call.key)
+            try:
+                kq.queue.remove(call)
+            except (ValueError, AttributeError):
+                pass
+            self._fail(call, exc.TaskCancelledError(call.tid.hex()))
+        elif call.state == S.PUSHED and call.lease is not None:
+            self.out.append(("cancel_task", call.lease.lease_id, call.tid, bool(force), bool(recursive)))
+
+    def on_infeasible(self, lease_id, missing):
+        """Fail the tasks whose lease request no node can ever satisfy (the fail-fast option)."""
+        for kq in self.keys.values():
+            if lease_id in kq.requests:
+                what = ", ".join(f"{k}: {v:g}" for k, v in missing.items())
+                err = exc.TaskUnschedulableError(
+                    f"No node in the cluster can run this task: it needs {{{what}}} more than any node has "
+                    f"(resources asked: {kq.resources}). Lower the request or add a node with these resources.")
+                self.out.append(("cancel_lease_request", lease_id))
+                kq.requests.discard(lease_id)
+                while kq.queue:
+                    self._fail(kq.queue.popleft(), err)
+                return True
+        return False
+
+    def on_fail_all(self, err):
+        for call in list(self.calls.values()):
+            if call.state in LIVE:
+                self._detach(call)
+                self._fail(call, err)
+
+    def _detach(self, call):
+        """Take a live call out of whatever queue or lease holds it."""
+        if call.actor is not None:
+            a = self.actors.get(call.actor)
+            if a is not None:
+                if call in a.queue:
+                    a.queue.remove(call)
+                a.inflight.pop(call.tid, None)
+        elif call.state == S.QUEUED:
+            kq = self.keys.get(call.key)
+            if kq is not None and call in kq.queue:
+                kq.queue.remove(call)
+        elif call.state == S.PUSHED and call.lease is not None:
+            call.lease.inflight.pop(call.tid, None)
+
+    def on_object_freed(self, oid):
+        self.lineage.pop(oid, None)
+
+    def reconstruct(self, oid, node_id, why):
+        """A stored return value was lost with its node: run its task again (lineage), or make
+        the object an ObjectLostError naming the node.  Returns what happened."""
+        v = self.values.get(oid)
+        if v is None:
+            return "pending"
+        if v[0] != "s" or (node_id is not None and v[1][0] != node_id):
+            return "ok"
+        call = self.lineage.get(oid)
+        if call is None or call.retries_left <= 0:
+            where = node_id.hex() if node_id else "?"
+            blob = pickle.dumps(exc.ObjectLostError(oid.hex(), "", message=(
+                f"Object {oid.hex()} was lost: its only copy was on node {where}, which is gone ({why}), "
+                + ("and it was made by put(), so it cannot be rebuilt." if call is None else
+                   "and the task that made it has no retries left to rebuild it."))))
+            self.out.append(("replace", oid, "e", blob))
+            return "lost"
+        call.retries_left -= 1
+        for r in call.returns:
+            self.lineage.pop(r, None)
+            self.out.append(("forget", r))
+        call.arg_refs = []
+        call.held = ([], [])
+        call.deps_left = 0
+        self.out.append(("log", "info", f"rebuilding {oid.hex()} from lineage (task {call.name})"))
+        self.calls[call.tid] = call
+        self._enqueue(call)           # its arguments were resolved the first time (spec["refs"])
+        return "resubmitted"
+
+    def on_reconstruct(self, oid, node_id, why):
+        self.reconstruct(oid, node_id, why)
+
+    # --- actors ----------------------------------------------------------------------------------
+    def _actor(self, actor_id):
+        a = self.actors.get(actor_id)
+        if a is None:
+            a = self.actors[actor_id] = Actor(actor_id)
+        return a
+
+    def on_actor_created(self, actor_id, handle_oid, held, detached):
+        a = self._actor(actor_id)
+        a.handle_oid = handle_oid
+        a.detached = detached
+        if held[0]:
+            a.held = held
+        if handle_oid is not None:
+            self.by_handle[handle_oid] = actor_id
+
+    def _locate(self, a, min_incarnation):
+        if a.asking:
+            return
+        a.asking = True
+        self.out.append(("locate_actor", a.actor_id, min_incarnation))
+
+    def on_actor_located(self, actor_id, ok, info):
+        """The GCS's answer to ``wait_actor``: ALIVE at an address and incarnation, or DEAD."""
+        a = self._actor(actor_id)
+        a.asking = False
+        if not ok:
+            self._set_dead(a, None, f"Could not reach the GCS to find the actor: {info}")
+        elif info["state"] == "DEAD":
+            self._set_dead(a, info.get("cause"), info.get("cause_text"))
+        else:
+            a.incarnation = info["incarnation"]
+            self.out.append(("connect_actor", actor_id, info["address"], a.incarnation))
+
+    def on_actor_connected(self, actor_id, incarnation, ok):
+        a = self._actor(actor_id)
+        if incarnation != a.incarnation or a.state == "dead":
+            return
+        if not ok:
+            self._locate(a, incarnation + 1)
+            return
+        a.state = "alive"
+        self._pump(a)
+
+    def _pump(self, a):
+        if a.state != "alive":
+            return
+        queue = a.queue
+        while queue and queue[0].deps_left == 0:
+            call = queue.popleft()
+            failed = self._resolve_args(call)
+            if failed is not None:
+                self._fail_blob(call, failed)
+                continue
+            if call.state == S.WAITING:
+                self._to(call, S.QUEUED)
+            self._to(call, S.PUSHED)
+            a.inflight[call.tid] = call
+            self.out.append(("push_actor", a.actor_id, a.incarnation, call))
+
+    def on_actor_reply(self, actor_id, tid, ok, reply):
+        if not ok:
+            return    # the connection dropped: actor_lost handles every call in flight on it
+        a = self.actors.get(actor_id)
+        call = a.inflight.pop(tid, None) if a is not None else None
+        if call is None:
+            return
+        if reply.get("cancelled"):
+            self._fail(call, exc.TaskCancelledError(call.tid.hex()))
+        elif reply.get("app_error") and self._should_retry(call, reply):
+            call.retries_left -= 1
+            self._to(call, S.QUEUED)
+            a.queue.appendleft(call)
+            self._pump(a)
+        else:
+            self._complete(call, reply)
+
+    def on_actor_lost(self, actor_id, incarnation):
+        """The connection to the actor's worker (incarnation ``incarnation``) dropped."""
+        a = self.actors.get(actor_id)
+        if a is None or a.incarnation != incarnation or a.state == "dead":
+            return
+        a.state = "unknown"
+        inflight = sorted(a.inflight.values(), key=lambda c: c.tid)
+        a.inflight = {}
+        retry = []
+        for call in inflight:
+            if call.cancelled:
+                self._fail(call, exc.TaskCancelledError(call.tid.hex()))
+            elif call.retries_left > 0:
+                call.retries_left -= 1
+                self._to(call, S.QUEUED)
+                retry.append(call)
+            else:
+                self._fail(call, exc.ActorDiedError(
+                    error_msg=f"The actor {actor_id.hex()} died while running this call (its worker process "
+                              "exited). The call may or may not have run; set max_task_retries to retry calls "
+                              "on a restarted actor.", actor_id=actor_id.hex()))
+        a.queue.extendleft(reversed(retry))
+        if not self.closing:
+            self._locate(a, incarnation + 1)
+
+    def _set_dead(self, a, cause_blob, text):
+        a.state = "dead"
+        cause = None
+        if cause_blob:
+            try:
+                cause = pickle.loads(cause_blob)
+            except Exception:
+                cause = None
+        msg = f"The actor {a.actor_id.hex()} is dead: {text or 'unknown cause'}"
+        if cause is not None:
+            msg += f"\nIts constructor raised:\n{cause}"
+        a.cause = exc.ActorDiedError(cause=cause, actor_id=a.actor_id.hex(), error_msg=msg)
+        self._fail_actor_queue(a)
+        inflight, a.inflight = list(a.inflight.values()), {}
+        for call in inflight:
+            self._fail(call, a.cause)
+
+    def _fail_actor_queue(self, a):
+        while a.queue:
+            self._fail(a.queue.popleft(), a.cause)
+
+    def on_handle_freed(self, handle_oid, terminate_call):
+        """No handle to a non-detached actor is left anywhere: end it after its queued calls
+        (``terminate_call`` is a ready ``__ray_terminate__`` call record to queue)."""
+        actor_id = self.by_handle.pop(handle_oid, None)
+        if actor_id is None:
+            return
+        a = self.actors.get(actor_id)
+        if a is None or a.state == "dead":
+            return
+        if a.held:
+            self.out.append(("release", a.held[0]))
+            a.held = None
+        if not a.queue and not a.inflight:
+            self.out.append(("kill_actor", actor_id))
+            return
+        terminate_call.actor = actor_id
+        self.on_submit(terminate_call, [])
+
+    # --- checks ----------------------------------------------------------------------------------
+    def validate_state(self):
+        """Check the invariants that tie calls, queues, leases and actors together."""
+        placed = {}
+
+        def place(call, where):
+            assert call.tid not in placed, f"{call!r} is both in {placed[call.tid]} and {where}"
+            placed[call.tid] = where
+        for kq in self.keys.values():
+            assert len(kq.requests) <= MAX_PENDING_LEASES + 1, (kq.key, len(kq.requests))
+            for call in kq.queue:
+                assert call.state == S.QUEUED and call.actor is None, call
+                place(call, f"queue {kq.key}")
+            for lease in kq.leases:
+                assert not lease.dead and self.leases.get(lease.lease_id) is lease, lease.lease_id
+                assert len(lease.inflight) <= PIPELINE_DEPTH, lease.lease_id
+                for call in lease.inflight.values():
+                    assert call.state == S.PUSHED and call.lease is lease, call
+                    place(call, f"lease {lease.lease_id.hex()}")
+        for a in self.actors.values():
+            for call in a.queue:
+                assert call.state in (S.WAITING, S.QUEUED) and call.actor == a.actor_id, call
+                place(call, f"actor {a.actor_id.hex()} queue")
+            for call in a.inflight.values():
+                assert call.state == S.PUSHED and call.actor == a.actor_id, call
+                place(call, f"actor {a.actor_id.hex()} in flight")
+            if a.state == "dead":
+                assert not a.queue and not a.inflight, a.actor_id
+        for tid, call in self.calls.items():
+            assert call.state in LIVE, call
+            assert call.retries_left >= 0, call
+            assert call.deps_left >= 0, call
+            if call.actor is None:
+                if call.state == S.WAITING:
+                    assert call.deps_left > 0 and tid not in placed, call
+                else:
+                    assert call.deps_left == 0 and tid in placed, call
+            else:
+                assert tid in placed, call
+        for tid in placed:
+            assert tid in self.calls, f"{tid.hex()} is queued or in flight but not a live call"
