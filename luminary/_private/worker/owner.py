@@ -455,7 +455,7 @@ class Owner:
                     self.out.append(("set_contains", outer, inner, True))
         if "gen_count" in reply:
             self._end_generator(call, reply["gen_count"])
-        self._to(call, S.FINISHED)
+        self._to(call, S.FAILED if reply.get("app_error") else S.FINISHED)
         self._end(call)
 
     def _end_generator(self, call, count):
