@@ -169,10 +169,8 @@ class ActorRuntime:
         ex = self.executor
         spec = t.spec
         async with self.sem_for(spec.get("group")):
-            with t.lock:
-                if t.state != 0:
-                    return
-                t.state = 1
+            if not t.claim():
+                return
             start = time.perf_counter()
             nret = spec["nret"]
             try:
@@ -198,7 +196,7 @@ class ActorRuntime:
             except Exception as e:  # noqa: BLE001
                 reply = ex._error_reply(spec, e, nret)
             reply["dur"] = time.perf_counter() - start
-            t.state = 2
+            t.finish()
             ex.finish(t, reply)
 
     def method(self, name):

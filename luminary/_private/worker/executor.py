@@ -15,7 +15,6 @@ import os
 import queue
 import signal
 import sys
-import threading
 import time
 import traceback
 
@@ -24,30 +23,16 @@ from .. import ids, procutil, serialization
 from ..rpc.protocol import DEFERRED
 from .actor import _ActorExit
 from .core import ObjectLocationLost
+from .execution import ExecTask
 
 
 def procutil_name(class_name):
     procutil.set_name(f"luminary::{class_name}")
 
-QUEUED, RUNNING, FINISHED, CANCELLED, BOUNCED = range(5)
 
 
 class TaskCancelled(BaseException):
     """Raised in the main thread by the SIGINT handler when the running task is cancelled."""
-
-
-class ExecTask:
-    __slots__ = ("spec", "conn", "rid", "lock", "state", "cancel_requested", "answered", "afut")
-
-    def __init__(self, spec, conn, rid):
-        self.spec = spec
-        self.conn = conn
-        self.rid = rid
-        self.answered = False
-        self.lock = threading.Lock()
-        self.state = QUEUED
-        self.cancel_requested = False
-        self.afut = None       # the asyncio task running it (async actors)
 
 
 class Executor:
@@ -101,15 +86,13 @@ class Executor:
         t = self.pending.get(p["tid"])
         if t is None:
             return
-        with t.lock:
-            if t.state == QUEUED:
-                t.state = CANCELLED
-                self._reply(t, {"cancelled": True})
-                return
-            if t.state != RUNNING:
-                return
-            t.cancel_requested = True
-            afut = t.afut
+        what = t.cancel()
+        if what == "answer":
+            self._reply(t, {"cancelled": True})
+            return
+        if what is None:
+            return
+        afut = t.afut
         if afut is not None:   # an async actor's call: cancel its coroutine (it sees CancelledError)
             self.actor.loop.call_soon_threadsafe(afut.cancel)
             return
@@ -125,10 +108,8 @@ class Executor:
         if self.actor is not None:
             return  # an actor's calls can only run here
         for t in list(self.pending.values()):
-            with t.lock:
-                if t.state == QUEUED:
-                    t.state = BOUNCED
-                    self._reply(t, {"bounced": True})
+            if t.bounce():
+                self._reply(t, {"bounced": True})
 
     # --- main thread ----------------------------------------------------------------------------------
     def _on_sigint(self, signum, frame):
@@ -145,18 +126,15 @@ class Executor:
                 if "cls" in t.spec:
                     self.create_actor(t)
                     continue
-                with t.lock:
-                    if t.state != QUEUED:
-                        continue
-                    t.state = RUNNING
+                if not t.claim():
+                    continue
                 if self.actor is not None and self.actor.threaded:
                     self.actor.pool_for(t.spec.get("group")).submit(self._run_threaded, t)
                     continue
                 self.running = t
                 reply = self.execute(t)
                 self.running = None
-                with t.lock:
-                    t.state = FINISHED
+                t.finish()
                 self.finish(t, reply)
             except (KeyboardInterrupt, TaskCancelled):
                 # a cancel that arrived just after its task finished
@@ -165,8 +143,7 @@ class Executor:
 
     def _run_threaded(self, t):
         reply = self.execute(t)
-        with t.lock:
-            t.state = FINISHED
+        t.finish()
         self.finish(t, reply)
 
     def create_actor(self, t):
