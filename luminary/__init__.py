@@ -15,6 +15,12 @@ from ._private.worker.object_ref import DynamicObjectRefGenerator, ObjectRef, Ob
 from ._private.worker.remote_function import RemoteFunction
 from .runtime_context import get_runtime_context
 from . import actor, job_config, runtime_context, runtime_env, util  # noqa: E402  (public submodules, as in Ray)
+from . import cloudpickle  # noqa: E402  (ray.cloudpickle)
+from ._private.id_types import (ActorClassID, ActorID, ClusterID, FunctionID, JobID, NodeID,  # noqa: E402
+                                PlacementGroupID, TaskID, UniqueID, WorkerID)
+
+ObjectID = ObjectRef          # the older name Ray still exports
+SCRIPT_MODE, WORKER_MODE, LOCAL_MODE, SPILL_WORKER_MODE, RESTORE_WORKER_MODE = 0, 1, 2, 3, 4
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
@@ -58,5 +64,6 @@ __all__ = [
     "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "available_resources", "cancel",
     "cluster_resources", "exceptions", "get", "get_gpu_ids", "get_runtime_context", "init",
     "is_initialized", "method", "nodes", "put", "remote", "shutdown", "wait", "get_actor", "kill",
-    "actor", "util", "runtime_context",
+    "actor", "util", "runtime_context", "cloudpickle", "ObjectID", "ActorClassID", "ActorID", "ClusterID",
+    "FunctionID", "JobID", "NodeID", "PlacementGroupID", "TaskID", "UniqueID", "WorkerID",
 ]

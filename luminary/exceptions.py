@@ -53,9 +53,13 @@ class RayTaskError(RayError):
         RayError.__init__(self, self._message())
 
     def _message(self):
-        where = f" (pid={self.pid}, ip={self.ip})" if self.pid else ""
+        where = ""
+        if self.pid:
+            extra = f", actor_id={self.actor_id}" if self.actor_id else ""
+            extra += f", repr={self.actor_repr}" if self.actor_repr else ""
+            where = f" (pid={self.pid}, ip={self.ip}{extra})"
         head = f"{type(self.cause).__name__ if self.cause is not None else 'Exception'}"
-        lines = [f"{self.__class__.__name__}: {self.function_name}(){where}"]
+        lines = [f"ray::{self.function_name}(){where}"]
         if self.traceback_str:
             lines.append(self.traceback_str.rstrip())
         elif self.cause is not None:

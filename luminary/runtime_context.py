@@ -90,6 +90,19 @@ class RuntimeContext:
             raise RuntimeError("current_actor is only available inside an actor.")
         return a.handle()
 
+    def is_canceled(self) -> bool:
+        """Whether the task or actor call running in this thread was asked to cancel (sync and
+        threaded actors check it to stop cooperatively).  Not available in async actors."""
+        ex = getattr(self._core, "executor", None)
+        actor = self._core.current_actor
+        if actor is not None and actor.is_async:
+            raise RuntimeError("This method is not supported in an async actor: in async actors a "
+                               "cancelled call gets asyncio.CancelledError instead.")
+        t = getattr(ex.tls, "task", None) if ex is not None else None
+        if t is None:
+            raise RuntimeError("is_canceled() can only be called inside a task or an actor method.")
+        return bool(t.cancel_requested)
+
     def get_placement_group_id(self):
         pg = getattr(self._core, "current_pg", None)
         return pg[0].hex() if pg else None

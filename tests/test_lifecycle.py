@@ -132,7 +132,8 @@ def test_public_surface_is_exactly_what_is_intended():
         "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "available_resources", "cancel",
         "cluster_resources", "exceptions", "get", "get_gpu_ids", "get_runtime_context", "init",
         "is_initialized", "method", "nodes", "put", "remote", "shutdown", "wait", "get_actor", "kill",
-        "actor", "util", "runtime_context"])
+        "actor", "util", "runtime_context", "cloudpickle", "ObjectID", "ActorClassID", "ActorID",
+        "ClusterID", "FunctionID", "JobID", "NodeID", "PlacementGroupID", "TaskID", "UniqueID", "WorkerID"])
     for name in luminary.__all__:
         assert hasattr(luminary, name), name
 

@@ -19,9 +19,9 @@ import pickle
 import struct
 import threading
 
-import cloudpickle
 import msgpack
 
+from . import pickler
 from .config import BUFFER_ALIGN, INLINE_MAX_BYTES
 
 _local = threading.local()
@@ -81,10 +81,10 @@ def _dumps(value, buffers):
         return pickle.dumps(value, 5)
     try:
         return pickle.dumps(value, 5, buffer_callback=buffers.append) if _plain(value) else \
-            cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+            pickler.dumps(value, protocol=5, buffer_callback=buffers.append)
     except Exception:
         buffers.clear()
-        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        return pickler.dumps(value, protocol=5, buffer_callback=buffers.append)
 
 
 def _plain(value):
@@ -165,20 +165,20 @@ def loads_store(mv: memoryview):
 
 
 def dumps_function(fn) -> bytes:
-    return cloudpickle.dumps(fn, protocol=5)
+    return pickler.dumps(fn, protocol=5)
 
 
 def dumps_error(err) -> bytes:
     """Pickle an exception, falling back to a text copy when it cannot be pickled or would not
     unpickle (an exception class whose __init__ takes other arguments than its args)."""
     try:
-        blob = cloudpickle.dumps(err, protocol=5)
+        blob = pickler.dumps(err, protocol=5)
         pickle.loads(blob)
         return blob
     except Exception:
         from ..exceptions import RayTaskError
         if isinstance(err, RayTaskError):
             text = RayTaskError(err.function_name, err.traceback_str, None, None, err.pid, err.ip)
-            return cloudpickle.dumps(text, protocol=5)
+            return pickler.dumps(text, protocol=5)
         from ..exceptions import RaySystemError
-        return cloudpickle.dumps(RaySystemError(f"{type(err).__name__}: {err}"), protocol=5)
+        return pickler.dumps(RaySystemError(f"{type(err).__name__}: {err}"), protocol=5)

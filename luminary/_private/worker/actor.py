@@ -22,9 +22,9 @@ import pickle
 import cloudpickle
 
 from ... import exceptions as exc
-from .. import ids
+from .. import ids, pickler
 from . import options as opt
-from . import state
+from . import signatures, state
 from .object_ref import ObjectRef, ObjectRefGenerator
 from .remote_function import _auto_init, prepare_args
 from .submitter import Task
@@ -50,10 +50,14 @@ def _method_meta(cls):
         nret = opts.get("num_returns")
         if nret is None:
             nret = "streaming" if is_gen else 1
-        methods[name] = {"num_returns": nret, "concurrency_group": opts.get("concurrency_group"),
+        static = isinstance(inspect.getattr_static(cls, name, None), staticmethod)
+        methods[name] = {"sig": signatures.signature_of(fn, skip_first=not static and not inspect.ismethod(fn)),
+                         "num_returns": nret, "concurrency_group": opts.get("concurrency_group"),
                          "max_task_retries": opts.get("max_task_retries"),
                          "retry_exceptions": _encode_retry_exceptions(opts.get("retry_exceptions"))}
     methods["__ray_terminate__"] = {"num_returns": 1, "concurrency_group": None}
+    methods["__ray_ready__"] = {"num_returns": 1, "concurrency_group": None, "sig": []}
+    methods["__ray_call__"] = {"num_returns": 1, "concurrency_group": None}
     return methods, is_async
 
 
@@ -82,6 +86,9 @@ class ActorClass:
         self._default_options = options
         self._blob = None
         self._methods, self._is_async = _method_meta(klass)
+        init = klass.__dict__.get("__init__") or getattr(klass, "__init__", None)
+        self._init_sig = signatures.signature_of(init, skip_first=True) \
+            if inspect.isfunction(init) else None
         self.__name__ = klass.__name__
         self.__qualname__ = getattr(klass, "__qualname__", klass.__name__)
         self.__doc__ = klass.__doc__
@@ -114,12 +121,15 @@ class ActorClass:
     def _export(self):
         if self._blob is None:
             try:
-                self._blob = cloudpickle.dumps(self._cls, protocol=5)
+                blob = pickler.dumps(self._cls, protocol=5)
             except Exception as e:
                 raise TypeError(f"Could not serialize the actor class {self.__name__}: {type(e).__name__}: {e}") from e
+            signatures.check_size(blob, self.__name__, "actor")
+            self._blob = blob
         return self._blob
 
     def _remote(self, args, kwargs, options):
+        signatures.check_call(self._init_sig, args, kwargs, self.__name__)
         core = _auto_init()
         blob = self._export()
         lifetime = options.get("lifetime")
@@ -250,6 +260,9 @@ class ActorMethod:
 
 
 def submit_actor_call(handle, method, meta, options, args, kwargs):
+    sig = meta.get("sig")
+    if sig is not None:
+        signatures.check_call(sig, args, kwargs, f"{handle._meta['class_name']}.{method}")
     core = state.require_core()
     hmeta = handle._meta
     limit = hmeta.get("max_pending_calls", -1)

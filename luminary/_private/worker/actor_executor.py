@@ -27,6 +27,13 @@ import cloudpickle
 from .actor import ActorHandle, _ActorExit
 
 
+SHUTDOWN_TIMEOUT_S = 30.0     # how long the shutdown hooks of an exiting actor may take
+
+
+def _ready():
+    return True
+
+
 class ActorRuntime:
     def __init__(self, executor, spec):
         self.executor = executor
@@ -44,13 +51,30 @@ class ActorRuntime:
         self.instance = None
         self.pools = {}
         self.sems = {}
-        self.loop = None
+        self.loop = None           # set once the async loop runs (calls are scheduled onto it)
+        self._loop = None
         self._mode_lock = threading.Lock()
         self._incoming = collections.deque()
         self._wake_pending = False
 
     def handle(self):
         return ActorHandle(self.actor_id, self.meta, None)
+
+    def _call_with_instance(self, fn, *args, **kwargs):
+        """``actor.__ray_call__.remote(fn, *args)``: run ``fn(instance, *args)`` in the actor."""
+        return fn(self.instance, *args, **kwargs)
+
+    def repr(self):
+        """The instance's repr as Ray shows it in errors and log prefixes."""
+        inst = self.instance
+        if inst is None:
+            return self.meta.get("class_name", "Actor")
+        try:
+            if type(inst).__repr__ is not object.__repr__:
+                return repr(inst)
+        except Exception:
+            pass
+        return f"<{type(inst).__module__}.{type(inst).__qualname__} object at {hex(id(inst))}>"
 
     @property
     def threaded(self):
@@ -80,7 +104,13 @@ class ActorRuntime:
                         args[pos] = v
                     else:
                         kwargs[pos] = v
-            inst = cls(*args, **kwargs)
+            init = getattr(cls, "__init__", None)
+            if inspect.iscoroutinefunction(init):
+                # ``async def __init__``: run it on the loop the actor's calls will use
+                inst = cls.__new__(cls)
+                self._own_loop().run_until_complete(init(inst, *args, **kwargs))
+            else:
+                inst = cls(*args, **kwargs)
         self.instance = inst
 
     # --- state ----------------------------------------------------------------------------------
@@ -98,11 +128,43 @@ class ActorRuntime:
         blob = cloudpickle.dumps(state, protocol=5)
         self.core.call_sync_gcs("actor_checkpoint", {"actor_id": self.actor_id, "state": blob})
 
+    def _own_loop(self):
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def run_shutdown_hooks(self):
+        """Ray's graceful actor shutdown: the user's ``__ray_shutdown__``, then ``__del__`` (the
+        instance is dropped) and ``atexit`` handlers; a hook that hangs is cut off after
+        SHUTDOWN_TIMEOUT_S by the exit that follows."""
+        inst, self.instance = self.instance, None
+        hook = getattr(inst, "__ray_shutdown__", None)
+        if callable(hook):
+            try:
+                res = hook()
+                if inspect.isawaitable(res):
+                    self._own_loop().run_until_complete(res) if not self._own_loop().is_running() else None
+            except Exception:
+                import traceback
+                traceback.print_exc()
+        del inst, hook
+        import gc
+        gc.collect()
+        try:
+            import atexit
+            atexit._run_exitfuncs()
+        except Exception:
+            pass
+
     def exit(self):
+        watchdog = threading.Timer(SHUTDOWN_TIMEOUT_S, os._exit, (0,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             self.core.call_sync_gcs("actor_exit", {"actor_id": self.actor_id}, timeout=5)
         except Exception:
             pass
+        self.run_shutdown_hooks()
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -123,7 +185,7 @@ class ActorRuntime:
     # --- async actors -------------------------------------------------------------------------------
     def run_async_forever(self, pending_queue):
         """Run the actor's event loop on the main thread; calls are scheduled onto it."""
-        loop = asyncio.new_event_loop()
+        loop = self._own_loop()
         asyncio.set_event_loop(loop)
         with self._mode_lock:
             self.loop = loop
@@ -202,6 +264,10 @@ class ActorRuntime:
     def method(self, name):
         if name == "__ray_terminate__":
             raise _ActorExit()
+        if name == "__ray_ready__":
+            return _ready
+        if name == "__ray_call__":
+            return self._call_with_instance
         try:
             return getattr(self.instance, name)
         except AttributeError:

@@ -14,6 +14,7 @@ import inspect
 import os
 import queue
 import signal
+import threading
 import sys
 import time
 import traceback
@@ -35,6 +36,32 @@ class TaskCancelled(BaseException):
     """Raised in the main thread by the SIGINT handler when the running task is cancelled."""
 
 
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+
+
+def user_traceback(e):
+    """The traceback of a user's exception as Ray prints it: the user's own frames (files and
+    lines), none of Luminary's, then the exception; chained causes keep their own tracebacks."""
+    te = traceback.TracebackException(type(e), e, e.__traceback__, compact=True)
+    out = []
+
+    def emit(te):
+        if te.__cause__ is not None:
+            emit(te.__cause__)
+            out.append("\nThe above exception was the direct cause of the following exception:\n\n")
+        elif te.__context__ is not None and not te.__suppress_context__:
+            emit(te.__context__)
+            out.append("\nDuring handling of the above exception, another exception occurred:\n\n")
+        frames = [f for f in te.stack if not f.filename.startswith(_PKG_DIR)]
+        out.extend(traceback.StackSummary.from_list(frames).format())
+        out.extend(te.format_exception_only())
+    try:
+        emit(te)
+    except Exception:  # never lose the error over its formatting
+        return traceback.format_exc()
+    return "".join(out)
+
+
 class Executor:
     def __init__(self, core):
         self.core = core
@@ -48,6 +75,7 @@ class Executor:
         core.handlers["cancel_task"] = self.h_cancel_task
         core.handlers["create_actor"] = self.h_create_actor
         self.actor = None
+        self.tls = threading.local()     # .task: the ExecTask this thread runs (is_canceled)
         signal.signal(signal.SIGINT, self._on_sigint)
 
     # --- I/O thread -------------------------------------------------------------------------------
@@ -158,7 +186,7 @@ class Executor:
         try:
             rt.create(spec)
         except Exception as e:  # noqa: BLE001 - the constructor may raise anything
-            tb = traceback.format_exc()
+            tb = user_traceback(e)
             err = exc.RayTaskError(f"{spec.get('class_name', 'Actor')}.__init__", tb, e, pid=os.getpid(), ip=self.node_ip)
             self.core.io.post(self._reply_create, t, {"error": serialization.dumps_error(err),
                                                       "error_text": f"{type(e).__name__}: {e}"})
@@ -244,6 +272,7 @@ class Executor:
         name = spec["name"]
         core.current_task_id = spec["tid"]
         core.current_task_name = name
+        self.tls.task = t
         core.job_id = spec.get("job", core.job_id)
         core.assigned_resources = spec.get("res", {})
         if self.actor is None:
@@ -298,8 +327,14 @@ class Executor:
         return out
 
     def _error_reply(self, spec, e, nret):
-        tb = traceback.format_exc()
-        err = exc.RayTaskError(spec["name"], tb, e, pid=os.getpid(), ip=self.node_ip)
+        tb = user_traceback(e)
+        actor = self.actor
+        actor_id = actor_repr = None
+        if actor is not None:
+            actor_id = actor.actor_id.hex()
+            actor_repr = actor.repr()
+        err = exc.RayTaskError(spec["name"], tb, e, pid=os.getpid(), ip=self.node_ip,
+                               actor_repr=actor_repr, actor_id=actor_id)
         blob = serialization.dumps_error(err)
         n = nret if isinstance(nret, int) else 1
         return {"rets": [["e", blob]] * max(n, 1), "app_error": True}

@@ -8,7 +8,7 @@ import inspect
 from .. import ids, serialization
 from ..config import DEFAULT_MAX_RETRIES
 from . import options as opt
-from . import state
+from . import signatures, state
 from .object_ref import ObjectRef, ObjectRefGenerator
 from .submitter import Task
 
@@ -21,6 +21,7 @@ class RemoteFunction:
         self._blob = None
         self._fid = None
         self._is_generator = inspect.isgeneratorfunction(function)
+        self._sig = signatures.signature_of(function)
         self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
         functools.update_wrapper(self, function)
 
@@ -51,6 +52,7 @@ class RemoteFunction:
                 raise TypeError(f"Could not serialize the function {self._name}: {type(e).__name__}: {e}. "
                                 "A remote function and everything it references must be picklable "
                                 "(cloudpickle); create locks, sockets, clients inside the function.") from e
+            signatures.check_size(blob, self._name, "remote function")
             self._fid = hashlib.sha1(blob).digest()[:16]
             self._blob = blob
         return self._fid, self._blob
@@ -108,6 +110,8 @@ def prepare_args(core, args, kwargs):
 
 
 def submit_task(rf: RemoteFunction, args, kwargs, options):
+    if rf._sig is not None:
+        signatures.check_call(rf._sig, args, kwargs, rf._name)
     core = _auto_init()
     fid, blob = rf._export()
     spec_args, arg_refs, held_oids, held_owners = prepare_args(core, args, kwargs)

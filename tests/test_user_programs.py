@@ -1,0 +1,270 @@
+"""What Ray users already wrote: tracebacks, checked calls, actor life cycle, names they import.
+
+Each runs on Luminary and, with LUMINARY_TEST_BACKEND=ray, on Ray (the reference).
+"""
+
+import asyncio
+import os
+import re
+import threading
+
+import pytest
+
+from _backend import BACKEND, IS_RAY, poll_for, ray
+
+pytestmark = pytest.mark.timeout(60)
+HERE = os.path.abspath(__file__)
+
+
+# --------------------------------------------------------------------------
+# tracebacks a user reads
+# --------------------------------------------------------------------------
+
+def test_remote_traceback_shows_the_users_file_and_line_only(ray_start):
+    @ray.remote
+    def fails(x):
+        raise ValueError(f"bad input {x}")
+
+    with pytest.raises(ValueError) as info:
+        ray.get(fails.remote(7))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(info.value))     # Ray colours the header
+    assert text.startswith("ray::") and "fails()" in text.splitlines()[0]
+    assert f'File "{HERE}"' in text               # this file, not <dynamic-code>
+    assert 'raise ValueError(f"bad input {x}")' in text
+    assert text.rstrip().endswith("ValueError: bad input 7")
+    assert "luminary/_private" not in text and "_raylet" not in text
+
+
+def test_actor_error_names_the_actor(ray_start):
+    @ray.remote
+    class Counter:
+        def __init__(self, index):
+            self.index = index
+
+        def __repr__(self):
+            return f"Counter(index={self.index})"
+
+        def fail(self):
+            raise KeyError("missing")
+
+    c = Counter.remote(3)
+    with pytest.raises(KeyError) as info:
+        ray.get(c.fail.remote())
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(info.value)).splitlines()[0]
+    assert "Counter.fail()" in first and "repr=Counter(index=3)" in first
+
+
+# --------------------------------------------------------------------------
+# calls checked like Python calls
+# --------------------------------------------------------------------------
+
+def test_remote_call_arguments_are_checked_at_the_call(ray_start):
+    @ray.remote
+    def f(a, b=2, *, c):
+        return a + b + c
+
+    @ray.remote
+    def g(*args, **kwargs):
+        return len(args) + len(kwargs)
+
+    with pytest.raises(TypeError):
+        f.remote()
+    with pytest.raises(TypeError):
+        f.remote(1, 2)                  # keyword-only c missing
+    with pytest.raises(TypeError):
+        f.remote(1, 2, 3, c=4)          # too many positional
+    with pytest.raises(TypeError):
+        f.options(num_cpus=1).remote(1, d=5, c=1)
+    assert ray.get(f.remote(1, c=3)) == 6
+    assert ray.get(g.remote(1, 2, x=3)) == 3
+
+
+def test_actor_calls_are_checked_at_the_call(ray_start):
+    @ray.remote
+    class A:
+        def __init__(self, start):
+            self.v = start
+
+        def add(self, x, *, times=1):
+            self.v += x * times
+            return self.v
+
+        @staticmethod
+        def static(y):
+            return y
+
+    with pytest.raises(TypeError):
+        A.remote()
+    a = A.remote(1)
+    with pytest.raises(TypeError):
+        a.add.remote()
+    with pytest.raises(TypeError):
+        a.add.remote(1, 2)
+    assert ray.get(a.add.remote(2, times=3)) == 7
+    assert ray.get(a.static.remote(5)) == 5
+    # a handle that travelled to another process checks the same way
+    @ray.remote
+    def use(handle):
+        try:
+            handle.add.remote()
+        except TypeError:
+            return "TypeError"
+        return "no error"
+    assert ray.get(use.remote(a)) == "TypeError"
+
+
+@pytest.mark.timeout(120)
+def test_a_function_capturing_a_huge_value_is_refused(ray_start):
+    import numpy as np
+    huge = np.ones(110 * 1000 * 1000 // 8)      # 110 MB captured by the closure
+
+    @ray.remote
+    def uses_huge():
+        return huge.sum()
+
+    with pytest.raises(ValueError, match="too large"):
+        uses_huge.remote()
+
+
+def test_names_users_import(ray_start):
+    assert ray.ObjectID is ray.ObjectRef
+    blob = ray.cloudpickle.dumps(lambda x: x + 1)
+    assert ray.cloudpickle.loads(blob)(1) == 2
+    import importlib
+    assert importlib.import_module(f"{BACKEND}.exceptions") is ray.exceptions
+    for name in ("TaskID", "ActorID", "NodeID", "JobID", "WorkerID", "PlacementGroupID"):
+        assert hasattr(ray, name), name
+
+
+# --------------------------------------------------------------------------
+# actor life cycle
+# --------------------------------------------------------------------------
+
+def test_ray_ready_and_ray_call(ray_start):
+    @ray.remote
+    class Box:
+        def __init__(self):
+            self.items = [1, 2]
+
+    b = Box.remote()
+    assert ray.get(b.__ray_ready__.remote()) is True
+    assert ray.get(b.__ray_call__.remote(lambda self, extra: sum(self.items) + extra, 10)) == 13
+
+
+def test_exit_actor_in_init_and_calls_queued_behind_exit(ray_start):
+    @ray.remote
+    class Quits:
+        def __init__(self):
+            ray.actor.exit_actor()
+
+        def m(self):
+            return 1
+
+    q = Quits.remote()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(q.m.remote(), timeout=20)
+
+    @ray.remote
+    class Stops:
+        def stop(self):
+            ray.actor.exit_actor()
+
+        def m(self):
+            return 1
+
+    s = Stops.remote()
+    ray.get(s.__ray_ready__.remote())
+    stop, later = s.stop.remote(), s.m.remote()
+    for ref in (stop, later):
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(ref, timeout=20)
+
+
+def test_async_init(ray_start):
+    @ray.remote
+    class AsyncInit:
+        async def __init__(self, v):
+            await asyncio.sleep(0.01)
+            self.v = v
+            self.lock = asyncio.Lock()
+
+        async def get(self):
+            async with self.lock:
+                return self.v
+
+    assert ray.get(AsyncInit.remote(5).get.remote(), timeout=20) == 5
+
+
+def test_is_canceled_in_sync_and_threaded_actors(ray_start):
+    @ray.remote
+    class Worker:
+        def check(self):
+            return ray.get_runtime_context().is_canceled()
+
+    @ray.remote(max_concurrency=2)
+    class Threaded:
+        def check(self):
+            return ray.get_runtime_context().is_canceled()
+
+    @ray.remote
+    class Async:
+        async def check(self):
+            try:
+                ray.get_runtime_context().is_canceled()
+            except RuntimeError:
+                return "refused"
+            return "allowed"
+
+    assert ray.get(Worker.remote().check.remote()) is False
+    assert ray.get(Threaded.remote().check.remote()) is False
+    assert ray.get(Async.remote().check.remote()) == "refused"
+
+
+@pytest.mark.skipif(IS_RAY, reason="Luminary interrupts a running sync actor method on cancel; Ray only sets the flag")
+def test_cancelled_sync_actor_method_sees_the_flag_or_the_interrupt(ray_start):
+    @ray.remote(max_concurrency=2)
+    class Spinner:
+        def __init__(self):
+            self.started = threading.Event()
+
+        def spin(self):
+            self.started.set()
+            ctx = ray.get_runtime_context()
+            while not ctx.is_canceled():
+                threading.Event().wait(0.01)
+            return "stopped cooperatively"
+
+        def started_yet(self):
+            return self.started.is_set()
+
+    s = Spinner.remote()
+    ref = s.spin.remote()
+    poll_for(lambda: ray.get(s.started_yet.remote()), timeout=20, desc="spin to start")
+    ray.cancel(ref)
+    try:
+        result = ray.get(ref, timeout=20)
+    except ray.exceptions.TaskCancelledError:
+        result = "cancelled"
+    assert result in ("stopped cooperatively", "cancelled")
+
+
+def test_shutdown_hook_runs_when_the_actor_exits(ray_start, tmp_path):
+    marker = tmp_path / "hook"
+
+    @ray.remote
+    class Graceful:
+        def __init__(self, path):
+            self.path = path
+
+        def __ray_shutdown__(self):
+            with open(self.path, "w") as f:
+                f.write("closed")
+
+        def leave(self):
+            ray.actor.exit_actor()
+
+    g = Graceful.remote(str(marker))
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(g.leave.remote(), timeout=20)
+    poll_for(marker.exists, timeout=20, desc="__ray_shutdown__ to run")
+    assert marker.read_text() == "closed"
