@@ -6,6 +6,9 @@ Each runs on Luminary and, with LUMINARY_TEST_BACKEND=ray, on Ray (the reference
 import asyncio
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -268,3 +271,96 @@ def test_shutdown_hook_runs_when_the_actor_exits(ray_start, tmp_path):
         ray.get(g.leave.remote(), timeout=20)
     poll_for(marker.exists, timeout=20, desc="__ray_shutdown__ to run")
     assert marker.read_text() == "closed"
+
+
+# --------------------------------------------------------------------------
+# output, workers, generators
+# --------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_worker_output_prefixes(tmp_path):
+    script = tmp_path / "prints.py"
+    script.write_text(textwrap.dedent(f"""
+        import {BACKEND} as ray
+        ray.init(num_cpus=2)
+
+        @ray.remote
+        class Counter:
+            def __init__(self, index):
+                self.index = index
+                print("constructed", index)
+
+            def __repr__(self):
+                return f"Counter(index={{self.index}})"
+
+            def hello(self):
+                print("hello from", self.index)
+
+        @ray.remote
+        class Plain:
+            def hello(self):
+                print("plain hello")
+
+        @ray.remote
+        def task_says():
+            print("task output")
+
+        c = Counter.remote(1)
+        ray.get([c.hello.remote(), Plain.remote().hello.remote(), task_says.remote()])
+        ray.shutdown()
+    """))
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+    assert re.search(r"\(Counter pid=\d+\S*\) constructed 1", text), text
+    assert re.search(r"\(Counter\(index=1\) pid=\d+\S*\) hello from 1", text), text
+    assert re.search(r"\(Plain pid=\d+\S*\) plain hello", text), text
+    assert re.search(r"\(task_says pid=\d+\S*\) task output", text), text
+
+
+@pytest.mark.parametrize("ray_start_fresh", [{"num_cpus": 4}], indirect=True)
+def test_omp_threads_follow_num_cpus(ray_start_fresh):
+    @ray.remote(num_cpus=2)
+    def two():
+        return os.environ.get("OMP_NUM_THREADS")
+
+    @ray.remote(num_cpus=0.5)
+    def half():
+        return os.environ.get("OMP_NUM_THREADS")
+
+    @ray.remote(num_cpus=1)
+    class One:
+        def omp(self):
+            return os.environ.get("OMP_NUM_THREADS")
+
+    assert ray.get([two.remote(), half.remote(), One.remote().omp.remote()]) == ["2", "1", "1"]
+
+
+def test_static_generator_that_raises_keeps_its_earlier_values(ray_start):
+    @ray.remote(num_returns=3)
+    def gen():
+        yield 1
+        yield 2
+        raise ValueError("third")
+
+    a, b, c = gen.remote()
+    assert ray.get([a, b]) == [1, 2]
+    with pytest.raises(ValueError, match="third"):
+        ray.get(c)
+
+
+def test_wait_accepts_generators(ray_start):
+    @ray.remote
+    def items(n):
+        for i in range(n):
+            yield i
+
+    gen = items.remote(2)
+    ready, rest = ray.wait([gen], timeout=20)
+    assert ready == [gen] and rest == []
+    assert ray.get(next(gen)) == 0
+    done = ray.put("x")
+    ready, rest = ray.wait([gen, done], num_returns=2, timeout=20)
+    assert len(ready) == 2

@@ -31,6 +31,8 @@ def run_zygote(sock: socket.socket, worker_config: dict, close_fds=()):
             pass
     # One BLAS/OpenMP thread per worker unless the user chose otherwise (as Ray does): a task
     # gets one CPU, and a zygote must have no threads when it forks.
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["LUMINARY_OMP_FROM_CPUS"] = "1"   # each task's num_cpus sets it (executor)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     # warm imports: every worker inherits them

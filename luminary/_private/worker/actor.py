@@ -165,6 +165,8 @@ class ActorClass:
                 "meta": meta}
         if pg_ctx is not None:
             spec["pg"] = pg_ctx
+        if options.get("num_cpus"):
+            spec["ncpu"] = options["num_cpus"]
         payload = {"actor_id": actor_id, "spec": spec, "resources": resources, "name": name,
                    "namespace": namespace, "detached": detached, "owner": core.address,
                    "max_restarts": max_restarts, "meta": meta, "get_if_exists": bool(options.get("get_if_exists")),

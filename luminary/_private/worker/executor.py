@@ -76,6 +76,8 @@ class Executor:
         core.handlers["create_actor"] = self.h_create_actor
         self.actor = None
         self.tls = threading.local()     # .task: the ExecTask this thread runs (is_canceled)
+        self.omp_from_cpus = os.environ.get("LUMINARY_OMP_FROM_CPUS") == "1"
+        self._omp = None
         signal.signal(signal.SIGINT, self._on_sigint)
 
     # --- I/O thread -------------------------------------------------------------------------------
@@ -182,6 +184,8 @@ class Executor:
         core.job_id = spec.get("job", core.job_id)
         core.namespace = spec.get("namespace")
         core.current_pg = spec.get("pg")
+        if self.omp_from_cpus:
+            self.set_omp_threads(spec.get("ncpu", 0))
         core.current_task_name = spec.get("class_name", "actor") + ".__init__"
         try:
             rt.create(spec)
@@ -227,6 +231,14 @@ class Executor:
         for owner, oids in by_owner.items():
             self.core.with_conn(owner, lambda c, e, oids=oids: acked(False, e) if c is None else c.request(
                 "add_borrower", {"oids": oids, "addr": owner_addr}, acked))
+
+    def set_omp_threads(self, ncpu):
+        """OMP_NUM_THREADS follows the CPUs a task or actor asked for (at least 1), as in Ray,
+        unless the user set it for the cluster."""
+        n = str(max(1, int(ncpu or 0)))
+        if n != self._omp:
+            self._omp = n
+            os.environ["OMP_NUM_THREADS"] = n
 
     def get_function(self, fid):
         fn = self.functions.get(fid)
@@ -275,6 +287,8 @@ class Executor:
         self.tls.task = t
         core.job_id = spec.get("job", core.job_id)
         core.assigned_resources = spec.get("res", {})
+        if self.omp_from_cpus and self.actor is None:
+            self.set_omp_threads(spec.get("ncpu", 1))
         if self.actor is None:
             core.current_pg = spec.get("pg")
         if "ns" in spec:
@@ -293,9 +307,16 @@ class Executor:
             result = fn(*args, **kwargs)
             if nret in ("streaming", "dynamic"):
                 return self._run_generator(t, result, nret, start)
+            failed = None
             if inspect.isgenerator(result) and isinstance(nret, int) and nret != 1:
-                result = self._collect_static(result, nret)
-            reply = self._pack(spec, result, nret)
+                result, failed = self._collect_static(result, nret)
+            if failed is None:
+                reply = self._pack(spec, result, nret)
+            else:
+                # values yielded before the generator raised are returned; the rest raise (as Ray)
+                reply = self._error_reply(spec, failed, nret)
+                done = [self._store(spec, ids.object_id(spec["tid"], i + 1), v, reply, i) for i, v in enumerate(result)]
+                reply["rets"] = done + reply["rets"][len(result):]
             if actor is not None:
                 actor.after_call()
         except _ActorExit:
@@ -316,15 +337,22 @@ class Executor:
         return reply
 
     def _collect_static(self, gen, nret):
+        """The values of a generator task with a static num_returns, and the exception it raised
+        after yielding them (None when it ran to the end)."""
         out = []
-        for v in gen:
-            out.append(v)
-            if len(out) > nret:
-                break
+        try:
+            for v in gen:
+                out.append(v)
+                if len(out) > nret:
+                    break
+        except Exception as e:  # noqa: BLE001 - user code
+            if len(out) < nret:
+                return out, e
+            raise
         if len(out) != nret:
             raise ValueError(f"Task returned a generator that produced {'more than ' if len(out) > nret else ''}"
                              f"{len(out) if len(out) <= nret else nret} values, but num_returns={nret}.")
-        return out
+        return out, None
 
     def _error_reply(self, spec, e, nret):
         tb = user_traceback(e)

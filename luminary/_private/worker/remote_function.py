@@ -144,6 +144,9 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     strategy, pg_ctx = resolve_strategy(options, core)
     strategy, resources = wire_strategy(strategy, opt.resources_of(options))
     spec["res"] = resources
+    ncpu = options.get("num_cpus")
+    if ncpu is not None and ncpu != 1:
+        spec["ncpu"] = ncpu
     if pg_ctx is not None:
         spec["pg"] = pg_ctx
     task = Task(tid, spec, fid, blob, resources, returns, nret, max_retries, retry_exc,

@@ -32,13 +32,28 @@ class _LogStream(io.TextIOBase):
             self.partial = text
             return len(s)
         *lines, self.partial = text.split("\n")
-        name = self.core.current_task_name or "worker"
-        prefix = f"({name} pid={os.getpid()}) "
+        prefix = f"({self._name()} pid={os.getpid()}) "
         first = not self.pending
         self.pending.extend(prefix + line + "\n" for line in lines)
         if first:
             self.core.io.post(self._flush_lines)
         return len(s)
+
+    def _name(self):
+        """Ray's prefix: the task's name; an actor's class name, or its repr when the class
+        defines ``__repr__`` (so output of several actors of one class can be told apart)."""
+        core = self.core
+        actor = core.current_actor
+        if actor is not None:
+            inst = actor.instance
+            if inst is not None and type(inst).__repr__ is not object.__repr__:
+                try:
+                    return actor.repr()
+                except Exception:
+                    pass
+            return actor.meta.get("class_name", "Actor")
+        name = core.current_task_name or "worker"
+        return name[:-9] if name.endswith(".__init__") else name
 
     def _flush_lines(self):
         lines, self.pending = self.pending, []
