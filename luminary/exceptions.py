@@ -141,6 +141,20 @@ class GetTimeoutError(RayError, TimeoutError):
     pass
 
 
+class TaskTimeoutError(RayError, TimeoutError):
+    """A task or actor call ran longer than its ``timeout_s`` (beyond Ray) and was interrupted."""
+
+    def __init__(self, task_name="", timeout_s=None, message=None):
+        self.task_name = task_name
+        self.timeout_s = timeout_s
+        super().__init__(message or (f"{task_name} did not finish within its timeout_s={timeout_s:g} s and was "
+                                     "interrupted. Raise timeout_s, or list TaskTimeoutError in retry_exceptions "
+                                     "to run it again."))
+
+    def __reduce__(self):
+        return (TaskTimeoutError, (self.task_name, self.timeout_s, str(self)))
+
+
 class ObjectLostError(RayError):
     def __init__(self, object_ref_hex="", owner_address="", call_site="", message=None):
         self.object_ref_hex = object_ref_hex

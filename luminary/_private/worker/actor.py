@@ -54,7 +54,8 @@ def _method_meta(cls):
         methods[name] = {"sig": signatures.signature_of(fn, skip_first=not static and not inspect.ismethod(fn)),
                          "num_returns": nret, "concurrency_group": opts.get("concurrency_group"),
                          "max_task_retries": opts.get("max_task_retries"),
-                         "retry_exceptions": _encode_retry_exceptions(opts.get("retry_exceptions"))}
+                         "retry_exceptions": _encode_retry_exceptions(opts.get("retry_exceptions")),
+                         "timeout_s": opts.get("timeout_s")}
     methods["__ray_terminate__"] = {"num_returns": 1, "concurrency_group": None}
     methods["__ray_ready__"] = {"num_returns": 1, "concurrency_group": None, "sig": []}
     methods["__ray_call__"] = {"num_returns": 1, "concurrency_group": None}
@@ -246,12 +247,12 @@ class ActorMethod:
                         "itself and call the method on it in the receiving task or actor.")
 
     def options(self, **options):
-        allowed = {"num_returns", "name", "concurrency_group", "max_task_retries", "retry_exceptions",
+        allowed = {"num_returns", "name", "concurrency_group", "max_task_retries", "retry_exceptions", "timeout_s",
                    "_generator_backpressure_num_objects", "enable_task_events"}
         for k in options:
             if k not in allowed:
                 raise ValueError(f"Invalid option keyword {k!r} for actor methods. Valid ones are: {', '.join(sorted(allowed))}.")
-        opt.validate({k: v for k, v in options.items() if k in ("num_returns",)}, opt.TASK_OPTIONS)
+        opt.validate({k: v for k, v in options.items() if k in ("num_returns", "timeout_s")}, opt.TASK_OPTIONS)
         return ActorMethod(self._handle, self._name, self._meta, dict(self._options, **options))
 
     def remote(self, *args, **kwargs):
@@ -290,6 +291,9 @@ def submit_actor_call(handle, method, meta, options, args, kwargs):
     spec = {"tid": tid, "fid": b"", "name": name, "args": spec_args, "nret": nret, "owner": core.address,
             "owner_id": core.worker_id, "job": core.job_id, "actor": handle._actor_id, "method": method,
             "group": options.get("concurrency_group") or meta.get("concurrency_group")}
+    timeout_s = options.get("timeout_s", meta.get("timeout_s"))
+    if timeout_s:
+        spec["timeout_s"] = float(timeout_s)
     refs = [ObjectRef(oid, core.address) for oid in returns]
     if pending is not None and returns:
         pending.append(returns[0])
@@ -305,6 +309,7 @@ def submit_actor_call(handle, method, meta, options, args, kwargs):
         retry_exc = _decode_retry_exceptions(meta.get("retry_exceptions"))
     task = Task(tid, spec, b"", b"", {}, returns, nret, retries, retry_exc or False,
                 arg_refs, (held_oids, held_owners), name)
+    task.parent = core.current_task_id
     core.io.post(core.actor_submitter.submit, handle._actor_id, task, handle._ref)
     if nret == "streaming":
         return ObjectRefGenerator(tid, core.address)

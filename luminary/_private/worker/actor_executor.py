@@ -233,6 +233,8 @@ class ActorRuntime:
         async with self.sem_for(spec.get("group")):
             if not t.claim():
                 return
+            if "timeout_s" in spec:
+                self.core.io.post(ex.arm_timeout, t)
             start = time.perf_counter()
             nret = spec["nret"]
             try:
@@ -253,8 +255,8 @@ class ActorRuntime:
             except _ActorExit:
                 self.exit()
                 return
-            except asyncio.CancelledError:
-                reply = {"cancelled": True}
+            except asyncio.CancelledError as e:
+                reply = ex._error_reply(spec, ex._timeout_error(spec, e), nret) if t.timed_out else {"cancelled": True}
             except Exception as e:  # noqa: BLE001
                 reply = ex._error_reply(spec, e, nret)
             reply["dur"] = time.perf_counter() - start

@@ -37,7 +37,8 @@ TRANSITIONS = {
 
 
 class ExecTask:
-    __slots__ = ("spec", "conn", "rid", "lock", "state", "cancel_requested", "answered", "afut")
+    __slots__ = ("spec", "conn", "rid", "lock", "state", "cancel_requested", "answered", "afut", "thread",
+                 "timed_out")
 
     def __init__(self, spec, conn, rid):
         self.spec = spec
@@ -48,6 +49,8 @@ class ExecTask:
         self.state = E.QUEUED
         self.cancel_requested = False
         self.afut = None       # the asyncio task running it (async actors)
+        self.thread = None     # ident of the thread running it (threaded actors)
+        self.timed_out = False # it ran past its timeout_s
 
     def _move(self, state):
         assert state in TRANSITIONS[self.state], f"call {self.spec.get('name')}: {self.state.name} -> {state.name}"
@@ -76,6 +79,14 @@ class ExecTask:
                 return None
             self.cancel_requested = True
             return "interrupt"
+
+    def time_out(self) -> bool:
+        """From the I/O thread when its timeout_s passed: True if it is still running."""
+        with self.lock:
+            if self.state != E.RUNNING:
+                return False
+            self.timed_out = True
+            return True
 
     def bounce(self) -> bool:
         """From the I/O thread while the worker blocks: hand a call that has not started back."""

@@ -10,6 +10,7 @@ Each ExecTask has a small lock so the two threads never both claim it.
 """
 from __future__ import annotations
 
+import ctypes
 import inspect
 import os
 import queue
@@ -24,7 +25,7 @@ from .. import ids, procutil, serialization
 from ..rpc.protocol import DEFERRED
 from .actor import _ActorExit
 from .core import ObjectLocationLost
-from .execution import ExecTask
+from .execution import ExecState, ExecTask
 
 
 def procutil_name(class_name):
@@ -33,7 +34,14 @@ def procutil_name(class_name):
 
 
 class TaskCancelled(BaseException):
-    """Raised in the main thread by the SIGINT handler when the running task is cancelled."""
+    """Raised in the running call's thread when it is cancelled."""
+
+
+class TaskTimedOut(BaseException):
+    """Raised in the running call's thread when it ran past its timeout_s."""
+
+
+TIMEOUT_GRACE_S = 5.0    # after the interrupt, a call still running is ended with its worker
 
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
@@ -122,17 +130,61 @@ class Executor:
             return
         if what is None:
             return
-        afut = t.afut
-        if afut is not None:   # an async actor's call: cancel its coroutine (it sees CancelledError)
-            self.actor.loop.call_soon_threadsafe(afut.cancel)
-            return
-        if p.get("force"):
+        if p.get("recursive", True):
+            # the tasks this call submitted (and, through their workers, theirs) are cancelled too
+            self.core.submitter.feed(("cancel_children", p["tid"], bool(p.get("force"))))
+        if p.get("force") and t.afut is None:
             try:
                 sys.stdout.flush()
             except Exception:
                 pass
             os._exit(1)
+        self._interrupt(t, TaskCancelled)
+
+    def _interrupt(self, t, exc_type):
+        """Stop a running call: cancel its coroutine (async actors: it sees CancelledError), raise
+        ``exc_type`` in its thread (threaded actors), or SIGINT the main thread (tasks, sync actors)."""
+        if t.afut is not None:
+            self.actor.loop.call_soon_threadsafe(t.afut.cancel)
+            return
+        ident = t.thread
+        if ident is not None and ident != threading.main_thread().ident:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+            return
         os.kill(os.getpid(), signal.SIGINT)
+
+    def arm_timeout(self, t):
+        """(I/O thread) Interrupt ``t`` when its timeout_s passes."""
+        self.core.io.loop.call_later(t.spec["timeout_s"], self._on_timeout, t)
+
+    def _on_timeout(self, t):
+        if not t.time_out():
+            return
+        self._interrupt(t, TaskTimedOut)
+        self.core.io.loop.call_later(TIMEOUT_GRACE_S, self._force_timeout, t)
+
+    def _force_timeout(self, t):
+        """The call ignored the interrupt: answer it with TaskTimeoutError and end this worker."""
+        if t.state != ExecState.RUNNING or t.answered:
+            return
+        spec = t.spec
+        reply = self._error_reply(spec, self._timeout_error(spec, None), spec.get("nret", 1))
+        reply["exiting"] = True
+        self._reply(t, reply)
+        t.conn._flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(1)
+
+    @staticmethod
+    def _timeout_error(spec, interrupted):
+        err = exc.TaskTimeoutError(spec["name"], spec["timeout_s"])
+        if interrupted is not None:
+            err.__traceback__ = interrupted.__traceback__    # where the call was when time ran out
+        return err
 
     def bounce_queued(self):
         if self.actor is not None:
@@ -144,6 +196,8 @@ class Executor:
     # --- main thread ----------------------------------------------------------------------------------
     def _on_sigint(self, signum, frame):
         t = self.running
+        if t is not None and t.timed_out:
+            raise TaskTimedOut()
         if t is not None and t.cancel_requested:
             raise TaskCancelled()
         raise KeyboardInterrupt
@@ -158,6 +212,8 @@ class Executor:
                     continue
                 if not t.claim():
                     continue
+                if "timeout_s" in t.spec:
+                    self.core.io.post(self.arm_timeout, t)
                 if self.actor is not None and self.actor.threaded:
                     self.actor.pool_for(t.spec.get("group")).submit(self._run_threaded, t)
                     continue
@@ -166,7 +222,7 @@ class Executor:
                 self.running = None
                 t.finish()
                 self.finish(t, reply)
-            except (KeyboardInterrupt, TaskCancelled):
+            except (KeyboardInterrupt, TaskCancelled, TaskTimedOut):
                 # a cancel that arrived just after its task finished
                 self.running = None
                 continue
@@ -285,6 +341,7 @@ class Executor:
         core.current_task_id = spec["tid"]
         core.current_task_name = name
         self.tls.task = t
+        t.thread = threading.get_ident()
         core.job_id = spec.get("job", core.job_id)
         core.assigned_resources = spec.get("res", {})
         if self.omp_from_cpus and self.actor is None:
@@ -321,6 +378,8 @@ class Executor:
                 actor.after_call()
         except _ActorExit:
             actor.exit()
+        except TaskTimedOut as e:
+            reply = self._error_reply(spec, self._timeout_error(spec, e), nret)
         except TaskCancelled:
             reply = {"cancelled": True}
         except KeyboardInterrupt:

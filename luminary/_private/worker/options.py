@@ -8,7 +8,7 @@ TASK_OPTIONS = {
     "retry_exceptions", "name", "scheduling_strategy", "runtime_env", "accelerator_type", "max_calls",
     "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
     "_metadata", "label_selector", "fallback_strategy", "enable_task_events", "_labels",
-    "_generator_backpressure_num_objects",
+    "_generator_backpressure_num_objects", "timeout_s",
 }
 ACTOR_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "memory", "object_store_memory", "name", "namespace", "lifetime",
@@ -50,6 +50,10 @@ def validate(options: dict, allowed: set, what="task"):
                 raise TypeError(f"The option {k!r} must be an int (-1 means retry forever), got {v!r}.")
             if v is not None and v < -1:
                 raise ValueError(f"The option {k!r} must be an int >= -1 (-1 means retry forever), got {v!r}.")
+        elif k == "timeout_s":
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0
+                                  or v == float("inf")):
+                raise ValueError(f"timeout_s must be a positive, finite number of seconds (or None), got {v!r}.")
         elif k == "retry_exceptions":
             if not isinstance(v, bool):
                 if not isinstance(v, (list, tuple)) or not all(isinstance(t, type) and issubclass(t, BaseException) for t in v):

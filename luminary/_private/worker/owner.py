@@ -62,7 +62,7 @@ class Call:
     """One task or actor call, from submission to its last reply."""
     __slots__ = ("tid", "spec", "fid", "fn_blob", "resources", "key", "strategy", "locality", "returns",
                  "nret", "retries_left", "retry_exc", "arg_refs", "held", "state", "lease", "actor",
-                 "cancelled", "name", "deps_left", "gen_seen", "gen_dropped")
+                 "cancelled", "name", "deps_left", "gen_seen", "gen_dropped", "parent")
 
     def __init__(self, tid, spec, fid, fn_blob, resources, returns, nret, max_retries, retry_exc,
                  arg_refs, held, name, actor=None):
@@ -88,6 +88,7 @@ class Call:
         self.deps_left = 0
         self.gen_seen = None
         self.gen_dropped = False
+        self.parent = None                # the task that submitted it (recursive cancel)
 
     def __repr__(self):
         return f"Call({self.name}, {self.tid.hex()[:12]}, {self.state.name})"
@@ -347,6 +348,15 @@ class Owner:
         self._dispatch(kq)
         self._maybe_idle(lease)
 
+    def on_lease_lost(self, lease_id):
+        """The connection to a leased worker closed (it died, even while idle): push nothing more
+        to it.  Calls in flight on it fail through their own replies (worker death, retries)."""
+        lease = self.leases.get(lease_id)
+        if lease is not None and not lease.dead:
+            self._drop_lease(lease)
+            if lease.kq.queue and not self.closing:
+                self._dispatch(lease.kq)
+
     def _push(self, lease, call):
         lease.idle_timer = False
         self._to(call, S.PUSHED)
@@ -386,6 +396,8 @@ class Owner:
         lease = call.lease
         lease.inflight.pop(tid, None)
         kq = self.keys[call.key]
+        if ok and reply.get("exiting") and not lease.dead:
+            self._drop_lease(lease)       # the worker ends after this reply: push it nothing more
         if not ok:
             if not lease.dead:
                 self._drop_lease(lease)
@@ -537,6 +549,11 @@ class Owner:
             self._fail(call, exc.TaskCancelledError(call.tid.hex()))
         elif call.state == S.PUSHED and call.lease is not None:
             self.out.append(("cancel_task", call.lease.lease_id, call.tid, bool(force), bool(recursive)))
+
+    def on_cancel_children(self, parent_tid, force):
+        """The task ``parent_tid`` running here was cancelled recursively: cancel what it submitted."""
+        for call in [c for c in self.calls.values() if c.parent == parent_tid]:
+            self.on_cancel(call.tid, force and call.actor is None, True)
 
     def on_infeasible(self, lease_id, missing):
         """Fail the tasks whose lease request no node can ever satisfy (the fail-fast option)."""

@@ -144,6 +144,8 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     strategy, pg_ctx = resolve_strategy(options, core)
     strategy, resources = wire_strategy(strategy, opt.resources_of(options))
     spec["res"] = resources
+    if options.get("timeout_s"):
+        spec["timeout_s"] = float(options["timeout_s"])
     ncpu = options.get("num_cpus")
     if ncpu is not None and ncpu != 1:
         spec["ncpu"] = ncpu
@@ -154,6 +156,7 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     if strategy is not None:
         task.strategy = strategy
         task.key = task.key + (repr(sorted(strategy.items())),)
+    task.parent = core.current_task_id        # cancel(recursive=True) of the caller reaches this task
     core.io.post(core.submitter.submit, task)
     if nret == "streaming":
         return ObjectRefGenerator(tid, core.address)

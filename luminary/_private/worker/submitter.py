@@ -228,6 +228,7 @@ class TaskSubmitter:
         def connected(conn, err):
             if conn is not None:
                 self.lease_conns[lease_id] = conn
+                conn.close_callbacks.append(lambda c: self.feed(("lease_lost", lease_id)))
             self.feed(("lease_connected", lease_id, conn is not None, err))
         self.core.with_conn(address, connected)
 
