@@ -504,7 +504,7 @@ class ActorSubmitter:
             if actions:
                 self.core.run_actions(actions)
         if not ac.queue and not ac.inflight:
-            self.core.gcs.notify("kill_actor", {"actor_id": actor_id, "no_restart": True})
+            self.core.gcs.request("kill_actor", {"actor_id": actor_id, "no_restart": True}, lambda ok, r: None)
             return
         tid = ids.new_task_id()
         spec = {"tid": tid, "fid": b"", "name": "__ray_terminate__", "args": ["v", pickle.dumps(((), {}), 5)],
