@@ -59,7 +59,10 @@ class SyncCall:
         if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
             raise exc.GetTimeoutError("timed out waiting for the node manager")
         if not self.ok:
-            raise self.value if isinstance(self.value, BaseException) else exc.RaySystemError(str(self.value))
+            v = self.value
+            if isinstance(v, protocol.ConnectionLost):    # internal: users see the RayError tree only
+                raise exc.RaySystemError(f"lost the connection to a Luminary process: {v}") from v
+            raise v if isinstance(v, BaseException) else exc.RaySystemError(str(v))
         return self.value
 
 
