@@ -190,7 +190,7 @@ def test_wrong_secret_is_refused_and_cluster_keeps_working(cluster, tmp_path):
     host, port = cluster.address.split(":")
     with socket.create_connection((host, int(port)), timeout=5) as s:
         s.recv(36)
-        s.sendall(b"LUM1" + b"\x00" * 64 + b"\x80\x04garbage")
+        s.sendall(b"LUM2" + b"\x00" * 64 + b"\x80\x04garbage")
         s.settimeout(5)
         assert s.recv(100) in (b"DENY", b"")   # refused and closed by the GCS
         assert s.recv(100) == b""

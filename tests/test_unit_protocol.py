@@ -4,9 +4,26 @@ import os
 
 import pytest
 
+from luminary._private.rpc import messages as m
 from luminary._private.rpc import protocol
 
 pytestmark = pytest.mark.timeout(20)
+
+# a message table of this test's own (the system's table is messages.TABLE)
+TEST_TABLE = m.Table([
+    m.Msg("add", m.REQUEST, m.ANY, m.ANY, m.list_(m.int_(), 2)),
+    m.Msg("note", m.NOTE, m.ANY, m.ANY, m.str_()),
+    m.Msg("bulk", m.REQUEST, m.ANY, m.ANY, m.struct({"start": m.int_(), "n": m.int_()})),
+    m.Msg("fail", m.REQUEST, m.ANY, m.ANY, m.NONE),
+    m.Msg("x", m.REQUEST, m.ANY, m.ANY, m.ANYV),
+    m.Msg("table", m.REQUEST, m.ANY, m.ANY, m.NONE),
+    m.Msg("unencodable", m.REQUEST, m.ANY, m.ANY, m.NONE),
+    m.Msg("echo", m.REQUEST, m.ANY, m.ANY, m.ANYV),
+])
+
+
+def bind(handlers):
+    return TEST_TABLE.bind(handlers)
 
 
 def run(coro):
@@ -19,7 +36,7 @@ def run(coro):
 
 async def _server(tmp_path, secret, handlers):
     addr = f"unix:{tmp_path}/s.sock"
-    server, addr = await protocol.serve(addr, secret, handlers)
+    server, addr = await protocol.serve(addr, secret, bind(handlers))
     return server, addr
 
 
@@ -33,7 +50,7 @@ def test_requests_notifications_and_bulk_replies(tmp_path):
                     "bulk": lambda c, p: protocol.RawReply(memoryview(blob)[p["start"]:p["start"] + p["n"]]),
                     "fail": lambda c, p: 1 / 0}
         server, addr = await _server(tmp_path, secret, handlers)
-        conn = await protocol.connect(addr, secret, {})
+        conn = await protocol.connect(addr, secret, bind({}))
         assert await conn.call("add", [2, 3]) == 5
         conn.notify("note", "hello")
         dest = bytearray(len(blob))
@@ -88,7 +105,7 @@ def test_bad_payloads_fail_one_request_and_keep_the_connection(tmp_path):
                     "unencodable": lambda c, p: {"cls": object()},
                     "echo": lambda c, p: p}
         server, addr = await _server(tmp_path, secret, handlers)
-        conn = await protocol.connect(addr, secret, {})
+        conn = await protocol.connect(addr, secret, bind({}))
         assert await conn.call("table") == {0: {"CPU": 1.0}, 1: {"CPU": 0.5}}
         with pytest.raises(protocol.RemoteError, match="could not be encoded"):
             await conn.call("unencodable")

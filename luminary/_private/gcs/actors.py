@@ -58,7 +58,7 @@ class ActorManager:
         self.actors: dict[bytes, ActorEntry] = {}
         self.names: dict[tuple, bytes] = {}
         self.lease_counter = 0
-        gcs.handlers.update({
+        self.handlers = {     # registered by GcsServer with its own
             "register_actor": self.register_actor,
             "wait_actor": self.wait_actor,
             "get_named_actor": self.get_named_actor,
@@ -68,7 +68,7 @@ class ActorManager:
             "actor_checkpoint": self.actor_checkpoint,
             "list_actors": self.list_actors,
             "register_owner": self.register_owner,
-        })
+        }
 
     # --- creation ------------------------------------------------------------------------------
     def register_actor(self, conn, p):
@@ -165,7 +165,8 @@ class ActorManager:
                     # a node whose report was stale may not have room: give it a moment, then re-plan
                     grant = await asyncio.wait_for(asyncio.shield(call := nconn.call("request_lease", req)), 2.0)
                 except asyncio.TimeoutError:
-                    nconn.notify("cancel_lease_request", {"lease_id": lease_id, "release_if_granted": True})
+                    nconn.request("cancel_lease_request", {"lease_id": lease_id, "release_if_granted": True},
+                                  lambda ok, r: None)
                     call.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
                     continue
                 if isinstance(grant, dict) and "spillback" in grant:

@@ -87,13 +87,13 @@ class PlacementGroupManager:
     def __init__(self, gcs):
         self.gcs = gcs
         self.groups: dict[bytes, PlacementGroup] = {}
-        gcs.handlers.update({
+        self.handlers = {     # registered by GcsServer with its own
             "create_pg": self.create_pg,
             "remove_pg": self.remove_pg,
             "wait_pg": self.wait_pg,
             "get_pg": self.get_pg,
             "pg_table": self.pg_table,
-        })
+        }
 
     def create_pg(self, conn, p):
         if p["strategy"] not in STRATEGIES:

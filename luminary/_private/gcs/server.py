@@ -16,7 +16,7 @@ import os
 import time
 
 from ..config import HEARTBEAT_MISSES, HEARTBEAT_S
-from ..rpc import protocol
+from ..rpc import messages, protocol
 from .storage import MemoryStorage, SqliteStorage
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class GcsServer:
         self.view_dirty = False
         self.node_conns: dict[bytes, protocol.Connection] = {}
         self.next_job = int.from_bytes(self.storage.get("meta", b"job") or b"\x00", "big")
-        self.handlers = {
+        handlers = {
             "register_node": self.register_node,
             "heartbeat": self.heartbeat,
             "get_nodes": self.get_nodes,
@@ -48,9 +48,12 @@ class GcsServer:
         from .placement_groups import PlacementGroupManager
         self.actors = ActorManager(self)
         self.placement_groups = PlacementGroupManager(self)
+        self.handlers = messages.handlers(messages.GCS, {
+            **handlers, **self.actors.handlers, **self.placement_groups.handlers})
 
     async def start(self, address):
-        self.server, self.address = await protocol.serve(address, self.secret, self.handlers, name="gcs")
+        self.server, self.address = await protocol.serve(address, self.secret, self.handlers.accepting(
+            messages.NODE_MANAGER, messages.DRIVER, messages.WORKER), name="gcs")
         asyncio.get_event_loop().create_task(self._health_loop())
         asyncio.get_event_loop().create_task(self._broadcast_loop())
         return self.address

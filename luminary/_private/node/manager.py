@@ -27,7 +27,7 @@ import msgpack
 
 from .. import ids
 from ..config import HEARTBEAT_S, IDLE_WORKER_TIMEOUT_S
-from ..rpc import protocol
+from ..rpc import messages, protocol
 from .scheduler import LeaseRequest, LocalScheduler
 from .store import ObjectStore
 
@@ -87,7 +87,7 @@ class NodeManager:
         self.spread_next = 0
         self.sent_recently = collections.deque()   # (time, node_id, resources) of recent spillbacks
         self.bundles = {}         # (pg_id, index) -> reserved resources
-        self.handlers = {
+        self.handlers = messages.handlers(messages.NODE_MANAGER, {
             "register_worker": self.register_worker,
             "register_driver": self.register_driver,
             "request_lease": self.request_lease,
@@ -118,19 +118,22 @@ class NodeManager:
             "cancel_bundle": self.cancel_bundle,
             "ping": lambda c, p: "pong",
             "flush_logs": self.flush_logs,
-        }
+        })
 
     # --- start and stop ----------------------------------------------------------------------
     async def start(self):
         loop = asyncio.get_event_loop()
         self.address = f"unix:{os.path.join(self.session_dir, 'nm.sock')}"
-        self.server, _ = await protocol.serve(self.address, self.secret, self.handlers, name="node-manager")
+        self.server, _ = await protocol.serve(self.address, self.secret, self.handlers.accepting(
+            messages.DRIVER, messages.WORKER), name="node-manager")
         self.tcp_address = None
         if self.cfg.get("tcp_port") is not None:
             self.tcp_server, self.tcp_address = await protocol.serve(
-                f"tcp:{self.cfg['node_ip']}:{self.cfg['tcp_port']}", self.secret, self.handlers, name="node-manager")
+                f"tcp:{self.cfg['node_ip']}:{self.cfg['tcp_port']}", self.secret,
+                self.handlers.accepting(messages.DRIVER, messages.WORKER, messages.NODE_MANAGER), name="node-manager")
         _, self.zygote = await loop.create_connection(lambda: _ZygoteProtocol(self), sock=self.zygote_sock)
-        self.gcs = await protocol.connect(self.cfg["gcs_address"], self.secret, self.handlers, name="gcs")
+        self.gcs = await protocol.connect(self.cfg["gcs_address"], self.secret, self.handlers.accepting(messages.GCS),
+                                          name="gcs")
         self.gcs.close_callbacks.append(lambda c: self._gcs_lost())
         self.view = await self.gcs.call("register_node", {
             "node_id": self.node_id, "address": self.tcp_address or self.address, "ip": self.cfg["node_ip"],
@@ -578,7 +581,8 @@ class NodeManager:
     async def _peer(self, address):
         conn = self.peers.get(address)
         if conn is None or conn.closed:
-            conn = await protocol.connect(address, self.secret, self.handlers, name=f"peer {address}")
+            conn = await protocol.connect(address, self.secret, self.handlers.accepting(messages.NODE_MANAGER),
+                                          name=f"peer {address}")
             self.peers[address] = conn
         return conn
 

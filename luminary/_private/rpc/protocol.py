@@ -9,12 +9,18 @@
 
 After the handshake every message is one msgpack array:
     [0, request_id, method, payload]    request, answered by exactly one response
-    [1, request_id, ok, payload]        response (payload is an error text when not ok)
+    [1, request_id, ok, payload]        response (when not ok, the payload is a structured error:
+                                        {type, message, fields, tb}; see messages.error_to_wire)
     [2, method, payload]                notification, never answered
     [4, request_id, nbytes] + raw bytes a response carrying bulk data (object chunks): the bytes
                                         follow the header unframed and land directly in the
                                         buffer the requester registered (``request_into``)
-Handlers are looked up by method name in a dict given to the connection (a message table).
+Every message is listed in ``messages.TABLE`` (name, kind, senders, handler roles, payload
+schema).  A connection dispatches through a ``messages.Handlers`` table (built per role, and
+restricted to what the peer's roles may send): a method that is unknown, not handled here, not
+accepted from this peer, of the wrong kind, or whose payload fails its schema fails only that
+request (an error response naming the message and the field; one log line per method at most),
+and a notification of that sort is dropped; the connection carries on.
 Writes are batched: every send appends to a buffer flushed once per event-loop iteration, so a
 burst of messages costs one system call.  Everything here runs on the owning event loop's thread.
 """
@@ -30,11 +36,14 @@ import socket
 
 import msgpack
 
+from . import messages
+from .messages import BadMessage, RemoteError  # noqa: F401 - part of this module's interface
+
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 DENY = b"DENY"           # sent by a server before it drops a peer whose proof was wrong
-MAGIC = b"LUM1"          # bump when the wire format changes: peers of other versions are refused
+MAGIC = b"LUM2"          # bump when the wire format changes: peers of other versions are refused
 NONCE = 32
 MAC = 32
 REQ, RESP, NOTE, RAW = 0, 1, 2, 4
@@ -67,8 +76,17 @@ class AuthenticationError(ConnectionError):
     pass
 
 
-class RemoteError(Exception):
-    """The peer's handler raised; the text names the failure."""
+_LOGGED = set()          # methods whose bad messages were logged once already (bounded)
+
+
+def _log_once(name, method, why):
+    key = method if type(method) is str and len(_LOGGED) < 1024 else None
+    if key is None and len(_LOGGED) >= 1024:
+        return
+    if key in _LOGGED:
+        return
+    _LOGGED.add(key)
+    logger.warning("%s: refused %s (logged once per message): %s", name, method if key else "a message", why)
 
 
 def _mac(secret: bytes, tag: bytes, nonce: bytes) -> bytes:
@@ -78,8 +96,10 @@ def _mac(secret: bytes, tag: bytes, nonce: bytes) -> bytes:
 class Connection(asyncio.Protocol):
     """One side of an authenticated connection; created by ``connect`` or ``serve``."""
 
-    def __init__(self, secret: bytes, handlers: dict, server: bool, name: str = ""):
+    def __init__(self, secret: bytes, handlers, server: bool, name: str = ""):
         self.secret = secret
+        if not isinstance(handlers, messages.Handlers):     # a plain {name: fn} (tools, tests)
+            handlers = messages.TABLE.bind(handlers)
         self.handlers = handlers
         self.server = server
         self.name = name
@@ -252,31 +272,41 @@ class Connection(asyncio.Protocol):
             self._sinks.pop(msg[1], None)
             cb = self._pending.pop(msg[1], None)
             if cb is not None:
-                cb(msg[2], msg[3] if msg[2] else RemoteError(msg[3]))
+                cb(msg[2], msg[3] if msg[2] else messages.error_from_wire(msg[3]))
             return
         if kind == NOTE:
-            handler = self.handlers.get(msg[1])
-            if handler is None:
-                logger.warning("%s: unknown notification %r", self.name, msg[1])
+            method, payload = msg[1], msg[2]
+            entry = self.handlers.get(method) if type(method) is str else None
+            try:
+                if entry is None or entry[2]:
+                    raise self.handlers.refusal(method, False)
+                entry[1](payload)
+            except BadMessage as e:
+                _log_once(self.name, method, f"{e} (notification dropped)")
                 return
             try:
-                res = handler(self, msg[2])
+                res = entry[0](self, payload)
                 if inspect.iscoroutine(res):
                     asyncio.ensure_future(res)
             except Exception:
-                logger.exception("%s: handler for %s failed", self.name, msg[1])
+                logger.exception("%s: handler for %s failed", self.name, method)
             return
         rid, method, payload = msg[1], msg[2], msg[3]
         self.current_rid = rid
-        handler = self.handlers.get(method)
-        if handler is None:
-            self._send([RESP, rid, False, f"unknown method {method!r}"])
+        entry = self.handlers.get(method) if type(method) is str else None
+        try:
+            if entry is None or not entry[2]:
+                raise self.handlers.refusal(method, True)
+            entry[1](payload)
+        except BadMessage as e:
+            _log_once(self.name, method, str(e))
+            self._send([RESP, rid, False, messages.error_to_wire(e, with_traceback=False)])
             return
         try:
-            res = handler(self, payload)
+            res = entry[0](self, payload)
         except Exception as e:
             logger.debug("%s: handler %s raised", self.name, method, exc_info=True)
-            self._send([RESP, rid, False, f"{type(e).__name__}: {e}"])
+            self._send([RESP, rid, False, messages.error_to_wire(e)])
             return
         if res is DEFERRED:
             return
@@ -293,15 +323,17 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         if fut.cancelled():
-            self._send([RESP, rid, False, "cancelled"])
+            self._send([RESP, rid, False, messages.error_to_wire(RemoteError("cancelled", "CancelledError"))])
         elif fut.exception() is not None:
-            e = fut.exception()
-            self._send([RESP, rid, False, f"{type(e).__name__}: {e}"])
+            self._send([RESP, rid, False, messages.error_to_wire(fut.exception())])
         else:
             self._send([RESP, rid, True, fut.result()])
 
     def reply(self, rid, ok, value):
-        """Answer request ``rid`` whose handler returned DEFERRED (on this loop's thread)."""
+        """Answer request ``rid`` whose handler returned DEFERRED (on this loop's thread);
+        when not ok, ``value`` is an exception (or a text) sent as a structured error."""
+        if not ok:
+            value = messages.error_to_wire(value if isinstance(value, BaseException) else RemoteError(str(value)))
         self._send([RESP, rid, ok, value])
 
     def _send(self, msg):
@@ -313,7 +345,8 @@ class Connection(asyncio.Protocol):
             if msg[0] != RESP:
                 raise
             logger.error("%s: could not encode the answer to request %s: %s", self.name, msg[1], e)
-            data = msgpack.packb([RESP, msg[1], False, f"the answer could not be encoded: {type(e).__name__}: {e}"])
+            data = msgpack.packb([RESP, msg[1], False, messages.error_to_wire(RemoteError(
+                f"the answer could not be encoded: {type(e).__name__}: {e}", "EncodeError"), with_traceback=False)])
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -376,7 +409,7 @@ class Connection(asyncio.Protocol):
             if ok:
                 fut.set_result(res)
             else:
-                fut.set_exception(res if isinstance(res, BaseException) else RemoteError(str(res)))
+                fut.set_exception(res if isinstance(res, BaseException) else messages.error_from_wire(res))
         self.request(method, payload, done)
         return fut
 
@@ -395,7 +428,7 @@ def parse_address(address: str):
     raise ValueError(f"bad address {address!r}: expected 'unix:/path' or 'tcp:host:port'")
 
 
-async def connect(address: str, secret: bytes, handlers: dict, name: str = "", timeout: float = 10.0) -> Connection:
+async def connect(address: str, secret: bytes, handlers, name: str = "", timeout: float = 10.0) -> Connection:
     loop = asyncio.get_event_loop()
     kind, where = parse_address(address)
     factory = lambda: Connection(secret, handlers, server=False, name=name or address)  # noqa: E731
@@ -410,7 +443,7 @@ async def connect(address: str, secret: bytes, handlers: dict, name: str = "", t
     return conn
 
 
-async def serve(address: str, secret: bytes, handlers: dict, on_connect=None, name: str = ""):
+async def serve(address: str, secret: bytes, handlers, on_connect=None, name: str = ""):
     """Listen on ``address``; returns (server, bound_address).  ``on_connect(conn)`` runs after auth."""
     loop = asyncio.get_event_loop()
     kind, where = parse_address(address)

@@ -23,6 +23,7 @@ import cloudpickle
 
 from ... import exceptions as exc
 from .. import ids, pickler
+from ..rpc.messages import RemoteError
 from . import options as opt
 from . import signatures, state
 from .object_ref import ObjectRef, ObjectRefGenerator
@@ -174,12 +175,9 @@ class ActorClass:
                    "class_name": self.__name__, "strategy": strategy}
         try:
             res = core.call_sync_gcs("register_actor", payload)
-        except exc.RaySystemError as e:
-            raise ValueError(str(e).split(": ", 1)[-1]) from None
-        except Exception as e:
-            msg = str(e)
-            if "already exists" in msg:
-                raise ValueError(msg.split(": ", 1)[-1]) from None
+        except RemoteError as e:    # the GCS refused it (a duplicate name, a bad option): the user's error
+            if e.type_name == "ValueError":
+                raise ValueError(e.remote_message) from None
             raise
         if res.get("existing"):
             return ActorHandle(res["actor_id"], res["meta"], None)

@@ -26,7 +26,7 @@ import weakref
 
 from ... import exceptions as exc
 from .. import ids, serialization
-from ..rpc import protocol
+from ..rpc import messages, protocol
 from ..rpc.loop import IOThread
 from .memory_store import MemoryStore
 from .object_ref import ObjectRef
@@ -59,7 +59,10 @@ class SyncCall:
         if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
             raise exc.GetTimeoutError("timed out waiting for the node manager")
         if not self.ok:
-            raise self.value if isinstance(self.value, BaseException) else exc.RaySystemError(str(self.value))
+            v = self.value
+            if isinstance(v, protocol.ConnectionLost):    # internal: users see the RayError tree only
+                raise exc.RaySystemError(f"lost the connection to a Luminary process: {v}") from v
+            raise v if isinstance(v, BaseException) else exc.RaySystemError(str(v))
         return self.value
 
 
@@ -108,15 +111,6 @@ class CoreWorker:
         self._store_deletes = []
         self._releases = []
         self.infeasible_warned = set()
-        self.handlers = {
-            "get_object": self.h_get_object,
-            "reconstruct": self.h_reconstruct,
-            "add_borrower": self.h_add_borrower,
-            "remove_borrower": self.h_remove_borrower,
-            "log": self.h_log,
-            "infeasible": self.h_infeasible,
-            "ping": lambda c, p: "pong",
-        }
         from .submitter import TaskSubmitter
         from .actor import ActorSubmitter
         self.submitter = TaskSubmitter(self)
@@ -124,7 +118,6 @@ class CoreWorker:
         self.namespace = cfg.get("namespace")
         self.actor_pending = {}
         self.node_addrs = {}
-        self.handlers["gen_item"] = self.submitter.h_gen_item
 
     def code_path(self):
         """Where this process finds code: workers add it so functions pickled by reference
@@ -138,11 +131,28 @@ class CoreWorker:
         info = self.io.run_coro(self._start(register_as), timeout=30)
         return info
 
+    def build_handlers(self):
+        """This process's handler table, checked against the message table (one place)."""
+        role = messages.DRIVER if self.mode != WORKER else messages.WORKER
+        impl = {"get_object": self.h_get_object, "reconstruct": self.h_reconstruct,
+                "add_borrower": self.h_add_borrower, "remove_borrower": self.h_remove_borrower,
+                "infeasible": self.h_infeasible, "ping": lambda c, p: "pong",
+                "gen_item": self.submitter.h_gen_item}
+        if role == messages.DRIVER:
+            impl["log"] = self.h_log
+        executor = getattr(self, "executor", None)
+        if executor is not None:
+            impl.update(executor.handlers())
+        self.handlers = messages.handlers(role, impl)
+        return self.handlers
+
     async def _start(self, register_as):
-        self.server, self.address = await protocol.serve(self.address, self.secret, self.handlers,
-                                                        on_connect=self._on_peer, name="core-worker")
+        h = self.build_handlers()
+        self.server, self.address = await protocol.serve(self.address, self.secret, h.accepting(
+            messages.DRIVER, messages.WORKER, messages.GCS), on_connect=self._on_peer, name="core-worker")
         self.refs = ReferenceTable(self.address)
-        self.nm = await protocol.connect(self.cfg["nm_address"], self.secret, self.handlers, name="node-manager")
+        self.nm = await protocol.connect(self.cfg["nm_address"], self.secret, h.accepting(messages.NODE_MANAGER),
+                                         name="node-manager")
         self.nm.close_callbacks.append(self._nm_lost)
         payload = {"worker_id": self.worker_id, "pid": os.getpid(), "address": self.address,
                    "log_to_driver": self.cfg.get("log_to_driver", True)}
@@ -152,7 +162,7 @@ class CoreWorker:
             self.cfg["arena_fd"] = os.open(f"/proc/{info['arena_pid']}/fd/{info['arena_fd']}", os.O_RDWR)
             self.cfg["capacity"] = info["capacity"]
             self._owns_arena_fd = True
-        self.gcs = await protocol.connect(info["gcs_address"], self.secret, self.handlers, name="gcs")
+        self.gcs = await protocol.connect(info["gcs_address"], self.secret, h.accepting(messages.GCS), name="gcs")
         return info
 
     def _on_peer(self, conn):
@@ -221,7 +231,8 @@ class CoreWorker:
 
     async def _connect(self, address):
         try:
-            conn = await protocol.connect(address, self.secret, self.handlers, name=address)
+            conn = await protocol.connect(address, self.secret, self.handlers.accepting(
+                messages.DRIVER, messages.WORKER, messages.NODE_MANAGER), name=address)
             conn.close_callbacks.append(lambda c, a=address: self._conn_closed(a, c))
             self.conns[address] = conn
             err = None

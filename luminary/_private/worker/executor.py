@@ -79,14 +79,16 @@ class Executor:
         self.functions = {}
         self.node_ip = core.cfg.get("node_ip", "127.0.0.1")
         core.executor = self
-        core.handlers["push_task"] = self.h_push_task
-        core.handlers["cancel_task"] = self.h_cancel_task
-        core.handlers["create_actor"] = self.h_create_actor
         self.actor = None
         self.tls = threading.local()     # .task: the ExecTask this thread runs (is_canceled)
         self.omp_from_cpus = os.environ.get("LUMINARY_OMP_FROM_CPUS") == "1"
         self._omp = None
         signal.signal(signal.SIGINT, self._on_sigint)
+
+    def handlers(self):
+        """What a worker handles beyond its core (registered by CoreWorker with the table)."""
+        return {"push_task": self.h_push_task, "cancel_task": self.h_cancel_task,
+                "create_actor": self.h_create_actor}
 
     # --- I/O thread -------------------------------------------------------------------------------
     def h_create_actor(self, conn, spec):

@@ -349,4 +349,4 @@ class TaskSubmitter:
             conn.notify("cancel_task", {"tid": tid, "force": False})
 
     def _a_kill_actor(self, actor_id):
-        self.core.gcs.notify("kill_actor", {"actor_id": actor_id, "no_restart": True})
+        self.core.gcs.request("kill_actor", {"actor_id": actor_id, "no_restart": True}, lambda ok, r: None)
