@@ -297,8 +297,16 @@ def test_wait_view_change_returns_at_once_if_changed_and_times_out_otherwise():
         gcs.heartbeat(None, {"node_id": A, "available": {"CPU": 0.5}})      # new availability
         assert await asyncio.wait_for(waiter, 1)
         assert gcs.cluster.get(A).available == rs(CPU=0.5)
+        # an actor no node could hold waits for capacity only: new room alone does not wake it
+        cap = asyncio.ensure_future(gcs.wait_view_change(gcs.capacity_version, timeout=5, capacity=True))
+        await asyncio.sleep(0)
+        gcs.heartbeat(None, {"node_id": A, "available": {"CPU": 1}})
+        await asyncio.sleep(0)
+        assert not cap.done()
+        gcs.heartbeat(None, {"node_id": A, "available": {"CPU": 1}, "total": {"CPU": 1, "GPU": 1}})
+        assert await asyncio.wait_for(cap, 1)              # a bundle or resource appeared: look again
         gcs._node_lost(A, "test")
-        assert gcs.view_version > seen + 1 and A not in gcs.cluster
+        assert gcs.view_version > seen + 3 and A not in gcs.cluster
         assert not gcs._view_waiters
 
     asyncio.run(main())

@@ -124,14 +124,15 @@ class ActorManager:
     async def _create(self, a: ActorEntry):
         while a.state in (PENDING, RESTARTING):
             a.planned = None
-            seen = self.gcs.view_version
+            seen = self.gcs.capacity_version
             nid = self._pick_node(a)
             a.planned = nid
             if nid is None:
                 if not getattr(a, "warned", False):
                     a.warned = True
                     logger.warning("actor %s needs %s, which no alive node has; waiting", a.actor_id.hex(), a.resources)
-                await self.gcs.wait_view_change(seen)    # a node joins, or gains the resources
+                # only a node joining or gaining resources (new totals) can change that
+                await self.gcs.wait_view_change(seen, capacity=True)
                 continue
             nconn = self.gcs.node_conns[nid]
             self.lease_counter += 1

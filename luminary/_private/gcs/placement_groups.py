@@ -112,7 +112,7 @@ class PlacementGroupManager:
                 c = self.gcs.node_conns.get(nid)
                 if c is not None and not c.closed:
                     c.notify("cancel_bundle", {"pg_id": pg.pg_id, "index": i})
-            self.gcs.view_changed()     # bundles released: waiting groups and actors look again
+            self.gcs.view_changed(capacity=True)   # bundles released: waiting groups and actors look again
         self._wake(pg)
 
     def remove_pg(self, conn, p):

@@ -11,7 +11,9 @@ A node that misses HEARTBEAT_MISSES heartbeats is marked dead.
 ``cluster`` is the placement view (exact resources, ``placement.ClusterView``).  Every change to
 it that placement depends on (a node joining or dying, a heartbeat with new availability or
 totals) bumps ``view_version`` and wakes whoever waits in ``wait_view_change``: actors and
-placement groups waiting for room are woken by the change itself, not by polling.
+placement groups waiting for room are woken by the change itself, not by polling.  Changes to
+what the cluster could ever hold (joins, deaths, new totals) also bump ``capacity_version``,
+which is all an actor that no node could hold waits for.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ class GcsServer:
         self.nodes: dict[bytes, dict] = {}
         self.view_dirty = False
         self.cluster = ClusterView()
-        self.view_version = 0
+        self.view_version = 0          # any change placement depends on
+        self.capacity_version = 0      # changes to what nodes could ever hold: joins, deaths, totals
         self._view_waiters: list = []
         self.node_conns: dict[bytes, protocol.Connection] = {}
         self.next_job = int.from_bytes(self.storage.get("meta", b"job") or b"\x00", "big")
@@ -77,7 +80,7 @@ class GcsServer:
         self.cluster.upsert(NodeView(nid, p["address"], ResourceSet.from_wire(p["resources"]),
                                      labels={"head": bool(p.get("head"))}))
         self.node_conns[nid] = conn
-        self.view_changed()
+        self.view_changed(capacity=True)
         conn.close_callbacks.append(lambda c, nid=nid: self._node_lost(nid, "connection closed"))
         self.broadcast_view(exclude=nid)
         return self.view()
@@ -102,8 +105,9 @@ class GcsServer:
             node["pending"] = p.get("pending", [])
             self.view_dirty = True
             total = ResourceSet.from_wire(p["total"]) if "total" in p else None
-            if self.cluster.report(p["node_id"], ResourceSet.from_wire(p["available"]), total):
-                self.view_changed()
+            changed = self.cluster.report(p["node_id"], ResourceSet.from_wire(p["available"]), total)
+            if changed:
+                self.view_changed(capacity=changed == "total")
         return self.view()
 
     def relay_log(self, conn, p):
@@ -122,7 +126,7 @@ class GcsServer:
             node["death_reason"] = why
             logger.warning("node %s is dead: %s", nid.hex(), why)
             self.cluster.mark_dead(nid)
-            self.view_changed()
+            self.view_changed(capacity=True)
             self.broadcast_view(exclude=nid)
 
     # --- view changes (placement waits on these instead of polling) ------------------------------
@@ -131,20 +135,29 @@ class GcsServer:
         conns = self.node_conns
         return self.cluster.restricted_to(lambda nid: nid in conns and not conns[nid].closed)
 
-    def view_changed(self):
+    def view_changed(self, capacity=False):
+        """Wake the placement waiters: all of them, or when only room changed (``capacity``
+        False), those not waiting for capacity alone."""
         self.view_version += 1
+        if capacity:
+            self.capacity_version += 1
         waiters, self._view_waiters = self._view_waiters, []
-        for fut in waiters:
-            if not fut.done():
+        for entry in waiters:
+            fut, capacity_only = entry
+            if capacity_only and not capacity:
+                self._view_waiters.append(entry)
+            elif not fut.done():
                 fut.set_result(True)
 
-    async def wait_view_change(self, since: int, timeout: float = VIEW_WAIT_SAFETY_S) -> bool:
-        """Return once ``view_version`` is past ``since`` (at once if it already is); False when
-        ``timeout`` passed first (a safety net: the caller simply re-plans)."""
-        if self.view_version != since:
+    async def wait_view_change(self, since: int, timeout: float = VIEW_WAIT_SAFETY_S, capacity=False) -> bool:
+        """Return once ``view_version`` (``capacity_version`` with ``capacity``) is past ``since``,
+        at once if it already is; False when ``timeout`` passed first (a safety net: the caller
+        simply re-plans)."""
+        if (self.capacity_version if capacity else self.view_version) != since:
             return True
         fut = asyncio.get_event_loop().create_future()
-        self._view_waiters.append(fut)
+        entry = (fut, capacity)
+        self._view_waiters.append(entry)
         try:
             await asyncio.wait_for(fut, timeout)
             return True
@@ -154,7 +167,7 @@ class GcsServer:
             if not fut.done():
                 fut.cancel()
             try:
-                self._view_waiters.remove(fut)
+                self._view_waiters.remove(entry)
             except ValueError:
                 pass
 

@@ -75,16 +75,19 @@ class ClusterView:
     def upsert(self, node: NodeView):
         self.nodes[node.node_id] = node
 
-    def report(self, node_id, available: ResourceSet, total: ResourceSet | None = None) -> bool:
-        """A node's fresh availability (and totals, when bundles came or went).  Returns whether
-        anything placement depends on changed."""
+    def report(self, node_id, available: ResourceSet, total: ResourceSet | None = None):
+        """A node's fresh availability (and totals, when bundles came or went).  Returns what
+        changed: "total" (what the node could ever hold), "available" (only its room now), or None."""
         n = self.nodes.get(node_id)
         if n is None or not n.alive:
-            return False
-        changed = n.available != available or (total is not None and n.total != total)
-        n.available = available
-        if total is not None:
+            return None
+        changed = None
+        if total is not None and n.total != total:
             n.total = total
+            changed = "total"
+        if n.available != available:
+            n.available = available
+            changed = changed or "available"
         return changed
 
     def mark_dead(self, node_id) -> bool:
