@@ -84,3 +84,24 @@ def test_dropping_a_requester_forgets_its_queue_and_returns_its_leases():
     leases = s.drop_requester("a")
     assert [l.lease_id for l in leases] == [0]
     assert [r.lease_id for r in s.queue] == [1]
+
+
+def test_fractional_leases_block_unblock_and_release_back_to_exactly_the_total():
+    s = LocalScheduler({"CPU": 1, "GPU": 1})
+    for i in range(10):
+        s.submit(LeaseRequest(i, {"CPU": 0.1, "GPU": 0.1}, "owner"))
+    grants, _ = s.schedule(idle_workers=10)
+    assert len(grants) == 10
+    for g in grants:
+        s.grant(g, object())
+    assert not s.fits({"CPU": 0.0001}) and s.available.units("GPU") == 0
+    for i in range(0, 10, 2):
+        s.block(i)                      # half of them wait in get(): 0.5 CPU lent out
+    assert s.fits({"CPU": 0.5}) and not s.fits({"CPU": 0.5001})
+    for i in range(0, 10, 3):
+        s.unblock(i)
+    for i in range(10):
+        s.release(i)
+    assert s.available == s.total
+    assert s.available.to_wire() == {"CPU": 1.0, "GPU": 1.0}
+    s.validate()

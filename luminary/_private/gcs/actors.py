@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..placement import ResourceSet, actor_load, place_actor
 from ..rpc import protocol
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class ActorEntry:
         self.actor_id = p["actor_id"]
         self.spec = p["spec"]                 # sent to the worker in create_actor
         self.resources = p["resources"]
+        self.need = ResourceSet.request(p["resources"])   # exact, for placement
         self.name = p.get("name")
         self.namespace = p.get("namespace") or ""
         self.detached = bool(p.get("detached"))
@@ -107,52 +109,30 @@ class ActorManager:
                 self._kill(a, "The actor's owner (the process that created it) died; non-detached actors "
                               "die with their owner. Use lifetime='detached' to keep an actor alive.")
 
-    def _pick_node(self, resources, strategy=None):
-        best = None
-        strategy = strategy or {}
-        if strategy.get("type") == "NODE_AFFINITY":
-            nid = strategy["node_id"]
-            node = self.gcs.nodes.get(nid)
-            if node is not None and node["Alive"] and nid in self.gcs.node_conns and all(
-                    node.get("Total", node["Resources"]).get(k, 0) + 1e-9 >= v for k, v in resources.items() if v > 0):
-                return nid
-            if not strategy.get("soft"):
-                return None
-        spread = strategy.get("type") == "SPREAD"
-        counts, planned = {}, {}
-        for a in self.actors.values():
-            where = a.node_id if a.state == ALIVE else getattr(a, "planned", None) if a.state in (PENDING, RESTARTING) else None
-            if where is None:
-                continue
-            counts[where] = counts.get(where, 0) + 1
-            if a.state != ALIVE:   # placed but not yet reported by the node: count it as taken
-                res = planned.setdefault(where, {})
-                for k, v in a.resources.items():
-                    res[k] = res.get(k, 0.0) + v
-        for nid, node in self.gcs.nodes.items():
-            if not node["Alive"] or nid not in self.gcs.node_conns or self.gcs.node_conns[nid].closed:
-                continue
-            total = node.get("Total", node["Resources"])
-            if any(total.get(k, 0) + 1e-9 < v for k, v in resources.items() if v > 0):
-                continue
-            taken = planned.get(nid, {})
-            avail = {k: v - taken.get(k, 0.0) for k, v in node["Available"].items()}
-            fits = all(avail.get(k, 0) + 1e-9 >= v for k, v in resources.items() if v > 0)
-            score = (fits, -counts.get(nid, 0) if spread else 0, sum(avail.get(k, 0) for k in ("CPU",)))
-            if best is None or score > best[0]:
-                best = (score, nid)
-        return best[1] if best else None
+    def _pick_node(self, a: ActorEntry):
+        """Where to lease the actor's worker (placement.place_actor), or None when no alive node
+        could ever hold it.  Actors placed but not yet running count as taking their resources."""
+        placed = []
+        for other in self.actors.values():
+            if other.state == ALIVE:
+                placed.append((other.node_id, other.need, True))
+            elif other.state in (PENDING, RESTARTING):
+                placed.append((other.planned, other.need, False))
+        counts, pending = actor_load(placed)
+        return place_actor(a.need, self.gcs.placeable(), a.strategy, counts, pending)
 
     async def _create(self, a: ActorEntry):
         while a.state in (PENDING, RESTARTING):
             a.planned = None
-            nid = self._pick_node(a.resources, a.strategy)
+            seen = self.gcs.capacity_version
+            nid = self._pick_node(a)
             a.planned = nid
             if nid is None:
                 if not getattr(a, "warned", False):
                     a.warned = True
                     logger.warning("actor %s needs %s, which no alive node has; waiting", a.actor_id.hex(), a.resources)
-                await asyncio.sleep(0.5)
+                # only a node joining or gaining resources (new totals) can change that
+                await self.gcs.wait_view_change(seen, capacity=True)
                 continue
             nconn = self.gcs.node_conns[nid]
             self.lease_counter += 1
@@ -181,7 +161,9 @@ class ActorManager:
                     return
             except Exception as e:  # node died while we waited
                 logger.warning("lease for actor %s failed: %s", a.actor_id.hex(), e)
-                await asyncio.sleep(0.2)
+                if nid in self.gcs.placeable():
+                    # still there as far as we know: re-plan when the view next changes
+                    await self.gcs.wait_view_change(self.gcs.view_version)
                 continue
             if grant is None:
                 continue

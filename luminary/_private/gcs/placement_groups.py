@@ -2,72 +2,25 @@
 
     create ─▶ PENDING ─ plan (strategy) ─▶ prepare on every chosen node ─┬─ all yes ─▶ commit ─▶ CREATED
                  ▲                                                    └─ any no ─▶ cancel prepared,
-                 └──────────────────── retry when the cluster changes ◀──────────── retry
+                 └──────────── retry when the GCS's cluster view changes ◀───────── retry
     remove ─▶ bundles cancelled on their nodes ─▶ REMOVED
 
 A committed bundle appears on its node as renamed resources (``CPU_group_<i>_<pg>`` and
 ``CPU_group_<pg>``); tasks and actors scheduled into the group ask for those, so the ordinary
-scheduler and spillback place them on the right node.
+scheduler and spillback place them on the right node.  The plan itself is
+``placement.plan_bundles`` (pure, exact arithmetic).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from ..placement import STRATEGIES, plan_bundles
+
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-
-
-def _fits(avail, need):
-    return all(avail.get(k, 0.0) + 1e-9 >= v for k, v in need.items() if v > 0)
-
-
-def _take(avail, need):
-    for k, v in need.items():
-        avail[k] = avail.get(k, 0.0) - v
-
-
-def plan(bundles, strategy, nodes):
-    """Choose a node per bundle, or None when the cluster cannot hold the group now.
-    ``nodes``: {node_id: available resources}.  Pure function (unit tested)."""
-    avail = {nid: dict(a) for nid, a in nodes.items()}
-    order = sorted(nodes)
-    if strategy in ("STRICT_PACK", "PACK"):
-        total = {}
-        for b in bundles:
-            for k, v in b.items():
-                total[k] = total.get(k, 0.0) + v
-        for nid in sorted(order, key=lambda n: -sum(avail[n].values())):
-            if _fits(avail[nid], total):
-                return [nid] * len(bundles)
-        if strategy == "STRICT_PACK":
-            return None
-    if strategy == "STRICT_SPREAD":
-        if len(bundles) > len(order):
-            return None
-        result, used = [None] * len(bundles), set()
-        for i in sorted(range(len(bundles)), key=lambda i: -sum(bundles[i].values())):
-            choice = next((n for n in order if n not in used and _fits(avail[n], bundles[i])), None)
-            if choice is None:
-                return None
-            used.add(choice)
-            _take(avail[choice], bundles[i])
-            result[i] = choice
-        return result
-    result, used = [], []
-    for b in bundles:
-        if strategy == "SPREAD":
-            candidates = sorted(order, key=lambda n: (used.count(n), order.index(n)))
-        else:  # PACK fallback: fill the nodes already used first
-            candidates = sorted(order, key=lambda n: (n not in used, order.index(n)))
-        choice = next((n for n in candidates if _fits(avail[n], b)), None)
-        if choice is None:
-            return None
-        _take(avail[choice], b)
-        used.append(choice)
-        result.append(choice)
-    return result
+plan = plan_bundles   # the planner's old name here (tests import it)
+__all__ = ["STRATEGIES", "plan", "PlacementGroup", "PlacementGroupManager"]
 
 
 class PlacementGroup:
@@ -108,14 +61,14 @@ class PlacementGroupManager:
     async def _schedule(self, pg):
         warned = False
         while pg.state == "PENDING":
-            nodes = {nid: n.get("Available", {}) for nid, n in self.gcs.nodes.items()
-                     if n["Alive"] and nid in self.gcs.node_conns and not self.gcs.node_conns[nid].closed}
-            choice = plan(pg.bundles, pg.strategy, nodes)
+            seen = self.gcs.view_version
+            nodes = {n.node_id: n.available for n in self.gcs.placeable().alive()}
+            choice = plan_bundles(pg.bundles, pg.strategy, nodes)
             if choice is None:
                 if not warned:
                     warned = True
                     logger.info("placement group %s cannot be placed yet (%s %s)", pg.pg_id.hex(), pg.strategy, pg.bundles)
-                await asyncio.sleep(0.2)
+                await self.gcs.wait_view_change(seen)    # room freed, a node joined, bundles released
                 continue
             prepared = []
             ok = True
@@ -133,7 +86,9 @@ class PlacementGroupManager:
                     c = self.gcs.node_conns.get(nid)
                     if c is not None and not c.closed:
                         c.notify("cancel_bundle", {"pg_id": pg.pg_id, "index": i})
-                await asyncio.sleep(0.1)
+                if pg.state == "PENDING":
+                    # a node refused: our view of it was stale; plan again once a fresher report is in
+                    await self.gcs.wait_view_change(seen)
                 continue
             for nid, i in prepared:
                 await self.gcs.node_conns[nid].call("commit_bundle", {"pg_id": pg.pg_id, "index": i})
@@ -157,6 +112,7 @@ class PlacementGroupManager:
                 c = self.gcs.node_conns.get(nid)
                 if c is not None and not c.closed:
                     c.notify("cancel_bundle", {"pg_id": pg.pg_id, "index": i})
+            self.gcs.view_changed(capacity=True)   # bundles released: waiting groups and actors look again
         self._wake(pg)
 
     def remove_pg(self, conn, p):

@@ -7,6 +7,13 @@
                                             └──────────────┘
 It is never on the per-task path: tasks and objects go owner ⇄ node manager ⇄ worker directly.
 A node that misses HEARTBEAT_MISSES heartbeats is marked dead.
+
+``cluster`` is the placement view (exact resources, ``placement.ClusterView``).  Every change to
+it that placement depends on (a node joining or dying, a heartbeat with new availability or
+totals) bumps ``view_version`` and wakes whoever waits in ``wait_view_change``: actors and
+placement groups waiting for room are woken by the change itself, not by polling.  Changes to
+what the cluster could ever hold (joins, deaths, new totals) also bump ``capacity_version``,
+which is all an actor that no node could hold waits for.
 """
 from __future__ import annotations
 
@@ -16,11 +23,13 @@ import os
 import time
 
 from ..config import HEARTBEAT_MISSES, HEARTBEAT_S
+from ..placement import ClusterView, NodeView, ResourceSet
 from ..rpc import messages, protocol
 from .storage import MemoryStorage, SqliteStorage
 
 logger = logging.getLogger(__name__)
 VIEW_PERIOD_S = 0.1
+VIEW_WAIT_SAFETY_S = 2.0   # waiting for a view change re-checks at least this often (a safety net)
 
 
 class GcsServer:
@@ -29,6 +38,10 @@ class GcsServer:
         self.storage = storage or MemoryStorage()
         self.nodes: dict[bytes, dict] = {}
         self.view_dirty = False
+        self.cluster = ClusterView()
+        self.view_version = 0          # any change placement depends on
+        self.capacity_version = 0      # changes to what nodes could ever hold: joins, deaths, totals
+        self._view_waiters: list = []
         self.node_conns: dict[bytes, protocol.Connection] = {}
         self.next_job = int.from_bytes(self.storage.get("meta", b"job") or b"\x00", "big")
         handlers = {
@@ -67,7 +80,10 @@ class GcsServer:
                            "NodeName": p["ip"], "ObjectStoreSocketName": "memfd",
                            "IsHead": p.get("head", False), "pid": p.get("pid"),
                            "last": time.monotonic(), "Labels": {}}
+        self.cluster.upsert(NodeView(nid, p["address"], ResourceSet.from_wire(p["resources"]),
+                                     labels={"head": bool(p.get("head"))}))
         self.node_conns[nid] = conn
+        self.view_changed(capacity=True)
         conn.close_callbacks.append(lambda c, nid=nid: self._node_lost(nid, "connection closed"))
         self.broadcast_view(exclude=nid)
         return self.view()
@@ -91,6 +107,10 @@ class GcsServer:
                     self.broadcast_view(exclude=p["node_id"])
             node["pending"] = p.get("pending", [])
             self.view_dirty = True
+            total = ResourceSet.from_wire(p["total"]) if "total" in p else None
+            changed = self.cluster.report(p["node_id"], ResourceSet.from_wire(p["available"]), total)
+            if changed:
+                self.view_changed(capacity=changed == "total")
         return self.view()
 
     def relay_log(self, conn, p):
@@ -108,7 +128,51 @@ class GcsServer:
             node["Alive"] = False
             node["death_reason"] = why
             logger.warning("node %s is dead: %s", nid.hex(), why)
+            self.cluster.mark_dead(nid)
+            self.view_changed(capacity=True)
             self.broadcast_view(exclude=nid)
+
+    # --- view changes (placement waits on these instead of polling) ------------------------------
+    def placeable(self) -> ClusterView:
+        """The alive nodes the GCS can reach, for placement decisions."""
+        conns = self.node_conns
+        return self.cluster.restricted_to(lambda nid: nid in conns and not conns[nid].closed)
+
+    def view_changed(self, capacity=False):
+        """Wake the placement waiters: all of them, or when only room changed (``capacity``
+        False), those not waiting for capacity alone."""
+        self.view_version += 1
+        if capacity:
+            self.capacity_version += 1
+        waiters, self._view_waiters = self._view_waiters, []
+        for entry in waiters:
+            fut, capacity_only = entry
+            if capacity_only and not capacity:
+                self._view_waiters.append(entry)
+            elif not fut.done():
+                fut.set_result(True)
+
+    async def wait_view_change(self, since: int, timeout: float = VIEW_WAIT_SAFETY_S, capacity=False) -> bool:
+        """Return once ``view_version`` (``capacity_version`` with ``capacity``) is past ``since``,
+        at once if it already is; False when ``timeout`` passed first (a safety net: the caller
+        simply re-plans)."""
+        if (self.capacity_version if capacity else self.view_version) != since:
+            return True
+        fut = asyncio.get_event_loop().create_future()
+        entry = (fut, capacity)
+        self._view_waiters.append(entry)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            if not fut.done():
+                fut.cancel()
+            try:
+                self._view_waiters.remove(entry)
+            except ValueError:
+                pass
 
     async def _broadcast_loop(self):
         """Resource views go to every node manager at most every VIEW_PERIOD_S when something

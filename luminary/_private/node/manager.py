@@ -27,6 +27,7 @@ import msgpack
 
 from .. import ids
 from ..config import HEARTBEAT_S, IDLE_WORKER_TIMEOUT_S
+from ..placement import ClusterView, NodeView, Reject, ResourceSet, Spill, TaskPlacer, group_resources
 from ..rpc import messages, protocol
 from .scheduler import LeaseRequest, LocalScheduler
 from .store import ObjectStore
@@ -80,12 +81,11 @@ class NodeManager:
         self.shutting_down = False
         self.stopped = asyncio.get_event_loop().create_future()
         self._report_scheduled = False
-        self.view = {}            # node_id -> {"address", "total", "available"} of alive nodes (from the GCS)
+        self.view = ClusterView()  # alive nodes' totals and availability, as the GCS last reported them
         self.peers = {}           # node manager address -> Connection (transfers)
         self.pulls = {}           # oid -> future of a pull in progress
         self.copies = {}          # oid -> peer connections that pulled a copy of our primary
-        self.spread_next = 0
-        self.sent_recently = collections.deque()   # (time, node_id, resources) of recent spillbacks
+        self.placer = TaskPlacer(self.node_id)   # spillback rules (SPREAD round robin, recent spills)
         self.bundles = {}         # (pg_id, index) -> reserved resources
         self.handlers = messages.handlers(messages.NODE_MANAGER, {
             "register_worker": self.register_worker,
@@ -135,9 +135,9 @@ class NodeManager:
         self.gcs = await protocol.connect(self.cfg["gcs_address"], self.secret, self.handlers.accepting(messages.GCS),
                                           name="gcs")
         self.gcs.close_callbacks.append(lambda c: self._gcs_lost())
-        self.view = await self.gcs.call("register_node", {
+        self.view = ClusterView.from_wire(await self.gcs.call("register_node", {
             "node_id": self.node_id, "address": self.tcp_address or self.address, "ip": self.cfg["node_ip"],
-            "resources": self.resources, "head": bool(self.cfg.get("head")), "pid": os.getpid()})
+            "resources": self.resources, "head": bool(self.cfg.get("head")), "pid": os.getpid()}))
         for _ in range(int(self.cfg.get("prestart", self.resources.get("CPU", 1)))):
             self._start_worker()
         loop.create_task(self._heartbeat_loop())
@@ -280,18 +280,18 @@ class NodeManager:
 
     # --- leases ----------------------------------------------------------------------------------
     def request_lease(self, conn, p):
-        resources = p["resources"]
-        target = self._choose_node(resources, p)
-        if isinstance(target, dict):
+        need = ResourceSet.request(p["resources"])      # floats become exact units once, here
+        target = self._choose_node(need, p)
+        if target is not None:
             return target
-        req = LeaseRequest(p["lease_id"], resources, conn, data=p)
+        req = LeaseRequest(p["lease_id"], need, conn, data=p)
         if "worker" not in conn.state and not conn.state.get("lease_watch"):
             # an owner on another node (spillback) or the GCS: its leases end with its connection
             conn.state["lease_watch"] = True
             conn.close_callbacks.append(self._requester_gone)
-        if not self.scheduler.feasible(resources) and not self._feasible_anywhere(resources) \
-                and not any("_group_" in k for k in resources):   # placement-group tasks wait for their group
-            missing = self.scheduler.missing(resources)
+        if not self.scheduler.feasible(need) and not self.view.feasible_anywhere(need) \
+                and not any("_group_" in k for k in need):   # placement-group tasks wait for their group
+            missing = self.scheduler.missing(need)
             conn.notify("infeasible", {"lease_id": p["lease_id"], "missing": missing,
                                        "node_resources": self.resources})
         fut = asyncio.get_event_loop().create_future()
@@ -300,102 +300,18 @@ class NodeManager:
         self._schedule()
         return fut
 
-    # --- cluster-wide placement ------------------------------------------------------------------
-    def _choose_node(self, resources, p):
-        """Return None to queue here, or a spillback answer naming a better node."""
-        me = self.node_id
-        view = self.view
-        strategy = p.get("strategy") or {}
-        kind = strategy.get("type", "DEFAULT")
-        alive = dict(view)
-        self._discount_recent(alive)
-        alive[me] = {"address": self.tcp_address or self.address, "total": self.scheduler.total,
-                     "available": self.scheduler.available}     # our own state is exact, not a report
-        here_ok = self.scheduler.feasible(resources)
-
-        def feasible(n):
-            return all(n["total"].get(k, 0.0) + 1e-9 >= v for k, v in resources.items() if v > 0)
-
-        def fits(n):
-            return all(n["available"].get(k, 0.0) + 1e-9 >= v for k, v in resources.items() if v > 0)
-
-        def spill(nid):
-            if nid == me:
-                return None
-            # count what we send there until the next report, so a burst of requests spreads over
-            # the nodes with room instead of piling onto the one that looked best a moment ago
-            self.sent_recently.append((time.monotonic(), nid, resources))
-            return {"spillback": alive[nid]["address"], "node_id": nid}
-
-        if kind == "NODE_AFFINITY":
-            nid = strategy["node_id"]
-            if nid == me and here_ok:
-                return None
-            if nid in alive and feasible(alive[nid]):
-                return spill(nid)
-            if not strategy.get("soft"):
-                return {"error": "infeasible", "message": (
-                    f"NodeAffinitySchedulingStrategy(soft=False) names node {nid.hex()}, which is dead, unknown "
-                    "or lacks the resources; use soft=True to fall back to other nodes.")}
-        if p.get("no_spill") and here_ok:
-            return None
-        candidates = [nid for nid, n in alive.items() if feasible(n)]
-        if not candidates:
-            return None                   # queued here; reported infeasible
-        if kind == "SPREAD":
-            ready = sorted(nid for nid in candidates if fits(alive[nid])) or sorted(candidates)
-            self.spread_next += 1
-            return spill(ready[self.spread_next % len(ready)])
-        locality = p.get("locality")
-        if locality:
-            best = max(locality.items(), key=lambda kv: kv[1])[0]
-            if best in alive and feasible(alive[best]):
-                return spill(best)      # wait there rather than move the bytes (as Ray's locality-aware leasing)
-        if here_ok and self.scheduler.fits(resources) and self._utilization(resources) < 0.5:
-            return None
-        ready = [nid for nid in candidates if fits(alive[nid])]
-        if ready:
-            best = min(ready, key=lambda nid: (self._node_util(alive[nid], resources), nid != me))
-            return spill(best)
-        return None if here_ok else spill(sorted(candidates)[0])
-
-    SENT_MEMORY_S = 0.2   # how long a spilled request counts against its target's reported room
-
-    def _discount_recent(self, alive):
-        """Subtract requests we spilled in the last moment from their targets' reported room."""
-        sent = self.sent_recently
-        cutoff = time.monotonic() - self.SENT_MEMORY_S
-        while sent and sent[0][0] < cutoff:
-            sent.popleft()
-        for _, nid, res in sent:
-            n = alive.get(nid)
-            if n is None:
-                continue
-            avail = dict(n["available"])
-            for k, v in res.items():
-                avail[k] = avail.get(k, 0.0) - v
-            alive[nid] = dict(n, available=avail)
-
-    def _feasible_anywhere(self, resources):
-        return any(all(n["total"].get(k, 0.0) + 1e-9 >= v for k, v in resources.items() if v > 0)
-                   for n in self.view.values())
-
-    def _utilization(self, resources):
-        util = 0.0
-        for k in resources:
-            total = self.scheduler.total.get(k, 0.0)
-            if total > 0:
-                util = max(util, 1.0 - self.scheduler.available.get(k, 0.0) / total)
-        return util
-
-    @staticmethod
-    def _node_util(n, resources):
-        util = 0.0
-        for k in list(resources) + ["CPU"]:
-            total = n["total"].get(k, 0.0)
-            if total > 0:
-                util = max(util, 1.0 - n["available"].get(k, 0.0) / total)
-        return util
+    # --- cluster-wide placement (the rules live in placement.TaskPlacer) ---------------------------
+    def _choose_node(self, need, p):
+        """Return None to queue here, or a spillback (or error) answer naming a better node."""
+        local = NodeView(self.node_id, self.tcp_address or self.address, self.scheduler.total,
+                         self.scheduler.available)
+        d = self.placer.choose(need, local, self.view, time.monotonic(), strategy=p.get("strategy"),
+                               locality=p.get("locality"), no_spill=p.get("no_spill"))
+        if isinstance(d, Spill):
+            return {"spillback": d.address, "node_id": d.node_id}
+        if isinstance(d, Reject):
+            return {"error": "infeasible", "message": d.message}
+        return None
 
     def _respill(self):
         """With a fresh view, queued requests that cannot run here now may go where they can:
@@ -417,13 +333,11 @@ class NodeManager:
     # --- placement group bundles (two-phase: prepare on every node, then commit) -------------------
     def prepare_bundle(self, conn, p):
         key = (p["pg_id"], p["index"])
-        res = p["resources"]
         if key in self.bundles:
             return True
-        if not self.scheduler.fits(res):
+        res = ResourceSet.request(p["resources"])
+        if not self.scheduler.reserve(res):
             return False
-        for k, v in res.items():
-            self.scheduler.available[k] = self.scheduler.available.get(k, 0.0) - v
         self.bundles[key] = {"resources": res, "committed": False}
         return True
 
@@ -433,15 +347,7 @@ class NodeManager:
         if b is None or b["committed"]:
             return b is not None
         b["committed"] = True
-        pg = p["pg_id"].hex()
-        for k, v in b["resources"].items():
-            for name in (f"{k}_group_{p['index']}_{pg}", f"{k}_group_{pg}"):
-                self.scheduler.total[name] = self.scheduler.total.get(name, 0.0) + v
-                self.scheduler.available[name] = self.scheduler.available.get(name, 0.0) + v
-        self.scheduler.total[f"bundle_group_{p['index']}_{pg}"] = 1000.0
-        self.scheduler.available[f"bundle_group_{p['index']}_{pg}"] = 1000.0
-        self.scheduler.total[f"bundle_group_{pg}"] = self.scheduler.total.get(f"bundle_group_{pg}", 0.0) + 1000.0
-        self.scheduler.available[f"bundle_group_{pg}"] = self.scheduler.available.get(f"bundle_group_{pg}", 0.0) + 1000.0
+        self.scheduler.add_capacity(group_resources(b["resources"], p["index"], p["pg_id"].hex()))
         self._report_soon()
         self._schedule()
         return True
@@ -451,23 +357,9 @@ class NodeManager:
         b = self.bundles.pop(key, None)
         if b is None:
             return True
-        pg = p["pg_id"].hex()
-        for k, v in b["resources"].items():
-            self.scheduler.available[k] = self.scheduler.available.get(k, 0.0) + v
-            if b["committed"]:
-                for name in (f"{k}_group_{p['index']}_{pg}", f"{k}_group_{pg}"):
-                    self.scheduler.total[name] = self.scheduler.total.get(name, 0.0) - v
-                    self.scheduler.available[name] = self.scheduler.available.get(name, 0.0) - v
-                    if self.scheduler.total[name] <= 1e-9:
-                        self.scheduler.total.pop(name, None)
-                        self.scheduler.available.pop(name, None)
+        self.scheduler.unreserve(b["resources"])
         if b["committed"]:
-            for name in (f"bundle_group_{p['index']}_{pg}", f"bundle_group_{pg}"):
-                self.scheduler.total[name] = self.scheduler.total.get(name, 0.0) - 1000.0
-                self.scheduler.available[name] = self.scheduler.available.get(name, 0.0) - 1000.0
-                if self.scheduler.total[name] <= 1e-9:
-                    self.scheduler.total.pop(name, None)
-                    self.scheduler.available.pop(name, None)
+            self.scheduler.remove_capacity(group_resources(b["resources"], p["index"], p["pg_id"].hex()))
         self._report_soon()
         return True
 
@@ -735,13 +627,13 @@ class NodeManager:
         self._report_scheduled = False
         if self.gcs.closed:
             return
-        pending = [dict(r.resources) for r in list(self.scheduler.queue)[:20]]
-        self.gcs.request("heartbeat", {"node_id": self.node_id, "available": self.scheduler.available,
-                                       "total": self.scheduler.total, "pending": pending}, self._on_view)
+        pending = [r.resources.to_wire() for r in list(self.scheduler.queue)[:20]]
+        self.gcs.request("heartbeat", {"node_id": self.node_id, "available": self.scheduler.available.to_wire(),
+                                       "total": self.scheduler.total.to_wire(), "pending": pending}, self._on_view)
 
     def _on_view(self, ok, view):
         if ok and isinstance(view, dict):
-            self.view = view
+            self.view = ClusterView.from_wire(view)
             if self.scheduler.queue:
                 self._respill()
 

@@ -8,12 +8,15 @@
 A worker blocked in get/wait gives its CPUs back (``block``) and takes them again when it
 resumes (``unblock``), even if that briefly oversubscribes the node: this is what keeps nested
 tasks from deadlocking a full node.  GPUs are handed out as indices so a task sees which ones.
+
+Quantities are exact (``placement.ResourceSet``, integer units): a request's floats are converted
+once when it arrives, so ten 0.1-CPU leases fill one CPU exactly and no epsilon is needed.
 """
 from __future__ import annotations
 
 import collections
 
-EPS = 1e-9
+from ..placement import ResourceSet, ceil_whole, fits, missing
 
 
 class LeaseRequest:
@@ -21,7 +24,7 @@ class LeaseRequest:
 
     def __init__(self, lease_id, resources, requester, data=None):
         self.lease_id = lease_id
-        self.resources = resources
+        self.resources = _need(resources)
         self.requester = requester
         self.infeasible_reported = False
         self.data = data
@@ -40,22 +43,21 @@ class Lease:
 
 
 class LocalScheduler:
-    def __init__(self, total: dict):
-        self.total = {k: float(v) for k, v in total.items() if v}
-        self.available = dict(self.total)
+    def __init__(self, total):
+        self.total = ResourceSet.from_wire(total)
+        self.available = self.total.copy()
         self.free_gpus = list(range(int(self.total.get("GPU", 0))))
         self.queue = collections.deque()
         self.leases: dict = {}
 
     def feasible(self, resources) -> bool:
-        return all(self.total.get(k, 0.0) + EPS >= v for k, v in resources.items() if v > 0)
+        return fits(_need(resources), self.total)
 
     def missing(self, resources) -> dict:
-        return {k: v for k, v in resources.items() if v > 0 and self.total.get(k, 0.0) + EPS < v}
+        return missing(_need(resources), self.total)
 
     def fits(self, resources) -> bool:
-        av = self.available
-        return all(av.get(k, 0.0) + EPS >= v for k, v in resources.items() if v > 0)
+        return fits(_need(resources), self.available)
 
     def submit(self, req: LeaseRequest):
         self.queue.append(req)
@@ -75,13 +77,12 @@ class LocalScheduler:
         """Yield requests that fit now, in order, at most ``idle_workers`` of them (plus the number
         of requests that fit but lack a worker, reported as ``need_workers``)."""
         grantable, need_workers, skipped = [], 0, collections.deque()
-        av = dict(self.available)
+        av = self.available.copy()
         while self.queue:
             req = self.queue.popleft()
-            if all(av.get(k, 0.0) + EPS >= v for k, v in req.resources.items() if v > 0):
+            if fits(req.resources, av):
                 if len(grantable) < idle_workers:
-                    for k, v in req.resources.items():
-                        av[k] = av.get(k, 0.0) - v
+                    av.subtract(req.resources)
                     grantable.append(req)
                     continue
                 need_workers += 1
@@ -90,9 +91,8 @@ class LocalScheduler:
         return grantable, need_workers
 
     def grant(self, req: LeaseRequest, worker) -> Lease:
-        for k, v in req.resources.items():
-            self.available[k] = self.available.get(k, 0.0) - v
-        n_gpu = int(req.resources.get("GPU", 0) + 0.999) if req.resources.get("GPU") else 0
+        self.available.subtract(req.resources)
+        n_gpu = ceil_whole(req.resources, "GPU")
         gpu_ids = [self.free_gpus.pop(0) for _ in range(min(n_gpu, len(self.free_gpus)))]
         lease = Lease(req.lease_id, req.resources, worker, req.requester, gpu_ids)
         self.leases[req.lease_id] = lease
@@ -102,10 +102,11 @@ class LocalScheduler:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return None
-        for k, v in lease.resources.items():
-            if lease.blocked and k == "CPU":
-                continue
-            self.available[k] = self.available.get(k, 0.0) + v
+        back = lease.resources
+        if lease.blocked and "CPU" in back:
+            back = back.copy()
+            back.discard("CPU")        # given back already when it blocked
+        self.available.add(back)
         self.free_gpus.extend(lease.gpu_ids)
         self.free_gpus.sort()
         return lease
@@ -115,19 +116,49 @@ class LocalScheduler:
         if lease is None or lease.blocked:
             return
         lease.blocked = True
-        cpu = lease.resources.get("CPU", 0.0)
-        if cpu:
-            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+        self.available.add(_cpu_of(lease.resources))
 
     def unblock(self, lease_id):
         lease = self.leases.get(lease_id)
         if lease is None or not lease.blocked:
             return
         lease.blocked = False
-        cpu = lease.resources.get("CPU", 0.0)
-        if cpu:
-            self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
+        self.available.subtract(_cpu_of(lease.resources))
+
+    # --- reservations and capacity (placement-group bundles) -------------------------------------
+    def reserve(self, resources: ResourceSet) -> bool:
+        """Take ``resources`` out of availability if they fit now (a prepared bundle)."""
+        if not fits(resources, self.available):
+            return False
+        self.available.subtract(resources)
+        return True
+
+    def unreserve(self, resources: ResourceSet):
+        self.available.add(resources)
+
+    def add_capacity(self, resources: ResourceSet):
+        """New resources on this node (a committed bundle's renamed resources)."""
+        self.total.add(resources)
+        self.available.add(resources)
+
+    def remove_capacity(self, resources: ResourceSet):
+        """Take them away again; a name whose total reaches zero disappears."""
+        self.total.subtract(resources)
+        self.available.subtract(resources)
+        for name in resources.names():
+            if self.total.units(name) <= 0:
+                self.total.discard(name)
+                self.available.discard(name)
 
     def validate(self):
-        for k, v in self.available.items():
-            assert v <= self.total.get(k, 0.0) + EPS, f"{k} available {v} above total"
+        for k in self.available:
+            assert self.available.units(k) <= self.total.units(k), \
+                f"{k} available {self.available.get(k)} above total {self.total.get(k)}"
+
+
+def _need(resources) -> ResourceSet:
+    return resources if isinstance(resources, ResourceSet) else ResourceSet.request(resources)
+
+
+def _cpu_of(resources: ResourceSet) -> ResourceSet:
+    return ResourceSet({"CPU": resources.units("CPU")}) if resources.units("CPU") else ResourceSet()
