@@ -51,10 +51,13 @@ class Cluster:
         return self.gcs_address[4:] if self.gcs_address else None
 
     def add_node(self, wait=True, num_cpus=1, num_gpus=0, resources=None, object_store_memory=None, **kwargs):
+        from ._private.worker.options import check_node_resources
+        check_node_resources(num_cpus, num_gpus, resources, kwargs.get("memory"), object_store_memory)
         head = self.head_node is None
         self._n += 1
         session_dir = os.path.join(self.root, f"node{self._n}")
-        os.makedirs(os.path.join(session_dir, "logs"), mode=0o700)
+        os.mkdir(session_dir, 0o700)
+        os.mkdir(os.path.join(session_dir, "logs"), 0o700)
         proc, info = launch.start_node(
             secret=self.secret, session_dir=session_dir, head=head, gcs_address=self.gcs_address,
             node_ip="127.0.0.1", gcs_port=0 if head else None, tcp_port=0, num_cpus=num_cpus,

@@ -23,59 +23,75 @@ DEFAULT_PORT = 6380
 
 
 def _nodes_dir():
-    path = os.path.join(procutil.session_root(), "nodes")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    return procutil.state_dir("nodes")
+
+
+def _fail(cmd, msg):
+    sys.exit(f"luminary {cmd}: {msg}")
 
 
 def cmd_start(args):
     if bool(args.head) == bool(args.address):
-        sys.exit("luminary start: give either --head (start a new cluster) or --address HOST:PORT (join one).")
+        _fail("start", "give either --head (start a new cluster) or --address HOST:PORT (join one).")
     resources = {}
     if args.resources:
         try:
             resources = json.loads(args.resources)
-            assert isinstance(resources, dict)
-        except (ValueError, AssertionError):
-            sys.exit(f"luminary start: --resources must be a JSON object such as '{{\"gadget\": 2}}', got {args.resources!r}")
-        if "CPU" in resources or "GPU" in resources:
-            sys.exit("luminary start: use --num-cpus/--num-gpus instead of CPU/GPU in --resources")
+        except ValueError:
+            resources = None
+        if not isinstance(resources, dict):
+            _fail("start", f"--resources must be a JSON object such as '{{\"gadget\": 2}}', got {args.resources!r}")
+    from .._private.worker.options import check_node_resources
+    try:
+        check_node_resources(args.num_cpus, args.num_gpus, resources, None, args.object_store_memory,
+                             names={"num_cpus": "--num-cpus", "num_gpus": "--num-gpus", "resources": "--resources",
+                                    "object_store_memory": "--object-store-memory",
+                                    "cpu_gpu_hint": "--num-cpus/--num-gpus"})
+    except (TypeError, ValueError) as e:
+        _fail("start", str(e))
+    try:
+        _start(args, resources)
+    except (OSError, ValueError) as e:   # unsafe local state, a missing --secret-file, no cluster there
+        _fail("start", str(e))
+
+
+def _start(args, resources):
     ip = args.node_ip_address or "127.0.0.1"
-    session_dir = launch.new_session_dir(prefix="node")
     if args.head:
         secret = os.urandom(32)
         gcs_address = None
     else:
+        # everything that can refuse the join is checked before anything is written
         gcs_address = launch.normalize_address(args.address)
-        try:
-            secret = launch.read_secret(gcs_address, args.secret_file)
-        except ConnectionError as e:
-            sys.exit(f"luminary start: {e}")
+        secret = launch.read_secret(gcs_address, args.secret_file)
         from .._private.worker.connect import query_nodes
-        try:
-            query_nodes(gcs_address, secret)
-        except ConnectionError as e:
-            sys.exit(f"luminary start: {e}")
+        query_nodes(gcs_address, secret)
+    nodes_dir = _nodes_dir()
+    session_dir = launch.new_session_dir(prefix="node")
     try:
         proc, info = launch.start_node(
             secret=secret, session_dir=session_dir, head=bool(args.head), gcs_address=gcs_address, node_ip=ip,
             gcs_port=args.port if args.head else None, tcp_port=args.node_manager_port, num_cpus=args.num_cpus,
             num_gpus=args.num_gpus, resources=resources, object_store_memory=args.object_store_memory,
             watch_stdin=False, daemon=True)
-    except RuntimeError as e:
-        import shutil
-        shutil.rmtree(session_dir, ignore_errors=True)
+    except BaseException as e:
+        procutil.remove_session_dir(session_dir)     # a failed start or join leaves nothing behind
+        if not isinstance(e, (RuntimeError, ValueError)):
+            raise
         msg = str(e)
-        if "Address already in use" in msg or "address already in use" in msg.lower():
-            sys.exit(f"luminary start: port {args.port} is already in use (another cluster, or another "
-                     "program). Pick a free one with --port, or stop the other cluster with `luminary stop`.")
-        sys.exit(f"luminary start: the node failed to start: {msg}")
+        if "address already in use" in msg.lower():
+            port, flag = (args.port, "--port") if args.head else (args.node_manager_port, "--node-manager-port")
+            _fail("start", f"port {port} is already in use (another cluster, or another program). Pick a "
+                           f"free one with {flag}, or stop the other cluster with `luminary stop`.")
+        _fail("start", f"the node failed to start: {msg}")
     if args.head:
         launch.write_cluster_file(info["gcs_address"], secret, {"kind": "cli"})
-    record = {"pid": info["pid"], "node_id": info["node_id"], "gcs_address": info["gcs_address"],
-              "session_dir": session_dir, "head": bool(args.head)}
-    with open(os.path.join(_nodes_dir(), f"{info['pid']}.json"), "w") as f:
-        json.dump(record, f)
+    # what `luminary stop` checks before it signals this PID: the start time and the title
+    ident = procutil.process_identity(info["pid"])
+    record = {"pid": info["pid"], "start_time": ident[0] if ident else None, "title": ident[1] if ident else None,
+              "node_id": info["node_id"], "gcs_address": info["gcs_address"], "session_dir": session_dir,
+              "head": bool(args.head)}
+    procutil.write_private_file(os.path.join(nodes_dir, f"{info['pid']}.json"), json.dumps(record), replace=True)
     addr = info["gcs_address"][4:]
     if args.head:
         secret_file = launch.cluster_file(info["gcs_address"])[:-5] + ".secret"
@@ -88,35 +104,48 @@ def cmd_start(args):
         print(f"Luminary node {info['node_id'][:12]} joined the cluster at {addr}.")
 
 
+def _read_record(path):
+    """A node record, checked (ours, 0600, not a link, sane fields) before anything in it is used."""
+    rec = json.loads(procutil.read_private_file(path, "node record"))
+    pid = rec.get("pid") if isinstance(rec, dict) else None
+    if (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0
+            or os.path.basename(path) != f"{pid}.json" or not isinstance(rec.get("start_time"), int)
+            or not isinstance(rec.get("title"), str)):
+        raise ValueError("it does not name a process with its start time and title")
+    return rec
+
+
 def cmd_stop(args):
-    files = glob.glob(os.path.join(_nodes_dir(), "*.json"))
-    stopped = 0
+    try:
+        nodes_dir = _nodes_dir()
+        root = procutil.session_root()
+    except OSError as e:
+        _fail("stop", str(e))
     records = []
-    for path in files:
-        with open(path) as f:
-            rec = json.load(f)
-        records.append((path, rec))
+    for path in glob.glob(os.path.join(nodes_dir, "*.json")):
+        try:
+            records.append((path, _read_record(path)))
+        except (OSError, ValueError) as e:
+            print(f"Ignoring the node record {path}: {e}. Remove it once you have checked it.", file=sys.stderr)
     # worker nodes first, then heads (they hold the GCS)
-    records.sort(key=lambda pr: pr[1].get("head", False))
+    records.sort(key=lambda pr: bool(pr[1].get("head", False)))
+    stopped = 0
     for path, rec in records:
-        pid = rec["pid"]
-        if procutil.pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
+        pid, start, title = rec["pid"], rec["start_time"], rec["title"]
+        if procutil.signal_if_same(pid, start, title, signal.SIGTERM):
             deadline = time.monotonic() + (0 if args.force else 10)
-            while procutil.pid_alive(pid) and time.monotonic() < deadline:
+            while procutil.is_same_process(pid, start, title) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if procutil.pid_alive(pid):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            # the node leads its own process group (start_new_session): end whatever is left of it
+            procutil.signal_if_same(pid, start, title, signal.SIGKILL, group=True)
             stopped += 1
-        import shutil
-        shutil.rmtree(rec.get("session_dir", ""), ignore_errors=True)
-        if rec.get("head"):
+        elif procutil.pid_alive(pid):
+            print(f"Left PID {pid} alone: it is no longer the Luminary node of {path} (the PID was reused).",
+                  file=sys.stderr)
+        session_dir = rec.get("session_dir")
+        if session_dir and os.path.exists(session_dir) and not procutil.remove_session_dir(session_dir, root):
+            print(f"Did not remove {session_dir!r}: it is not a session directory inside {root}.", file=sys.stderr)
+        if rec.get("head") and isinstance(rec.get("gcs_address"), str):
             launch.remove_cluster_file(rec["gcs_address"])
         os.unlink(path)
     print(f"Stopped {stopped} Luminary node{'s' if stopped != 1 else ''}.")
@@ -128,8 +157,8 @@ def cmd_status(args):
         gcs = resolve_address(args.address or "auto")
         secret = launch.read_secret(gcs)
         nodes = query_nodes(gcs, secret)
-    except ConnectionError as e:
-        sys.exit(f"luminary status: {e}")
+    except (OSError, ValueError) as e:
+        _fail("status", str(e))
     alive = [n for n in nodes if n["Alive"]]
     print(f"Cluster {gcs[4:]}: {len(alive)} alive node(s), {len(nodes) - len(alive)} dead")
     total, avail = {}, {}

@@ -2,7 +2,6 @@
 atomically across nodes (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD)."""
 from __future__ import annotations
 
-import numbers
 import os
 
 from .._private.worker import state
@@ -72,12 +71,11 @@ def placement_group(bundles, strategy="PACK", name="", lifetime=None, _max_cpu_f
     global _ready_task
     if not isinstance(bundles, (list, tuple)) or not bundles:
         raise ValueError("placement_group() needs a non-empty list of bundles, e.g. [{'CPU': 1}, {'CPU': 1}].")
-    for b in bundles:
+    from .._private.worker.options import check_resources
+    for i, b in enumerate(bundles):
         if not isinstance(b, dict) or not b:
             raise ValueError(f"Each bundle must be a non-empty dict of resource amounts, got {b!r}.")
-        for k, v in b.items():
-            if not isinstance(v, numbers.Real) or v < 0:
-                raise ValueError(f"Bundle resource {k!r} must be a non-negative number, got {v!r}.")
+        check_resources(f"bundle {i}", b)
         if all(v == 0 for v in b.values()):
             raise ValueError(f"Bundle {b!r} reserves nothing: every amount is 0.")
     if strategy not in VALID_STRATEGIES:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import stat
 import struct
 import subprocess
 import sys
@@ -27,16 +28,21 @@ def total_memory():
 
 
 def new_session_dir(parent=None, prefix="session"):
-    procutil.cleanup_stale_sessions()
-    root = parent or procutil.session_root()
-    os.makedirs(root, mode=0o700, exist_ok=True)
+    """A fresh 0700 session directory under this user's checked root (or under ``parent``)."""
+    if parent is None:
+        procutil.cleanup_stale_sessions()
+        root = procutil.session_root()
+    else:
+        root = parent
+        os.makedirs(root, mode=0o700, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     path = os.path.join(root, f"{prefix}_{stamp}_{os.getpid()}_{os.urandom(3).hex()}")
-    os.makedirs(os.path.join(path, "logs"), mode=0o700)
+    os.mkdir(path, 0o700)          # fails if anything (a planted link included) already has the name
+    procutil.check_private_dir(path)
+    os.mkdir(os.path.join(path, "logs"), 0o700)
     if prefix != "session" and prefix != "node":
         # a driver's or a test cluster's directory: removed by the next start if its owner was killed
-        with open(os.path.join(path, "owner.pid"), "w") as f:
-            f.write(str(os.getpid()))
+        procutil.write_pid_marker(os.path.join(path, "owner.pid"))
     return path
 
 
@@ -45,6 +51,8 @@ def start_node(*, secret, session_dir, head, gcs_address=None, node_ip="127.0.0.
                memory=None, watch_stdin=True, exit_with_driver=False, gcs_storage=None, daemon=False,
                timeout=30.0):
     """Start one node process; returns (Popen, info dict from its ready line)."""
+    from ..worker.options import check_node_resources
+    check_node_resources(num_cpus, num_gpus, resources, memory, object_store_memory)
     if object_store_memory is None:
         object_store_memory = int(total_memory() * DEFAULT_STORE_FRACTION)
     object_store_memory = int(object_store_memory) // 4096 * 4096
@@ -66,7 +74,8 @@ def start_node(*, secret, session_dir, head, gcs_address=None, node_ip="127.0.0.
     env = dict(os.environ)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    err = open(os.path.join(session_dir, "logs", "node.err"), "wb")
+    err = os.fdopen(os.open(os.path.join(session_dir, "logs", "node.err"),
+                            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "wb")
     proc = subprocess.Popen([sys.executable, "-m", "luminary._private.node"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=err, start_new_session=True, close_fds=True, env=env)
     err.close()
@@ -131,31 +140,37 @@ def stop_node(proc, timeout=10.0):
 # --- cluster files: how drivers and joining nodes find a cluster and its secret ----------------
 
 def clusters_dir():
-    path = os.path.join(procutil.session_root(), "clusters")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    return procutil.state_dir("clusters")
 
 
 def cluster_file(gcs_address):
     host, port = gcs_address[4:].rsplit(":", 1) if gcs_address.startswith("tcp:") else gcs_address.rsplit(":", 1)
+    if not port.isdigit() or not host or not all(c.isalnum() or c in ".-_:[]" for c in host) or host.startswith("."):
+        raise ValueError(f"Bad cluster address {gcs_address!r}: expected HOST:PORT.")
     return os.path.join(clusters_dir(), f"{host}_{port}.json")
 
 
 def write_cluster_file(gcs_address, secret, extra=None):
+    """The cluster's secret (created exclusively, 0600) and its address file, in the checked root."""
     path = cluster_file(gcs_address)
     secret_path = path[:-5] + ".secret"
-    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret)
+    # this head just bound the port, so a file left for it belongs to a cluster that is gone
+    for p in (secret_path, path):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    procutil.write_private_file(secret_path, secret)
     data = dict(extra or {}, gcs_address=gcs_address, secret_file=secret_path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
+    procutil.write_private_file(path, json.dumps(data), replace=True)
     return path
 
 
 def remove_cluster_file(gcs_address):
-    path = cluster_file(gcs_address)
+    try:
+        path = cluster_file(gcs_address)
+    except ValueError:
+        return
     for p in (path, path[:-5] + ".secret"):
         try:
             os.unlink(p)
@@ -163,12 +178,50 @@ def remove_cluster_file(gcs_address):
             pass
 
 
+def read_cluster_file(path):
+    """A cluster's address file, checked (ours, 0600, not a link) before it is trusted."""
+    data = json.loads(procutil.read_private_file(path, "cluster address file"))
+    if not isinstance(data, dict) or not isinstance(data.get("gcs_address"), str):
+        raise ValueError(f"{path} is not a Luminary cluster file; remove it.")
+    return data
+
+
+def read_named_secret(path, source):
+    """A secret file the user named (--secret-file, $LUMINARY_SECRET_FILE): it must exist, be a
+    regular file owned by you (or root), and not be writable by other users."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"The secret file {path} (from {source}) does not exist. Copy the head node's "
+                                ".secret file there (mode 0600) or correct the path.") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise procutil.UnsafePathError(f"The secret file {path} (from {source}) is not a regular file.")
+        if st.st_uid not in (os.getuid(), 0):
+            raise procutil.UnsafePathError(f"The secret file {path} (from {source}) is owned by uid {st.st_uid}, "
+                                           "not by you: another user could have chosen its content.")
+        if st.st_mode & 0o022:
+            raise procutil.UnsafePathError(f"The secret file {path} (from {source}) is writable by other users "
+                                           f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}.")
+        secret = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    if not secret:
+        raise ValueError(f"The secret file {path} (from {source}) is empty.")
+    return secret
+
+
 def read_secret(gcs_address, secret_file=None):
-    candidates = [secret_file, os.environ.get("LUMINARY_SECRET_FILE"), cluster_file(gcs_address)[:-5] + ".secret"]
-    for path in candidates:
-        if path and os.path.exists(path):
-            with open(path, "rb") as f:
-                return f.read()
+    if secret_file:
+        return read_named_secret(secret_file, "--secret-file")
+    if os.environ.get("LUMINARY_SECRET_FILE"):
+        return read_named_secret(os.environ["LUMINARY_SECRET_FILE"], "$LUMINARY_SECRET_FILE")
+    path = cluster_file(gcs_address)[:-5] + ".secret"
+    try:
+        return procutil.read_private_file(path, "cluster secret")
+    except FileNotFoundError:
+        pass
     raise ConnectionError(
         f"No secret for the cluster at {gcs_address[4:] if gcs_address.startswith('tcp:') else gcs_address}: "
         "every Luminary connection proves the cluster's secret. On the head's machine it is in "

@@ -43,11 +43,13 @@ def main():
     cfg = read_config()
     session_dir = cfg["session_dir"]
     os.makedirs(os.path.join(session_dir, "logs"), mode=0o700, exist_ok=True)
-    logging.basicConfig(filename=os.path.join(session_dir, "logs", "node.log"), level=logging.INFO,
+    log_path = os.path.join(session_dir, "logs", "node.log")
+    os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    logging.basicConfig(filename=log_path, level=logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     procutil.set_name("luminary::node")
-    with open(os.path.join(session_dir, "node.pid"), "w") as f:
-        f.write(str(os.getpid()))
+    # PID and start time: the next start removes this directory only once this very process is gone
+    procutil.write_pid_marker(os.path.join(session_dir, "node.pid"))
 
     capacity = int(cfg["object_store_memory"])
     arena_fd = os.memfd_create("luminary-object-store", 0)

@@ -72,15 +72,8 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
         raise RuntimeError("Maybe you called luminary.init twice by accident? This error can be suppressed "
                            "by passing in 'ignore_reinit_error=True' or by calling 'luminary.shutdown()' "
                            "prior to 'luminary.init()'.")
-    if num_cpus is not None and (not isinstance(num_cpus, (int, float)) or num_cpus < 0):
-        raise ValueError(f"num_cpus must be a non-negative number, got {num_cpus!r}")
-    if num_gpus is not None and (not isinstance(num_gpus, (int, float)) or num_gpus < 0):
-        raise ValueError(f"num_gpus must be a non-negative number, got {num_gpus!r}")
-    if resources is not None:
-        if not isinstance(resources, dict):
-            raise TypeError("resources must be a dict of resource name to amount")
-        if "CPU" in resources or "GPU" in resources:
-            raise ValueError("Use the 'num_cpus' and 'num_gpus' keywords instead of 'CPU' and 'GPU' in 'resources'.")
+    from .options import check_node_resources
+    check_node_resources(num_cpus, num_gpus, resources, kwargs.get("_memory"), object_store_memory)
     if kwargs.get("local_mode"):
         logger.warning("local_mode is deprecated in Ray and not supported by Luminary; starting a normal local cluster.")
     if address in ("local", None) or address == "":

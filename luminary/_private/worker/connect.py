@@ -2,13 +2,13 @@
 
 Resolution, as in Ray: an explicit address, then $LUMINARY_ADDRESS (or $RAY_ADDRESS), then the
 cluster started on this machine with ``luminary start``.  The secret comes from the cluster's
-file (mode 0600) on this machine, or from $LUMINARY_SECRET_FILE.
+file (mode 0600, checked before it is read) on this machine, or from $LUMINARY_SECRET_FILE (an
+error naming it if it does not exist: never a silent fall back to another secret).
 """
 from __future__ import annotations
 
 import asyncio
 import glob
-import json
 import os
 
 from .. import ids
@@ -27,8 +27,7 @@ def resolve_address(address):
             raise ConnectionError("Could not find any running Luminary cluster on this machine. Start one with "
                                   "`luminary start --head`, or call luminary.init() with no address for a "
                                   "private local cluster.")
-        with open(files[-1]) as f:
-            return json.load(f)["gcs_address"]
+        return launch.read_cluster_file(files[-1])["gcs_address"]   # checked: ours, 0600, not a link
     return launch.normalize_address(address)
 
 

@@ -1,6 +1,7 @@
 """Validation of ``@remote(...)`` / ``.options(...)`` keywords, with Ray's names and defaults."""
 from __future__ import annotations
 
+import math
 import numbers
 
 TASK_OPTIONS = {
@@ -20,23 +21,63 @@ ACTOR_OPTIONS = {
 }
 
 
+def check_quantity(name, value):
+    """The one check of a resource amount, used by every edge (init, ``@remote``, ``.options()``,
+    placement-group bundles, ``luminary start``, cluster_utils): a finite, non-negative number.
+
+    NaN passes ``value < 0`` and would make a node's free CPU NaN, so that every later task
+    waits forever; infinity never fits anywhere."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite, non-negative number, got {value!r}.")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise ValueError(f"{name} must be a finite, non-negative number, got {value!r}: "
+                         "NaN and infinity are not resource amounts.")
+    if value < 0:
+        raise ValueError(f"{name} must be a finite, non-negative number, got {value!r}.")
+
+
+def check_resources(name, resources, cpu_gpu_hint=None):
+    """A dict of custom resource name to amount, each checked by ``check_quantity``.
+
+    ``cpu_gpu_hint`` (e.g. "the 'num_cpus' and 'num_gpus' options") refuses CPU and GPU keys."""
+    if resources is None:
+        return
+    if not isinstance(resources, dict):
+        raise TypeError(f"{name} must be a dict of resource name to amount, got {type(resources).__name__}.")
+    for key, amount in resources.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{name} must map resource names (non-empty strings) to amounts, got the key {key!r}.")
+        if cpu_gpu_hint and key in ("CPU", "GPU"):
+            raise ValueError(f"Use {cpu_gpu_hint} instead of {key!r} in {name}.")
+        check_quantity(f"{name}[{key!r}]", amount)
+
+
+def check_node_resources(num_cpus=None, num_gpus=None, resources=None, memory=None, object_store_memory=None,
+                         names=None):
+    """The amounts a node offers (init, ``luminary start``, cluster_utils); ``names`` maps each
+    keyword to the name the user typed (``--num-cpus``), for the error."""
+    names = names or {}
+    for key, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus), ("memory", memory),
+                       ("object_store_memory", object_store_memory)):
+        if value is not None:
+            check_quantity(names.get(key, key), value)
+    check_resources(names.get("resources", "resources"), resources,
+                    cpu_gpu_hint=names.get("cpu_gpu_hint", "the 'num_cpus' and 'num_gpus' keywords"))
+
+
 def validate(options: dict, allowed: set, what="task"):
     for k, v in options.items():
         if k not in allowed:
             raise ValueError(f"Invalid option keyword {k!r} for {what}s. Valid ones are: {', '.join(sorted(allowed))}.")
         if k in ("num_cpus", "num_gpus", "memory", "object_store_memory"):
-            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or v < 0):
-                raise ValueError(f"The option {k!r} must be a non-negative number, got {v!r}.")
+            if v is not None:
+                check_quantity(f"The option {k!r}", v)
         elif k == "resources":
-            if v is None:
-                continue
-            if not isinstance(v, dict):
-                raise TypeError(f"The option 'resources' must be a dict of resource name to amount, got {type(v).__name__}.")
-            for rk, rv in v.items():
-                if rk in ("CPU", "GPU"):
-                    raise ValueError(f"Use the 'num_cpus' and 'num_gpus' options instead of {rk!r} in 'resources'.")
-                if not isinstance(rv, numbers.Real) or rv < 0:
-                    raise ValueError(f"Resource {rk!r} must be a non-negative number, got {rv!r}.")
+            check_resources("resources", v, cpu_gpu_hint="the 'num_cpus' and 'num_gpus' options")
         elif k == "num_returns":
             if v is None:
                 continue
