@@ -117,8 +117,11 @@ class ActorClass:
         return opt.Bound(lambda a, k: self._remote(a, k, merged),
                          lambda more: self.options(**dict(options, **more)), self)
 
-    def bind(self, *a, **k):
-        raise NotImplementedError("Ray DAG (bind) is not part of Luminary's core API.")
+    def bind(self, *args, **kwargs):
+        """A lazy actor creation: a node of a task graph; bind its methods with
+        ``node.method.bind(...)`` and run the graph with ``.execute()`` (luminary.dag)."""
+        from ...dag import bind
+        return bind(self, args, kwargs)
 
     def _export(self):
         if self._blob is None:
@@ -256,8 +259,10 @@ class ActorMethod:
     def remote(self, *args, **kwargs):
         return submit_actor_call(self._handle, self._name, self._meta, self._options, args, kwargs)
 
-    def bind(self, *a, **k):
-        raise NotImplementedError("Ray DAG (bind) is not part of Luminary's core API.")
+    def bind(self, *args, **kwargs):
+        """A lazy call of this method on this actor: a node of a task graph (luminary.dag)."""
+        from ...dag import bind
+        return bind(self, args, kwargs)
 
 
 def submit_actor_call(handle, method, meta, options, args, kwargs):

@@ -140,5 +140,10 @@ class Bound:
     def options(self, **more):
         return self._rebind(more)
 
+    def bind(self, *args, **kwargs):
+        """A node of a task graph that runs with these options (luminary.dag)."""
+        from ...dag import bind
+        return bind(self._target, args, kwargs, submitter=self)
+
     def __call__(self, *args, **kwargs):
         return self._target(*args, **kwargs)

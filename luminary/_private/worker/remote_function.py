@@ -44,6 +44,11 @@ class RemoteFunction:
         return opt.Bound(lambda a, k: submit_task(self, a, k, merged),
                          lambda more: self.options(**dict(options, **more)), self)
 
+    def bind(self, *args, **kwargs):
+        """A lazy call of this function: a node of a task graph, run by ``.execute()`` (luminary.dag)."""
+        from ...dag import bind
+        return bind(self, args, kwargs)
+
     def _export(self):
         if self._blob is None:
             try:

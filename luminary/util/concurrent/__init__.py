@@ -1,0 +1,1 @@
+"""``luminary.util.concurrent``: standard-library concurrency APIs over Luminary tasks."""
