@@ -495,6 +495,28 @@ def w_put_gigabytes(ctx):
         gc.collect()
 
 
+@workload(("single client get 100 MB object", "gets/s", "higher",
+           "A 100 MB numpy uint8 array is put once; the loop times get() of it, "
+           "dropping each result (the object is already in this node's store)."),
+          timeout=120)
+def w_get_100mb(ctx):
+    import numpy as np
+
+    ray = ctx.ray
+    ref = ray.put(np.ones(100 * 1000 * 1000, dtype=np.uint8))
+
+    def op():
+        got = ray.get(ref)
+        check(got.nbytes == 100 * 1000 * 1000, "size")
+        del got
+
+    try:
+        return measure(ctx, op)
+    finally:
+        del ref
+        gc.collect()
+
+
 @workload(("single client get object containing 10k refs", "gets/s", "higher",
            "A list of 10,000 refs (each to a small put object) is put once; the "
            "loop times get() of that list (10,000 refs deserialized per get)."),

@@ -15,6 +15,7 @@ collected so the reader can register as a borrower before user code sees them.
 """
 from __future__ import annotations
 
+import gc
 import pickle
 import struct
 import threading
@@ -140,7 +141,14 @@ def note_ref(ref):
         refs.append(ref)
 
 
+_count_batch = None     # set by object_ref: posts one increment per collected ref, as one batch
+
+
 class collect_deserialized_refs:
+    """Collects the ObjectRefs unpickled inside it (so the reader can register as a borrower
+    before user code sees them).  Those refs are counted in one batch when it closes (even when
+    unpickling failed half way): the list holds them until then, so none can be dropped first."""
+
     def __enter__(self):
         self.prev = getattr(_local, "deser", None)
         self.refs = []
@@ -149,6 +157,8 @@ class collect_deserialized_refs:
 
     def __exit__(self, *exc):
         _local.deser = self.prev
+        if self.refs and _count_batch is not None:
+            _count_batch(self.refs)
 
 
 def loads_inline(payload):
@@ -161,7 +171,18 @@ def loads_inline(payload):
 def loads_store(mv: memoryview):
     (hlen,) = struct.unpack_from("<Q", mv, 0)
     p_off, p_len, bufs = msgpack.unpackb(mv[8:8 + hlen])
-    return pickle.loads(mv[p_off:p_off + p_len], buffers=[mv[o:o + n] for o, n in bufs])
+    # A stored object (> INLINE_MAX_BYTES) may unpickle into tens of thousands of objects (a
+    # list of 10,000 ObjectRefs): without a pause the collector runs over the whole heap
+    # several times while they are created (2x the time of the load itself).  The pause is
+    # global, so it is lifted only if this call set it.
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return pickle.loads(mv[p_off:p_off + p_len], buffers=[mv[o:o + n] for o, n in bufs])
+    finally:
+        if paused:
+            gc.enable()
 
 
 def dumps_function(fn) -> bytes:

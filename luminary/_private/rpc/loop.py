@@ -3,7 +3,9 @@
 User code runs on the main thread; every socket is owned by this thread's event loop.
 ``post(fn, *args)`` is the only entry point safe from any thread: it appends to a deque and wakes
 the loop once per batch (not once per item), because a thread hand-off costs as much as a message
-to another process.
+to another process.  Reference counting has two cheaper doors: ``add_incref``/``add_increfs``
+(applied before the next batch of posted callbacks) and ``add_decref`` (queued in order with the
+posted callbacks; a run of consecutive decrements reaches ``decref_handler`` as one list).
 """
 from __future__ import annotations
 
@@ -17,6 +19,12 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
     uvloop = None
 
 
+# A run of consecutive decrements is handed over in lists of at most this many: one list per run
+# saves a call per ref, but a list that keeps growing while the main thread keeps dropping refs
+# would be walked by every young-generation garbage collection.
+DECREF_RUN_MAX = 4096
+
+
 def new_event_loop():
     return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
 
@@ -26,7 +34,8 @@ class IOThread:
         self.loop = new_event_loop()
         self._queue = collections.deque()
         self._increfs = collections.deque()
-        self.incref_handler = None
+        self.incref_handler = None   # fn(items): items are (oid, owner) or lists of ObjectRefs
+        self.decref_handler = None   # fn([oid, ...]), in order with the posted callbacks
         self._wake_pending = False
         self._lock = threading.Lock()
         self._started = threading.Event()
@@ -60,6 +69,19 @@ class IOThread:
         if not self._wake_pending:
             self._wake()
 
+    def add_increfs(self, refs):
+        """Queue one increment for each ObjectRef in ``refs`` (a batch: one item, one wake-up)."""
+        self._increfs.append(refs)
+        if not self._wake_pending:
+            self._wake()
+
+    def add_decref(self, oid):
+        """Queue a reference decrement, in order with ``post``ed callbacks (a decrement must
+        never overtake the callback that takes its own count, such as a task submission)."""
+        self._queue.append(oid)         # a bare oid: no tuple allocated per decrement
+        if not self._wake_pending:
+            self._wake()
+
     def _wake(self):
         with self._lock:
             if self._wake_pending:
@@ -73,20 +95,39 @@ class IOThread:
     def _drain(self):
         with self._lock:
             self._wake_pending = False
-        inc = self._increfs
-        if inc:
-            items = []
-            while inc:
-                items.append(inc.popleft())
-            self.incref_handler(items)
+        if self._increfs:
+            self._apply_increfs()
         q = self._queue
         while q:
-            fn, args = q.popleft()
+            item = q.popleft()
+            if type(item) is not tuple:     # a bare oid: posted callbacks are (fn, args) tuples
+                run = [item]                # the run of consecutive decrements, as one list
+                more, popleft = run.append, q.popleft
+                while q and type(q[0]) is not tuple and len(run) < DECREF_RUN_MAX:
+                    more(popleft())
+                fn, args = self.decref_handler, (run,)
+                if self._increfs:
+                    # the increments of these refs were queued before their decrements, maybe
+                    # after this batch began: apply them first, so no count dips to zero early
+                    self._apply_increfs()
+            else:
+                fn, args = item
             try:
                 fn(*args)
             except Exception:
                 import logging
                 logging.getLogger(__name__).exception("posted callback failed")
+
+    def _apply_increfs(self):
+        inc = self._increfs
+        items = []
+        while inc:
+            items.append(inc.popleft())
+        try:
+            self.incref_handler(items)
+        except Exception:
+            import logging
+            logging.getLogger(__name__).exception("reference increments failed")
 
     def run_coro(self, coro, timeout=None):
         """Run a coroutine on the loop from another thread and wait for its result."""

@@ -14,31 +14,27 @@ I/O thread, so an owner busy in user code still serves its objects.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import mmap
+import operator
 import os
 import pickle
 import sys
 import threading
-import time
-import weakref
 
 from ... import exceptions as exc
 from .. import ids, serialization
 from ..rpc import messages, protocol
 from ..rpc.loop import IOThread
+from .mapped import MappedObjects
 from .memory_store import MemoryStore
 from .object_ref import ObjectRef
 from .refs import ReferenceTable
 
 logger = logging.getLogger(__name__)
+_owner_of = operator.attrgetter("owner")
 
 DRIVER, WORKER = "driver", "worker"
-RECENT_S = 1.0                 # how long a read object stays mapped after its last read
-RECENT_MAX = 16                # and how many such objects
-RECENT_MAX_BYTES = 16 << 20    # only objects up to this size are kept
-RECENT_TOTAL_BYTES = 64 << 20  # and at most this much per process
 
 
 class SyncCall:
@@ -90,16 +86,12 @@ class CoreWorker:
             self.address = f"unix:{os.path.join(sock_dir, self.worker_id.hex()[:16])}"
         self.io = IOThread()
         self.io.incref_handler = self.on_increfs
+        self.io.decref_handler = self.on_decrefs
         self.memory = MemoryStore()
         self.conns: dict[str, protocol.Connection] = {}
         self._connecting: dict[str, list] = {}
         self.functions: dict[bytes, object] = {}
-        self._mm_cache: dict[bytes, weakref.ref] = {}
-        # Recently read stored objects stay mapped (and pinned) for a moment, so a worker that
-        # receives the same large argument call after call maps it once (RECENT_S, RECENT_MAX).
-        self._recent = collections.OrderedDict()
-        self._recent_lock = threading.Lock()
-        self._recent_timer = False
+        self.mapped = None      # MappedObjects: stored objects mapped here (start() makes it)
         self._arena_rw = None
         self.current_task_id = None
         self.current_task_name = None
@@ -109,7 +101,6 @@ class CoreWorker:
         self.node_id = None
         self.shutting_down = False
         self._store_deletes = []
-        self._releases = []
         self.infeasible_warned = set()
         from .submitter import TaskSubmitter
         from .actor import ActorSubmitter
@@ -162,6 +153,8 @@ class CoreWorker:
             self.cfg["arena_fd"] = os.open(f"/proc/{info['arena_pid']}/fd/{info['arena_fd']}", os.O_RDWR)
             self.cfg["capacity"] = info["capacity"]
             self._owns_arena_fd = True
+        self.mapped = MappedObjects(self.cfg["capacity"], self.io.post, self.io.loop.call_later,
+                                    self._send_releases)
         self.gcs = await protocol.connect(info["gcs_address"], self.secret, h.accepting(messages.GCS), name="gcs")
         return info
 
@@ -187,6 +180,8 @@ class CoreWorker:
 
     def stop(self):
         self.shutting_down = True
+        if self.mapped is not None:
+            self.mapped.closed = True
         from . import state
         if state.core is self:
             state.core = None
@@ -267,13 +262,20 @@ class CoreWorker:
 
     # --- references (I/O thread) ------------------------------------------------------------------
     def on_increfs(self, items):
-        add = self.refs.add_local
-        for oid, owner in items:
-            add(oid, owner)
+        refs = self.refs
+        add = refs.add_local
+        for item in items:
+            if type(item) is tuple:
+                add(*item)
+            else:               # a batch of deserialized ObjectRefs
+                refs.add_local_refs(item)
 
     def on_decref(self, oid):
+        self.on_decrefs((oid,))
+
+    def on_decrefs(self, oids):
         actions = []
-        self.refs.remove_local(oid, actions)
+        self.refs.remove_locals(oids, actions)
         if actions:
             self.run_actions(actions)
 
@@ -284,19 +286,20 @@ class CoreWorker:
                 oid = a[1]
                 v = self.memory.values.get(oid)
                 self.memory.delete(oid)
-                self._forget_recent(oid)
+                self.mapped.forget(oid)
                 self.submitter.lineage.pop(oid, None)
                 if v is not None and v[0] == "s":
                     self._store_deletes.append((oid, v[1][0]))
                 self.submitter.on_object_freed(oid)
                 if oid[:1] == b"\xac":
                     self.actor_submitter.on_handle_freed(oid)
-            else:
-                _, oid, owner = a
+            else:               # "unborrow" (tell the owner) or "forget" (never registered)
+                oid = a[1]
                 self.memory.delete(oid)
-                self._forget_recent(oid)
+                self.mapped.forget(oid)
                 self.submitter.fetching.discard(oid)
-                unborrow.setdefault(owner, []).append(oid)
+                if a[0] == "unborrow":
+                    unborrow.setdefault(a[2], []).append(oid)
         if self._store_deletes:
             dels, self._store_deletes = self._store_deletes, []
             self.delete_stored(dels)
@@ -306,22 +309,14 @@ class CoreWorker:
 
     def register_borrowed(self, refs):
         """From the main thread: make sure the owners know we hold ``refs`` before we use them."""
-        me = self.address
-        for r in refs:
-            if r.owner != me:
-                break
-        else:
+        if all(map(self.address.__eq__, map(_owner_of, refs))):
             return              # all ours: nobody to tell
         res = SyncCall()
         self.io.post(self._register_borrowed, refs, res)
         res.wait(30)
 
     def _register_borrowed(self, refs, done):
-        by_owner = {}
-        for r in refs:
-            if r.owner != self.address and self.refs.needs_registration(r.id):
-                self.refs.mark_registered(r.id)
-                by_owner.setdefault(r.owner, []).append(r.id)
+        by_owner = self.refs.take_unregistered(refs)
         if not by_owner:
             done(True, None)
             return
@@ -432,7 +427,12 @@ class CoreWorker:
     def write_to_store(self, oid, sobj, owner_id):
         layout = sobj.layout()
         size = layout[3]
-        res = self.call_sync("nm", "store_create", {"oid": oid, "size": size, "owner": owner_id})
+        req = {"oid": oid, "size": size, "owner": owner_id}
+        res = self.call_sync("nm", "store_create", req)
+        if isinstance(res, dict) and res.get("error") == "ObjectStoreFullError" and self.mapped.drop_recent():
+            # objects kept mapped only for reuse are pinned: let go of them (their releases
+            # travel before this request on the same connection) and try once more
+            res = self.call_sync("nm", "store_create", req)
         if isinstance(res, dict):
             raise getattr(exc, res["error"], exc.ObjectStoreFullError)(res["message"]) \
                 if res["error"] == "ObjectStoreFullError" else exc.RaySystemError(res["message"])
@@ -456,9 +456,9 @@ class CoreWorker:
         return self.cfg["arena_fd"]
 
     def read_store_object(self, oid, where=None):
-        """Map a stored object (pulling it to this node first when it lives on another one)."""
-        wr = self._mm_cache.get(oid)
-        mm = wr() if wr is not None else None
+        """Map a stored object (pulling it to this node first when it lives on another one).
+        An object this process has mapped already is read again without asking anyone."""
+        mm = self.mapped.get(oid)
         if mm is None:
             req = {"oid": oid, "wait": True}
             if where is not None and where[0] != self.node_id:
@@ -473,54 +473,16 @@ class CoreWorker:
                 raise ObjectLocationLost(oid, where[0] if where else self.node_id, msg)
             offset, size = loc
             mm = mmap.mmap(self.arena_fd(), size, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset)
-            weakref.finalize(mm, self._release_pin, oid)
-            self._mm_cache[oid] = weakref.ref(mm)
-            if size <= min(RECENT_MAX_BYTES, self.cfg["capacity"] // 64):
-                self._keep_recent(oid, mm, size)
+            self.mapped.add(oid, mm, size)
         with serialization.collect_deserialized_refs() as refs:
             value = serialization.loads_store(memoryview(mm))
         if refs:
             self.register_borrowed(refs)
         return value
 
-    def _keep_recent(self, oid, mm, size):
-        budget = min(RECENT_TOTAL_BYTES, self.cfg["capacity"] // 16)   # never what fills the store
-        with self._recent_lock:
-            self._recent[oid] = (mm, time.monotonic(), size)
-            total = sum(v[2] for v in self._recent.values())
-            while len(self._recent) > RECENT_MAX or total > budget:
-                total -= self._recent.popitem(last=False)[1][2]
-            start = not self._recent_timer
-            self._recent_timer = True
-        if start:
-            self.io.post(lambda: self.io.loop.call_later(RECENT_S, self._expire_recent))
-
-    def _expire_recent(self):
-        cutoff = time.monotonic() - RECENT_S
-        with self._recent_lock:
-            while self._recent and next(iter(self._recent.values()))[1] <= cutoff:
-                self._recent.popitem(last=False)
-            again = bool(self._recent)
-            self._recent_timer = again
-        if again and not self.shutting_down:
-            self.io.loop.call_later(RECENT_S, self._expire_recent)
-
-    def _forget_recent(self, oid):
-        with self._recent_lock:
-            self._recent.pop(oid, None)
-
-    def _release_pin(self, oid):
-        if self.shutting_down:
-            return
-        self._mm_cache.pop(oid, None)
-        self._releases.append(oid)
-        if len(self._releases) == 1:
-            self.io.post(self._flush_releases)
-
-    def _flush_releases(self):
-        rel, self._releases = self._releases, []
-        if rel and not self.nm.closed:
-            self.nm.notify("store_release", {"oids": rel})
+    def _send_releases(self, oids):
+        if not self.shutting_down and not self.nm.closed:
+            self.nm.notify("store_release", {"oids": oids})
 
     def notify_when_ready(self, ref, cb):
         """Run ``cb()`` (on the I/O thread) once the object's value is known here."""

@@ -3,6 +3,9 @@
 An ObjectRef is an object id plus the address of its owner.  Creating one (by a call, a put, or
 unpickling) adds a local reference in this process's reference table; its finalizer removes it.
 Both are posted to the I/O thread in order, so the table itself is only touched by that thread.
+Refs unpickled inside ``serialization.collect_deserialized_refs`` (every get and every task's
+arguments) skip the per-ref increment: the collector holds them and posts their increments as
+one batch when it closes, before any of them can be dropped.
 """
 from __future__ import annotations
 
@@ -28,7 +31,10 @@ class ObjectRef:
         cw = state.core
         if cw is not None:
             try:
-                cw.io.post(cw.on_decref, self.id)
+                io = cw.io                      # IOThread.add_decref, inlined: this runs per ref
+                io._queue.append(self.id)
+                if not io._wake_pending:
+                    io._wake()
             except Exception:
                 pass
 
@@ -116,14 +122,27 @@ def _run_in_thread(fn):
 
 
 def _rebuild_ref(oid, owner):
-    ref = ObjectRef(oid, owner)
     refs = getattr(_tls, "deser", None)
-    if refs is not None:
-        refs.append(ref)
+    if refs is None:
+        return ObjectRef(oid, owner)
+    # inside a collector: its batch increment (on close) counts this ref; nothing per ref here
+    ref = _new(ObjectRef)
+    ref.id = oid
+    ref.owner = owner
+    refs.append(ref)
     return ref
 
 
+def _count_batch(refs):
+    """Called when a collector closes: one increment per collected ref, posted as one batch."""
+    cw = state.core
+    if cw is not None:
+        cw.io.add_increfs(refs)
+
+
+_new = object.__new__
 _tls = serialization._local
+serialization._count_batch = _count_batch
 
 
 class ObjectRefGenerator:

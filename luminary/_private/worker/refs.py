@@ -11,6 +11,7 @@ non-zero; when all are zero the table emits an action:
     owner, all zero      ──▶ ("free", oid)            drop the value, tell the store, release
                                                       the refs it contains
     borrower, all zero   ──▶ ("unborrow", oid, owner) tell the owner we no longer hold it
+    never registered     ──▶ ("forget", oid)          drop what we fetched or mapped of it
 
 A process that receives a ref it does not own registers with the owner before user code sees
 it (``needs_registration``), so the owner can never free an object someone still holds.
@@ -56,6 +57,46 @@ class ReferenceTable:
     def add_local(self, oid, owner):
         e = self._entry(oid, owner)
         e.local += 1
+
+    def add_local_refs(self, refs):
+        """One local reference for each ObjectRef in ``refs`` (a deserialized batch)."""
+        entries, me = self.entries, self.me
+        for r in refs:
+            e = entries.get(r.id)
+            if e is None:
+                owner = r.owner
+                e = entries[r.id] = RefEntry(owner == me, owner)
+            e.local += 1
+
+    def remove_locals(self, oids, actions):
+        """``remove_local`` for each oid in order (a batch of dropped ObjectRefs)."""
+        entries = self.entries
+        for oid in oids:
+            e = entries.get(oid)
+            if e is None:
+                continue
+            e.local -= 1
+            if not (e.local or e.submitted or e.contained or e.borrowers):
+                self._release(oid, e, actions)
+
+    def take_unregistered(self, refs):
+        """Mark the borrowed refs among ``refs`` registered; return {owner: [oid, ...]} of those
+        that were not yet (the owners to tell, one request each)."""
+        entries, me = self.entries, self.me
+        by_owner = {}
+        for r in refs:
+            owner = r.owner
+            if owner == me:
+                continue
+            e = entries.get(r.id)
+            if e is not None and not e.registered:
+                e.registered = True
+                lst = by_owner.get(owner)
+                if lst is None:
+                    by_owner[owner] = [r.id]
+                else:
+                    lst.append(r.id)
+        return by_owner
 
     def remove_local(self, oid, actions):
         e = self.entries.get(oid)
@@ -120,6 +161,8 @@ class ReferenceTable:
             actions.append(("free", oid))
         elif e.registered:
             actions.append(("unborrow", oid, e.owner))
+        else:
+            actions.append(("forget", oid))
         if e.contains:
             for inner in e.contains:
                 ie = self.entries.get(inner)
