@@ -164,3 +164,44 @@ def test_cancel_interrupts_a_running_threaded_actor_method(ray_start):
     assert ray.get(b.is_started.remote()) is True
     with pytest.raises(ValueError, match="force"):
         ray.cancel(b.spin.remote(), force=True)
+
+
+@luminary_only
+@pytest.mark.timeout(120)
+def test_a_long_get_says_what_it_waits_for(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    script = tmp_path / "stuck.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        import luminary as ray
+        ray.init(num_cpus=1)
+
+        @ray.remote
+        def hog():
+            time.sleep(3)
+
+        @ray.remote(resources={"unobtainium": 1})
+        def never():
+            return 1
+
+        @ray.remote
+        def after(x):
+            return x
+
+        refs = [hog.remote(), never.remote()]
+        refs.append(after.remote(refs[1]))
+        try:
+            ray.get(refs, timeout=2.5)
+        except ray.exceptions.GetTimeoutError:
+            print("timed out as asked")
+    """))
+    env = dict(os.environ, LUMINARY_WAIT_WARN_S="0.5")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100, env=env)
+    assert "timed out as asked" in out.stdout, out.stderr[-3000:]
+    err = out.stderr
+    assert "get() has waited" in err
+    assert "hog (task" in err and "is running on worker" in err
+    assert "never (task" in err and "waiting for resources" in err and "unobtainium" in err
+    assert "after (task" in err and "waiting for 1 argument" in err

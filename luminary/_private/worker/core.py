@@ -21,6 +21,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 
 from ... import exceptions as exc
 from .. import ids, serialization
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 _owner_of = operator.attrgetter("owner")
 
 DRIVER, WORKER = "driver", "worker"
+WAIT_WARN_S = float(os.environ.get("LUMINARY_WAIT_WARN_S", "60") or 0)   # see _wait_diagnosed
 
 
 class SyncCall:
@@ -525,7 +527,7 @@ class CoreWorker:
             if blocked:
                 self.io.post(self.submitter.on_blocked)
             try:
-                ok = self.memory.wait(oids, len(oids), timeout, wake_on_error=len(oids) > 1)
+                ok = self._wait_diagnosed(missing, oids, len(oids), timeout, len(oids) > 1, "get")
             finally:
                 if blocked:
                     self.io.post(self.nm.notify, "unblocked", None)
@@ -547,6 +549,43 @@ class CoreWorker:
                 except ObjectLocationLost as lost:
                     self.recover(r, lost)
         return out
+
+    def _wait_diagnosed(self, pending, oids, num, timeout, wake_on_error, what):
+        """memory.wait, and when it lasts longer than $LUMINARY_WAIT_WARN_S (default 60 s; 0: never)
+        say once, then at doubling intervals, what it waits on and why (never a silent hang)."""
+        warn = WAIT_WARN_S
+        if not warn or (timeout is not None and timeout <= warn):
+            return self.memory.wait(oids, num, timeout, wake_on_error=wake_on_error)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waited, step = 0.0, warn
+        while True:
+            chunk = step if deadline is None else min(step, deadline - time.monotonic())
+            if self.memory.wait(oids, num, max(0.0, chunk), wake_on_error=wake_on_error):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            waited += chunk
+            self._report_wait(pending, what, waited)
+            step *= 2
+
+    def _report_wait(self, refs, what, waited):
+        values = self.memory.values
+        refs = [r for r in refs if r.id not in values]
+        res = SyncCall()
+        self.io.post(lambda: res(True, self.submitter.describe(refs[:20])))
+        try:
+            lines = res.wait(10)
+        except Exception as e:  # noqa: BLE001 - diagnostics must never break the wait
+            lines = [f"(could not ask the owner: {e})"]
+        more = f" (and {len(refs) - 20} more)" if len(refs) > 20 else ""
+        text = (f"Warning: {what}() has waited {waited:.0f} s for {len(refs)} object(s){more}:\n  "
+                + "\n  ".join(lines) + "\n(set LUMINARY_WAIT_WARN_S=0 to silence this, or a number of seconds)\n")
+        logger.warning("%s", text)
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except Exception:
+            pass
 
     def recover(self, ref, lost):
         """A stored copy is gone: ask the owner to rebuild it from lineage, then wait again."""
@@ -648,7 +687,8 @@ class CoreWorker:
         if blocked:
             self.io.post(self.submitter.on_blocked)
         try:
-            self.memory.wait(oids, min(num_returns, len(oids)), timeout)
+            self._wait_diagnosed([r for r in refs if r.id not in values], oids, min(num_returns, len(oids)),
+                                 timeout, False, "wait")
         finally:
             if blocked:
                 self.io.post(self.nm.notify, "unblocked", None)

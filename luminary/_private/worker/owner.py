@@ -62,7 +62,7 @@ class Call:
     """One task or actor call, from submission to its last reply."""
     __slots__ = ("tid", "spec", "fid", "fn_blob", "resources", "key", "strategy", "locality", "returns",
                  "nret", "retries_left", "retry_exc", "arg_refs", "held", "state", "lease", "actor",
-                 "cancelled", "name", "deps_left", "gen_seen", "gen_dropped", "parent")
+                 "cancelled", "name", "deps_left", "gen_seen", "gen_dropped", "parent", "pushed_at")
 
     def __init__(self, tid, spec, fid, fn_blob, resources, returns, nret, max_retries, retry_exc,
                  arg_refs, held, name, actor=None):
@@ -89,6 +89,7 @@ class Call:
         self.gen_seen = None
         self.gen_dropped = False
         self.parent = None                # the task that submitted it (recursive cancel)
+        self.pushed_at = None             # when the shell sent it (monotonic seconds; diagnostics)
 
     def __repr__(self):
         return f"Call({self.name}, {self.tid.hex()[:12]}, {self.state.name})"
@@ -766,6 +767,39 @@ class Owner:
             return
         terminate_call.actor = actor_id
         self.on_submit(terminate_call, [])
+
+    # --- diagnostics -----------------------------------------------------------------------------
+    def describe(self, oid, now):
+        """Why object ``oid`` (a return value of a call of ours) is not ready yet, in words."""
+        call = self.calls.get(ids.task_of(oid))
+        if call is None:
+            return "not made by a pending task of this process (a put object, or its task already ended)"
+        what = f"{call.name} (task {call.tid.hex()})"
+        if call.state == S.WAITING:
+            missing = [ref for _, ref in call.arg_refs if ref.id not in self.values]
+            args = ", ".join(f"{ref.id.hex()} (owner {ref.owner})" for ref in missing[:5])
+            return f"{what} is waiting for {len(missing)} argument(s): {args}"
+        if call.actor is not None:
+            a = self.actors.get(call.actor)
+            where = f"actor {call.actor.hex()[:12]}"
+            if call.state == S.PUSHED:
+                ran = f" for {now - call.pushed_at:.1f} s" if call.pushed_at else ""
+                return f"{what} is running in {where}{ran}"
+            state = a.state if a is not None else "unknown"
+            doing = {"unknown": "whose address is being asked of the GCS (it may be starting or "
+                                "restarting, or waiting for resources)", "alive": "behind earlier calls",
+                     "dead": "which is dead"}.get(state, state)
+            return f"{what} is queued for {where}, {doing}"
+        if call.state == S.QUEUED:
+            kq = self.keys.get(call.key)
+            n = len(kq.requests) if kq else 0
+            return (f"{what} is waiting for resources {dict(call.resources)}: {n} lease request(s) pending "
+                    f"at the node managers (no node has had room for it yet)")
+        if call.state == S.PUSHED:
+            ran = f" for {now - call.pushed_at:.1f} s" if call.pushed_at else ""
+            addr = call.lease.grant.get("address") if call.lease is not None else "?"
+            return f"{what} is running on worker {addr}{ran}"
+        return f"{what} is {call.state.name.lower()}"
 
     # --- checks ----------------------------------------------------------------------------------
     def validate_state(self):

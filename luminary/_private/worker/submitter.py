@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 
 from ... import exceptions as exc
 from .. import ids
@@ -184,6 +185,18 @@ class TaskSubmitter:
         if getattr(core, "executor", None) is not None:
             core.executor.bounce_queued()
 
+    def describe(self, refs):
+        """(I/O thread) One line per pending ref: where its call is, or who owns it."""
+        now = time.monotonic()
+        me = self.core.address
+        out = []
+        for r in refs:
+            if r.owner == me:
+                out.append(f"{r.id.hex()}: {self.owner.describe(r.id, now)}")
+            else:
+                out.append(f"{r.id.hex()}: owned by {r.owner}, which has not sent it yet")
+        return out
+
     def wait_idle(self, timeout):
         """From the main thread: wait until every task and actor call submitted here finished."""
         ev = threading.Event()
@@ -260,6 +273,7 @@ class TaskSubmitter:
         gpus = lease.grant.get("gpu_ids") if lease is not None else None
         if gpus:
             spec = dict(spec, gpus=gpus)
+        call.pushed_at = time.monotonic()
         conn.request("push_task", spec, lambda ok, r: self.feed(("push_reply", lease_id, tid, ok, r)))
 
     def _a_cancel_task(self, lease_id, tid, force, recursive):
@@ -341,6 +355,7 @@ class TaskSubmitter:
         if conn.state.get("pathsent") is None:
             conn.state["pathsent"] = True
             spec = dict(spec, path=self.core.code_path())
+        call.pushed_at = time.monotonic()
         conn.request("push_task", spec, lambda ok, r: self.feed(("actor_reply", actor_id, tid, ok, r)))
 
     def _a_cancel_actor_call(self, actor_id, incarnation, tid):
