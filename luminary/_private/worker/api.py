@@ -107,10 +107,29 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
         raise RuntimeError(f"Could not connect to the cluster: {e}") from e
     core.namespace = sess.namespace
     state.core = core
+    if kwargs.get("configure_logging", True):
+        _configure_logging(kwargs.get("logging_level", logging.INFO), kwargs.get("logging_format"))
     atexit.register(_shutdown_at_exit)
     return RayContext({"node_id": core.node_id.hex(), "session_dir": sess.session_dir,
                        "address": cfg.get("gcs_address"), "node_ip_address": cfg.get("node_ip"),
                        "gcs_address": cfg.get("gcs_address"), "webui_url": None})
+
+
+_log_handler = None
+
+
+def _configure_logging(level, fmt):
+    """Luminary's own messages (retries, lost connections, lineage rebuilds) reach stderr, as
+    Ray's do; ``init(configure_logging=False)`` leaves logging to the application."""
+    global _log_handler
+    lum = logging.getLogger("luminary")
+    if _log_handler is None:
+        _log_handler = logging.StreamHandler()
+        lum.addHandler(_log_handler)
+    _log_handler.setFormatter(logging.Formatter(fmt or "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+    lum.setLevel(level if isinstance(level, int) else logging.INFO)
 
 
 def _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs):
