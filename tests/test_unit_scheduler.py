@@ -71,7 +71,26 @@ def test_gpu_ids_are_assigned_and_returned():
     leases = [s.grant(g, object()) for g in grants]
     assert sorted(l.gpu_ids[0] for l in leases) == [0, 1]
     s.release(leases[0].lease_id)
-    assert s.free_gpus == [leases[0].gpu_ids[0]]
+    freed = leases[0].gpu_ids[0]
+    assert [i for i, f in enumerate(s.gpu_free) if f] == [freed]
+
+
+def test_fractional_gpus_pack_on_one_device_and_whole_ones_take_free_devices():
+    s = LocalScheduler({"CPU": 8, "GPU": 2})
+    for i in range(3):
+        s.submit(req(i, GPU=0.5))
+    grants, _ = s.schedule(3)
+    halves = [s.grant(g, object()) for g in grants]
+    assert [l.gpu_ids for l in halves] == [[0], [0], [1]]      # two halves share GPU 0
+    s.submit(req(9, GPU=1.0))
+    assert s.schedule(1)[0] == []                              # 0.5 GPU left in all: no whole one
+    s.release(halves[2].lease_id)
+    (g,), _ = s.schedule(1)
+    whole = s.grant(g, object())
+    assert whole.gpu_ids == [1]
+    for l in halves[:2] + [whole]:
+        s.release(l.lease_id)
+    assert s.gpu_free == [s.gpu_free[0]] * 2 and s.available.get("GPU") == 2.0
 
 
 def test_dropping_a_requester_forgets_its_queue_and_returns_its_leases():

@@ -364,3 +364,45 @@ def test_wait_accepts_generators(ray_start):
     done = ray.put("x")
     ready, rest = ray.wait([gen, done], num_returns=2, timeout=20)
     assert len(ready) == 2
+
+
+# --------------------------------------------------------------------------
+# GPUs (a fake GPU count on CPU machines; the CUDA program runs only where a GPU exists)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ray_start_fresh", [{"num_cpus": 4, "num_gpus": 2}], indirect=True)
+def test_gpu_actors_and_fractional_gpus(ray_start_fresh):
+    @ray.remote(num_gpus=1)
+    class GpuActor:
+        def where(self):
+            return ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    @ray.remote(num_gpus=0.5)
+    class Half:
+        def where(self):
+            return [int(g) for g in ray.get_gpu_ids()]
+
+    ids, visible = ray.get(GpuActor.remote().where.remote())
+    assert len(ids) == 1 and visible == str(int(ids[0]))
+    halves = [Half.remote() for _ in range(2)]
+    got = ray.get([h.where.remote() for h in halves])
+    assert got[0] == got[1] and len(got[0]) == 1        # both halves packed on one device
+    assert got[0][0] != int(ids[0])
+
+
+@pytest.mark.skipif(not __import__("shutil").which("nvidia-smi"), reason="no GPU on this machine")
+def test_a_real_cuda_program_on_its_gpu(shutdown_only):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    ray.init()
+
+    @ray.remote(num_gpus=1)
+    class CudaActor:
+        def compute(self):
+            import torch
+            x = torch.ones(1024, 1024, device="cuda")
+            return float((x @ x).sum().item()), torch.cuda.device_count()
+
+    total, visible = ray.get(CudaActor.remote().compute.remote(), timeout=120)
+    assert total == 1024.0 ** 3 and visible == 1

@@ -173,7 +173,7 @@ class ActorManager:
             try:
                 wconn = await protocol.connect(grant["address"], self.gcs.secret, {}, name=f"actor-{a.actor_id.hex()[:8]}")
                 spec = dict(a.spec, actor_id=a.actor_id, incarnation=a.incarnation, checkpoint=a.checkpoint,
-                            gcs_address=self.gcs.address)
+                            gcs_address=self.gcs.address, gpus=grant.get("gpu_ids") or [])
                 reply = await wconn.call("create_actor", spec)
             except Exception as e:
                 logger.warning("creating actor %s failed: %s", a.actor_id.hex(), e)

@@ -58,6 +58,12 @@ def start_node(*, secret, session_dir, head, gcs_address=None, node_ip="127.0.0.
     object_store_memory = int(object_store_memory) // 4096 * 4096
     if object_store_memory < 1 << 20:
         raise ValueError("object_store_memory must be at least 1 MiB")
+    if num_gpus is None:   # as Ray: the GPUs CUDA_VISIBLE_DEVICES or nvidia-smi shows
+        from ..accelerators import accelerator_resource, detect_gpus
+        num_gpus, model = detect_gpus()
+        if num_gpus and model:
+            resources = dict(resources or {})
+            resources.setdefault(accelerator_resource(model), 1.0)
     cfg = {"secret": secret, "session_dir": session_dir, "head": head, "node_ip": node_ip,
            "num_cpus": os.cpu_count() if num_cpus is None else num_cpus, "num_gpus": num_gpus or 0,
            "resources": resources or {}, "object_store_memory": object_store_memory,

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import collections
 
-from ..placement import ResourceSet, ceil_whole, fits, missing
+from ..placement import ResourceSet, fits, missing
+from ..placement.resources import UNIT
 
 
 class LeaseRequest:
@@ -31,14 +32,15 @@ class LeaseRequest:
 
 
 class Lease:
-    __slots__ = ("lease_id", "resources", "worker", "requester", "gpu_ids", "blocked")
+    __slots__ = ("lease_id", "resources", "worker", "requester", "gpu_ids", "gpu_units", "blocked")
 
-    def __init__(self, lease_id, resources, worker, requester, gpu_ids):
+    def __init__(self, lease_id, resources, worker, requester, gpu_ids, gpu_units=()):
         self.lease_id = lease_id
         self.resources = resources
         self.worker = worker
         self.requester = requester
         self.gpu_ids = gpu_ids
+        self.gpu_units = gpu_units      # units taken from each of gpu_ids (given back on release)
         self.blocked = False
 
 
@@ -46,7 +48,9 @@ class LocalScheduler:
     def __init__(self, total):
         self.total = ResourceSet.from_wire(total)
         self.available = self.total.copy()
-        self.free_gpus = list(range(int(self.total.get("GPU", 0))))
+        # what is left of each GPU device, in units: fractional requests share a device
+        # (two num_gpus=0.5 tasks both get GPU 0, as in Ray); whole ones take whole devices
+        self.gpu_free = [UNIT] * (self.total.units("GPU") // UNIT)
         self.queue = collections.deque()
         self.leases: dict = {}
 
@@ -92,9 +96,8 @@ class LocalScheduler:
 
     def grant(self, req: LeaseRequest, worker) -> Lease:
         self.available.subtract(req.resources)
-        n_gpu = ceil_whole(req.resources, "GPU")
-        gpu_ids = [self.free_gpus.pop(0) for _ in range(min(n_gpu, len(self.free_gpus)))]
-        lease = Lease(req.lease_id, req.resources, worker, req.requester, gpu_ids)
+        gpu_ids, gpu_units = self._take_gpus(req.resources.units("GPU"))
+        lease = Lease(req.lease_id, req.resources, worker, req.requester, gpu_ids, gpu_units)
         self.leases[req.lease_id] = lease
         return lease
 
@@ -107,9 +110,27 @@ class LocalScheduler:
             back = back.copy()
             back.discard("CPU")        # given back already when it blocked
         self.available.add(back)
-        self.free_gpus.extend(lease.gpu_ids)
-        self.free_gpus.sort()
+        for i, u in zip(lease.gpu_ids, lease.gpu_units):
+            self.gpu_free[i] += u
         return lease
+
+    def _take_gpus(self, units):
+        """Device ids for a GPU request of ``units``: a fraction goes to the lowest device that
+        still has that much free (packing, as Ray does); whole GPUs take whole free devices."""
+        free = self.gpu_free
+        if units <= 0 or not free:
+            return [], []
+        if units < UNIT:
+            for i, f in enumerate(free):
+                if f >= units:
+                    free[i] -= units
+                    return [i], [units]
+            return [], []
+        want = -(-units // UNIT)
+        ids = [i for i, f in enumerate(free) if f == UNIT][:want]
+        for i in ids:
+            free[i] = 0
+        return ids, [UNIT] * len(ids)
 
     def block(self, lease_id):
         lease = self.leases.get(lease_id)

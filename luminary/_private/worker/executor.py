@@ -242,6 +242,9 @@ class Executor:
         core.job_id = spec.get("job", core.job_id)
         core.namespace = spec.get("namespace")
         core.current_pg = spec.get("pg")
+        if spec.get("gpus"):    # the actor's devices, for its whole life (get_gpu_ids, CUDA_VISIBLE_DEVICES)
+            core.gpu_ids = list(spec["gpus"])
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in core.gpu_ids)
         if self.omp_from_cpus:
             self.set_omp_threads(spec.get("ncpu", 0))
         core.current_task_name = spec.get("class_name", "actor") + ".__init__"
@@ -353,7 +356,7 @@ class Executor:
         if "ns" in spec:
             core.namespace = spec["ns"]
         gpus = spec.get("gpus")
-        if gpus or core.gpu_ids:
+        if self.actor is None and (gpus or core.gpu_ids):
             core.gpu_ids = gpus or []
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in core.gpu_ids)
         nret = spec["nret"]

@@ -122,6 +122,8 @@ def resources_of(opts: dict, default_cpus=1.0) -> dict:
     for k, v in (opts.get("resources") or {}).items():
         if v:
             res[k] = float(v)
+    if opts.get("accelerator_type"):     # a node whose GPUs are of this model (as Ray does)
+        res[f"accelerator_type:{opts['accelerator_type']}"] = 0.001
     return {k: v for k, v in res.items() if v}
 
 
