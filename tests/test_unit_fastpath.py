@@ -210,11 +210,11 @@ def test_refs_deserialized_in_a_batch_keep_their_objects_and_free_them_when_drop
     del outer                               # only the deserialized refs hold the objects now
     assert ray.get(got[1234]) == 1234
     poll_for(lambda: cw.refs.entries.get(oids[0]) is not None and cw.refs.entries[oids[0]].local == 1
-             and cw.refs.entries[oids[0]].contained == 0, desc="outer freed, inner held by got")
+             and cw.refs.entries[oids[0]].contained == 0, timeout=30, desc="outer freed, inner held by got")
     assert ray.get(got[:3]) == [0, 1, 2]
     del got
     poll_for(lambda: not any(o in cw.refs.entries or o in cw.memory.values for o in oids),
-             desc="all 2000 objects freed")
+             timeout=30, desc="all 2000 objects freed")
 
 
 def test_refs_borrowed_in_a_batch_stay_alive_while_the_borrower_holds_them(ray_start):
