@@ -49,7 +49,7 @@ def new_session_dir(parent=None, prefix="session"):
 def start_node(*, secret, session_dir, head, gcs_address=None, node_ip="127.0.0.1", gcs_port=None,
                tcp_port=None, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
                memory=None, watch_stdin=True, exit_with_driver=False, gcs_storage=None, daemon=False,
-               timeout=30.0):
+               timeout=30.0, system=None):
     """Start one node process; returns (Popen, info dict from its ready line)."""
     from ..worker.options import check_node_resources
     check_node_resources(num_cpus, num_gpus, resources, memory, object_store_memory)
@@ -68,7 +68,7 @@ def start_node(*, secret, session_dir, head, gcs_address=None, node_ip="127.0.0.
            "num_cpus": os.cpu_count() if num_cpus is None else num_cpus, "num_gpus": num_gpus or 0,
            "resources": resources or {}, "object_store_memory": object_store_memory,
            "memory": memory or int(total_memory() * 0.7), "exit_with_driver": exit_with_driver,
-           "watch_stdin": watch_stdin, "remove_session_dir": True}
+           "watch_stdin": watch_stdin, "remove_session_dir": True, "system": dict(system or {})}
     if gcs_address:
         cfg["gcs_address"] = gcs_address
     if gcs_port is not None:

@@ -29,6 +29,7 @@ from .. import ids
 from ..config import HEARTBEAT_S, IDLE_WORKER_TIMEOUT_S
 from ..placement import ClusterView, NodeView, Reject, ResourceSet, Spill, TaskPlacer, group_resources
 from ..rpc import messages, protocol
+from . import memory_monitor as mm
 from .scheduler import LeaseRequest, LocalScheduler
 from .store import ObjectStore
 
@@ -141,6 +142,7 @@ class NodeManager:
         for _ in range(int(self.cfg.get("prestart", self.resources.get("CPU", 1)))):
             self._start_worker()
         loop.create_task(self._heartbeat_loop())
+        loop.create_task(self._memory_monitor_loop())
         loop.create_task(self._reap_idle_loop())
         if self.cfg.get("watch_stdin", self.cfg.get("exit_with_driver")):
             loop.add_reader(0, self._stdin_readable)
@@ -408,6 +410,7 @@ class NodeManager:
             w = self.idle.pop()  # most recently used first: its caches are warm
             lease = self.scheduler.grant(req, w)
             w.lease = lease
+            lease.granted_at = time.monotonic()
             fut.set_result({"worker_id": w.worker_id, "address": w.address, "gpu_ids": lease.gpu_ids,
                             "node_id": self.node_id})
         for _ in range(max(0, need - len(self.starting))):
@@ -636,6 +639,56 @@ class NodeManager:
             self.view = ClusterView.from_wire(view)
             if self.scheduler.queue:
                 self._respill()
+
+    # --- memory monitor (memory_monitor.py) ----------------------------------------------------------
+    async def _memory_monitor_loop(self):
+        system = self.cfg.get("system") or {}
+        refresh = system.get("memory_monitor_refresh_ms", mm.DEFAULT_REFRESH_S * 1000) / 1000.0
+        threshold = float(system.get("memory_usage_threshold", mm.DEFAULT_THRESHOLD))
+        if refresh <= 0:
+            return
+        ending = set()          # pids being ended: one kill at a time, until it is gone
+        while not self.shutting_down:
+            await asyncio.sleep(refresh)
+            try:
+                used, limit = mm.read_memory()
+            except (OSError, ValueError):
+                continue
+            ending &= {w.pid for w in self.workers.values()}
+            if limit <= 0 or used <= threshold * limit or ending:
+                continue
+            now = time.monotonic()
+            cands = []
+            for w in self.workers.values():
+                lease = w.lease
+                if lease is None:
+                    kind = "idle"
+                elif lease.actor:
+                    kind = "actor"
+                else:
+                    kind = "task"
+                cands.append({"worker": w, "pid": w.pid, "kind": kind, "rss": mm.rss_of(w.pid),
+                              "owner": id(lease.requester) if lease is not None else None,
+                              "started": lease.granted_at if lease is not None else now, "what": kind})
+            victim = mm.pick_victim(cands)
+            if victim is None:
+                continue
+            w = victim["worker"]
+            ending.add(w.pid)
+            message = mm.describe_usage(used, limit, cands, self.node_id.hex(), threshold)
+            logger.warning("memory monitor: ending worker pid %d (%s): %.0f%% of memory used",
+                           w.pid, victim["kind"], 100 * used / limit)
+            lease = w.lease
+            if victim["kind"] == "task" and lease is not None and not lease.requester.closed:
+                # tell the owner why first, so its task fails with OutOfMemoryError (or is retried)
+                fut = asyncio.get_event_loop().create_future()
+                lease.requester.request("worker_oom", {"lease_id": lease.lease_id, "message": message},
+                                        lambda ok, r, f=fut: f.done() or f.set_result(ok))
+                try:
+                    await asyncio.wait_for(fut, 1.0)
+                except asyncio.TimeoutError:
+                    pass
+            _kill(w.pid)
 
     async def _heartbeat_loop(self):
         while not self.shutting_down:

@@ -32,7 +32,8 @@ class LeaseRequest:
 
 
 class Lease:
-    __slots__ = ("lease_id", "resources", "worker", "requester", "gpu_ids", "gpu_units", "blocked")
+    __slots__ = ("lease_id", "resources", "worker", "requester", "gpu_ids", "gpu_units", "blocked", "actor",
+                 "granted_at")
 
     def __init__(self, lease_id, resources, worker, requester, gpu_ids, gpu_units=()):
         self.lease_id = lease_id
@@ -42,6 +43,8 @@ class Lease:
         self.gpu_ids = gpu_ids
         self.gpu_units = gpu_units      # units taken from each of gpu_ids (given back on release)
         self.blocked = False
+        self.actor = False              # leased for an actor (the memory monitor ends those last)
+        self.granted_at = 0.0
 
 
 class LocalScheduler:
@@ -98,6 +101,7 @@ class LocalScheduler:
         self.available.subtract(req.resources)
         gpu_ids, gpu_units = self._take_gpus(req.resources.units("GPU"))
         lease = Lease(req.lease_id, req.resources, worker, req.requester, gpu_ids, gpu_units)
+        lease.actor = bool(req.data and req.data.get("actor"))
         self.leases[req.lease_id] = lease
         return lease
 

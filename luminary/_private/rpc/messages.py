@@ -378,6 +378,7 @@ MESSAGES = [
     _m("add_borrower", R, OW, OW, struct({"oids": OIDS, "addr": ADDRESS})),
     _m("remove_borrower", N, OW, OW, struct({"oids": OIDS, "addr": ADDRESS})),
     _m("infeasible", N, NM, OW, struct({"lease_id": LEASE_ID, "missing": RESOURCES, "node_resources": AMOUNTS})),
+    _m("worker_oom", R, NM, OW, struct({"lease_id": LEASE_ID, "message": str_(1 << 16)})),
     _m("gen_item", N, WORKER, OW, struct({"tid": TASK_ID, "idx": int_(0, 1 << 32), "ret": list_(ANYV, 4),
                                            "contained?": list_(list_(ANYV, 2), 1 << 20)})),
     # --- handled by workers only ------------------------------------------------------------------

@@ -115,6 +115,23 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                        "gcs_address": cfg.get("gcs_address"), "webui_url": None})
 
 
+_NODE_SYSTEM_KEYS = ("memory_usage_threshold", "memory_monitor_refresh_ms")
+
+
+def _node_system_config(system):
+    """The `_system_config` keys the node manager acts on, checked (as Ray names them)."""
+    out = {}
+    for k in _NODE_SYSTEM_KEYS:
+        if isinstance(system, dict) and k in system:
+            v = system[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0 or \
+                    (k == "memory_usage_threshold" and v > 1):
+                raise ValueError(f"_system_config[{k!r}] must be a number "
+                                 f"{'between 0 and 1' if k == 'memory_usage_threshold' else '>= 0'}, got {v!r}")
+            out[k] = v
+    return out
+
+
 _log_handler = None
 
 
@@ -140,6 +157,7 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs):
     proc, info = launch.start_node(secret=secret, session_dir=session_dir, head=True, node_ip=node_ip,
                                    num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                                    object_store_memory=object_store_memory, memory=kwargs.get("_memory"),
+                                   system=_node_system_config(kwargs.get("_system_config")),
                                    watch_stdin=True, exit_with_driver=True)
     sess = _Session()
     sess.proc = proc

@@ -130,7 +130,7 @@ class CoreWorker:
         impl = {"get_object": self.h_get_object, "reconstruct": self.h_reconstruct,
                 "add_borrower": self.h_add_borrower, "remove_borrower": self.h_remove_borrower,
                 "infeasible": self.h_infeasible, "ping": lambda c, p: "pong",
-                "gen_item": self.submitter.h_gen_item}
+                "gen_item": self.submitter.h_gen_item, "worker_oom": self.submitter.h_worker_oom}
         if role == messages.DRIVER:
             impl["log"] = self.h_log
         executor = getattr(self, "executor", None)

@@ -37,6 +37,7 @@ LEASE_IDLE_S = 0.01      # a lease with nothing to run goes back after this long
 FAST_TASK_S = 0.001      # tasks shorter than this (moving average) are pipelined
 RETRY_LEASE_S = 0.1      # a failed lease request is retried after this long
 _NONE = pickle.dumps(None, 5)
+OOM_RETRIES = 15         # retries of a retriable task ended by a node's memory monitor
 
 
 class State(enum.IntEnum):
@@ -62,7 +63,8 @@ class Call:
     """One task or actor call, from submission to its last reply."""
     __slots__ = ("tid", "spec", "fid", "fn_blob", "resources", "key", "strategy", "locality", "returns",
                  "nret", "retries_left", "retry_exc", "arg_refs", "held", "state", "lease", "actor",
-                 "cancelled", "name", "deps_left", "gen_seen", "gen_dropped", "parent", "pushed_at")
+                 "cancelled", "name", "deps_left", "gen_seen", "gen_dropped", "parent", "pushed_at",
+                 "oom_retries_left")
 
     def __init__(self, tid, spec, fid, fn_blob, resources, returns, nret, max_retries, retry_exc,
                  arg_refs, held, name, actor=None):
@@ -90,6 +92,7 @@ class Call:
         self.gen_dropped = False
         self.parent = None                # the task that submitted it (recursive cancel)
         self.pushed_at = None             # when the shell sent it (monotonic seconds; diagnostics)
+        self.oom_retries_left = OOM_RETRIES  # runs again after its node ended it for memory
 
     def __repr__(self):
         return f"Call({self.name}, {self.tid.hex()[:12]}, {self.state.name})"
@@ -115,7 +118,7 @@ class KeyQueue:
 
 
 class Lease:
-    __slots__ = ("lease_id", "grant", "nm", "inflight", "kq", "idle_timer", "dead")
+    __slots__ = ("lease_id", "grant", "nm", "inflight", "kq", "idle_timer", "dead", "oom")
 
     def __init__(self, lease_id, grant, nm, kq):
         self.lease_id = lease_id
@@ -125,6 +128,7 @@ class Lease:
         self.kq = kq
         self.idle_timer = False
         self.dead = False
+        self.oom = None                  # why its node ended it for memory, if it did
 
 
 class Actor:
@@ -402,7 +406,7 @@ class Owner:
         if not ok:
             if not lease.dead:
                 self._drop_lease(lease)
-            self._worker_died(call, kq)
+            self._worker_died(call, kq, lease)
         elif reply.get("bounced"):
             self._to(call, S.QUEUED)
             kq.queue.appendleft(call)
@@ -433,7 +437,25 @@ class Owner:
             return False
         return isinstance(getattr(err, "cause", err), tuple(call.retry_exc))
 
-    def _worker_died(self, call, kq):
+    def on_lease_oom(self, lease_id, message):
+        lease = self.leases.get(lease_id)
+        if lease is not None:
+            lease.oom = message
+            self._drop_lease(lease)       # it is about to die: push it nothing more
+
+    def _worker_died(self, call, kq, lease=None):
+        if lease is not None and lease.oom and not call.cancelled:
+            # ended by its node's memory monitor: a retriable task runs again on its own OOM
+            # budget (its max_retries are for crashes); the others fail with OutOfMemoryError
+            if call.retries_left > 0 and call.oom_retries_left > 0 and not self.closing:
+                call.oom_retries_left -= 1
+                self.out.append(("log", "warning", f"{call.name} was ended for memory; retrying "
+                                                   f"({call.oom_retries_left} memory retries left)"))
+                self._to(call, S.QUEUED)
+                kq.queue.appendleft(call)
+            else:
+                self._fail(call, exc.OutOfMemoryError(lease.oom))
+            return
         if call.cancelled:
             self._fail(call, exc.TaskCancelledError(call.tid.hex()))
         elif call.retries_left > 0 and not self.closing:

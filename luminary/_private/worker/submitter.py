@@ -136,6 +136,12 @@ class TaskSubmitter:
         call = self.owner.calls.get(ids.task_of(oid))
         return call is not None and call.actor is not None
 
+    def h_worker_oom(self, conn, p):
+        """The node manager is about to end a leased worker for memory: its calls fail with
+        OutOfMemoryError (or are retried) instead of WorkerCrashedError.  Answering lets it kill."""
+        self.feed(("lease_oom", p["lease_id"], p["message"]))
+        return True
+
     def h_gen_item(self, conn, p):
         kind, data = p["ret"]
         self.feed(("gen_item", p["tid"], p["idx"], kind, data, p.get("contained")))
