@@ -83,6 +83,7 @@ def test_full_store_spills_lru_and_restores_on_read(tmp_path):
 
 def test_store_full_when_everything_is_pinned(tmp_path):
     store, arena = _store(tmp_path, cap=2 * KB)
+    store.fallback = False
     _put(store, arena, b"a", b"a" * KB)
     _put(store, arena, b"b", b"b" * KB)
     store.pin(b"a")
@@ -93,10 +94,33 @@ def test_store_full_when_everything_is_pinned(tmp_path):
     assert store.pin(b"a") is not None and store.pin(b"b") is not None
 
 
-def test_object_larger_than_capacity_is_a_clear_error(tmp_path):
+def test_object_larger_than_capacity_is_a_clear_error_without_fallback(tmp_path):
     store, _ = _store(tmp_path, cap=2 * KB)
+    store.fallback = False
     with pytest.raises(ObjectStoreFullError, match="larger than the object store's capacity"):
         store.create(b"big", 3 * KB, b"o")
+
+
+def test_objects_the_arena_cannot_hold_go_to_fallback_files(tmp_path):
+    store, arena = _store(tmp_path, cap=2 * KB)
+    path = store.create(b"big", 3 * KB, b"o")           # larger than the whole store
+    assert isinstance(path, str) and os.path.getsize(path) == 3 * KB
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
+    with open(path, "r+b") as f:
+        f.write(b"x" * 3 * KB)
+    assert store.seal(b"big")
+    assert store.pin(b"big") == (path, 3 * KB)
+    _put(store, arena, b"a", b"a" * KB)
+    _put(store, arena, b"b", b"b" * KB)
+    store.pin(b"a")
+    store.pin(b"b")
+    assert isinstance(store.create(b"c", KB, b"o"), str)  # the rest is pinned: fallback, not failure
+    assert store.stats()["fallback_bytes"] == 4 * KB
+    store.release(b"big")
+    store.delete(b"big")
+    assert not os.path.exists(path) and store.stats()["fallback_bytes"] == KB
+    store.abort(b"c")
+    assert store.stats()["fallback_bytes"] == 0 and not any(n.startswith("fallback-") for n in os.listdir(store.spill_dir))
 
 
 def test_deleting_spilled_object_removes_its_file(tmp_path):

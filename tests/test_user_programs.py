@@ -406,3 +406,26 @@ def test_a_real_cuda_program_on_its_gpu(shutdown_only):
 
     total, visible = ray.get(CudaActor.remote().compute.remote(), timeout=120)
     assert total == 1024.0 ** 3 and visible == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ray_start_fresh", [{"num_cpus": 2, "object_store_memory": 80 * 1024 * 1024}],
+                         indirect=True)
+def test_objects_larger_than_the_store_are_stored_anyway(ray_start_fresh):
+    import numpy as np
+    big = np.arange(12_500_000, dtype=np.int64)          # 100 MB into an 80 MB store
+    ref = ray.put(big)
+    back = ray.get(ref)
+    assert back.shape == big.shape and back[-1] == big[-1] and not back.flags.writeable
+
+    @ray.remote
+    def total(a):
+        return int(a[::1000].sum())
+
+    @ray.remote
+    def make():
+        return np.ones(11_000_000, dtype=np.float64)   # 88 MB returned by a task
+
+    assert ray.get(total.remote(ref)) == int(big[::1000].sum())
+    assert ray.get(make.remote()).sum() == 11_000_000
+    del back, ref

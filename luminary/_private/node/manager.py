@@ -86,6 +86,7 @@ class NodeManager:
         self.peers = {}           # node manager address -> Connection (transfers)
         self.pulls = {}           # oid -> future of a pull in progress
         self.copies = {}          # oid -> peer connections that pulled a copy of our primary
+        self._fallback_maps = {}  # oid -> read mapping of a fallback object being sent to peers
         self.placer = TaskPlacer(self.node_id)   # spillback rules (SPREAD round robin, recent spills)
         self.bundles = {}         # (pg_id, index) -> reserved resources
         self.handlers = messages.handlers(messages.NODE_MANAGER, {
@@ -511,7 +512,11 @@ class NodeManager:
             peer.notify("transfer_end", {"oid": oid})
             return {"error": type(e).__name__, "message": str(e)}
         sem = asyncio.Semaphore(self.IN_FLIGHT)
-        mm = self.arena_mm
+        if isinstance(offset, str):         # no room in the arena: the copy lands in a fallback file
+            mm = _map_file(offset, size, writable=True)
+            offset = 0
+        else:
+            mm = self.arena_mm
 
         dest = memoryview(mm)
 
@@ -552,12 +557,18 @@ class NodeManager:
 
     def fetch_chunk(self, conn, p):
         obj = self.store.objects.get(p["oid"])
+        if obj is not None and obj.path is not None:
+            mm = self._fallback_maps.get(obj.oid)
+            if mm is None:
+                mm = self._fallback_maps[obj.oid] = _map_file(obj.path, obj.size, writable=False)
+            return protocol.RawReply(memoryview(mm)[p["offset"]:p["offset"] + p["length"]])
         if obj is None or obj.offset < 0:
             raise ValueError("object not here")
         start = obj.offset + p["offset"]
         return protocol.RawReply(memoryview(self.arena_mm)[start:start + p["length"]])
 
     def transfer_end(self, conn, p):
+        self._fallback_maps.pop(p["oid"], None)
         self.store_release(conn, {"oids": [p["oid"]]})
 
     def store_release(self, conn, p):
@@ -718,6 +729,16 @@ class _ZygoteProtocol(asyncio.Protocol):
     def connection_lost(self, exc):
         if not self.nm.shutting_down:
             self.nm.shutdown("the zygote died")
+
+
+def _map_file(path, size, writable):
+    import mmap
+    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, max(size, 1), mmap.MAP_SHARED,
+                         mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+    finally:
+        os.close(fd)
 
 
 def _kill(pid):

@@ -85,7 +85,8 @@ class Allocator:
 
 
 class StoredObject:
-    __slots__ = ("oid", "offset", "size", "state", "pins", "owner", "spill_path", "last_use", "doomed", "primary")
+    __slots__ = ("oid", "offset", "size", "state", "pins", "owner", "spill_path", "last_use", "doomed", "primary",
+                 "path")
 
     def __init__(self, oid, offset, size, owner, primary=True):
         self.primary = primary
@@ -98,30 +99,54 @@ class StoredObject:
         self.spill_path = None
         self.last_use = time.monotonic()
         self.doomed = False
+        self.path = None        # a fallback object lives in this file instead of the arena
 
 
 class ObjectStore:
     """``arena`` is a writable memoryview of the shared memory (a bytearray in unit tests)."""
 
-    def __init__(self, arena: memoryview, capacity: int, spill_dir: str):
+    def __init__(self, arena: memoryview, capacity: int, spill_dir: str, fallback: bool = True):
         self.arena = arena
         self.capacity = capacity
         self.alloc = Allocator(capacity)
         self.objects: dict[bytes, StoredObject] = {}
         self.spill_dir = spill_dir
         self.spilled_bytes = 0
+        self.fallback_bytes = 0
+        self.fallback = fallback      # objects the arena cannot hold go to files instead of failing
         self.spill_count = 0
         self.restore_count = 0
 
     # --- writers -----------------------------------------------------------------------------
-    def create(self, oid: bytes, size: int, owner: bytes, primary=True) -> int:
-        """Room for a new object; ``primary=False`` marks a copy fetched from another node,
-        which is evicted (not spilled) when space is needed."""
+    def create(self, oid: bytes, size: int, owner: bytes, primary=True):
+        """Room for a new object: its offset in the arena, or, when the arena cannot hold it even
+        after spilling (larger than the store, or the rest pinned), the path of a disk-backed
+        fallback file of that size (as Ray's plasma falls back).  ``primary=False`` marks a copy
+        fetched from another node, which is evicted (not spilled) when space is needed."""
         if oid in self.objects:
             raise ValueError(f"object {oid.hex()} already exists in the store")
-        offset = self._allocate(size)
+        try:
+            offset = self._allocate(size)
+        except ObjectStoreFullError:
+            if not self.fallback:
+                raise
+            obj = StoredObject(oid, -1, size, owner, primary)
+            obj.path = self._fallback_file(oid, size)
+            self.objects[oid] = obj
+            self.fallback_bytes += size
+            return obj.path
         self.objects[oid] = StoredObject(oid, offset, size, owner, primary)
         return offset
+
+    def _fallback_file(self, oid, size):
+        os.makedirs(self.spill_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.spill_dir, f"fallback-{oid.hex()}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            os.ftruncate(fd, max(size, 1))
+        finally:
+            os.close(fd)
+        return path
 
     def seal(self, oid: bytes) -> bool:
         obj = self.objects.get(oid)
@@ -131,9 +156,9 @@ class ObjectStore:
         return True
 
     def abort(self, oid: bytes):
-        obj = self.objects.pop(oid, None)
+        obj = self.objects.get(oid)
         if obj is not None and obj.state == CREATED:
-            self.alloc.free(obj.offset, obj.size)
+            self._drop(obj)
 
     # --- readers -----------------------------------------------------------------------------
     def contains(self, oid):
@@ -141,7 +166,8 @@ class ObjectStore:
         return obj is not None and obj.state != CREATED and not obj.doomed
 
     def pin(self, oid: bytes):
-        """Return (offset, size) pinned for a reader, restoring a spilled object; None if unsealed."""
+        """Return (offset, size) pinned for a reader, restoring a spilled object; (path, size)
+        for a fallback object; None if unsealed."""
         obj = self.objects.get(oid)
         if obj is None or obj.state == CREATED:
             return None
@@ -149,7 +175,7 @@ class ObjectStore:
             self._restore(obj)
         obj.pins += 1
         obj.last_use = time.monotonic()
-        return obj.offset, obj.size
+        return (obj.path if obj.path is not None else obj.offset), obj.size
 
     def release(self, oid: bytes):
         obj = self.objects.get(oid)
@@ -177,7 +203,13 @@ class ObjectStore:
 
     def _drop(self, obj):
         self.objects.pop(obj.oid, None)
-        if obj.state == SPILLED:
+        if obj.path is not None:
+            self.fallback_bytes -= obj.size
+            try:
+                os.unlink(obj.path)
+            except OSError:
+                pass
+        elif obj.state == SPILLED:
             self.spilled_bytes -= obj.size
             try:
                 os.unlink(obj.spill_path)
@@ -208,7 +240,7 @@ class ObjectStore:
     def _spill_for(self, size):
         """Spill unpinned sealed objects, least recently used first, until ``size`` fits."""
         need = _round(size)
-        victims = sorted((o for o in self.objects.values() if o.state == SEALED and o.pins == 0),
+        victims = sorted((o for o in self.objects.values() if o.state == SEALED and o.pins == 0 and o.path is None),
                          key=lambda o: (o.primary, o.last_use))   # fetched copies go first
         for obj in victims:
             if self.alloc.largest_free() >= need:
@@ -231,7 +263,18 @@ class ObjectStore:
         self.spill_count += 1
 
     def _restore(self, obj):
-        offset = self._allocate(obj.size)
+        try:
+            offset = self._allocate(obj.size)
+        except ObjectStoreFullError:
+            if not self.fallback:
+                raise
+            # no room in the arena: readers map the spill file itself (it holds the same bytes)
+            obj.path = obj.spill_path
+            obj.spill_path = None
+            obj.state = SEALED
+            self.spilled_bytes -= obj.size
+            self.fallback_bytes += obj.size
+            return
         with open(obj.spill_path, "rb") as f:
             f.readinto(self.arena[offset:offset + obj.size])
         os.unlink(obj.spill_path)
@@ -243,4 +286,5 @@ class ObjectStore:
 
     def stats(self):
         return {"capacity": self.capacity, "used": self.alloc.used, "objects": len(self.objects),
+                "fallback_bytes": self.fallback_bytes,
                 "spilled_bytes": self.spilled_bytes, "spilled": self.spill_count, "restored": self.restore_count}

@@ -39,6 +39,16 @@ DRIVER, WORKER = "driver", "worker"
 WAIT_WARN_S = float(os.environ.get("LUMINARY_WAIT_WARN_S", "60") or 0)   # see _wait_diagnosed
 
 
+def _map_file(path, size, writable):
+    """Map a fallback object's file (it lives in the node's 0700 session directory)."""
+    fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        return mmap.mmap(fd, max(size, 1), mmap.MAP_SHARED,
+                         mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+    finally:
+        os.close(fd)
+
+
 class SyncCall:
     """A result the main thread waits for, filled in by the I/O thread."""
     __slots__ = ("lock", "ok", "value")
@@ -439,9 +449,13 @@ class CoreWorker:
             raise getattr(exc, res["error"], exc.ObjectStoreFullError)(res["message"]) \
                 if res["error"] == "ObjectStoreFullError" else exc.RaySystemError(res["message"])
         offset = res
-        arena = self._arena()
         try:
-            sobj.write_into(memoryview(arena)[offset:offset + size], layout)
+            if isinstance(offset, str):     # larger than the store can hold: a disk-backed file
+                with _map_file(offset, size, writable=True) as fmm:
+                    sobj.write_into(memoryview(fmm)[:size], layout)
+            else:
+                arena = self._arena()
+                sobj.write_into(memoryview(arena)[offset:offset + size], layout)
         except BaseException:
             self.io.post(self.nm.notify, "store_abort", {"oid": oid})
             raise
@@ -474,7 +488,10 @@ class CoreWorker:
                 msg = loc.get("message") if isinstance(loc, dict) else "it is not in the object store"
                 raise ObjectLocationLost(oid, where[0] if where else self.node_id, msg)
             offset, size = loc
-            mm = mmap.mmap(self.arena_fd(), size, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset)
+            if isinstance(offset, str):     # a fallback object: its own file
+                mm = _map_file(offset, size, writable=False)
+            else:
+                mm = mmap.mmap(self.arena_fd(), size, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset)
             self.mapped.add(oid, mm, size)
         with serialization.collect_deserialized_refs() as refs:
             value = serialization.loads_store(memoryview(mm))
