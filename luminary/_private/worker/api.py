@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import time
 
 from .. import ids
 from . import state
@@ -170,12 +171,15 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs):
 
 
 EXIT_DRAIN_S = 10.0
+EXIT_GRACE_S = 1.0      # how long tasks already running at exit may still take
 
 
 def _shutdown_at_exit():
-    """The driver script ended: let the tasks it submitted and nobody waited for finish (as they
-    do on Ray: ``f.remote()`` as a script's last line runs and its output appears), bounded by
-    ``$LUMINARY_EXIT_DRAIN_S`` seconds (default 10), then end the cluster."""
+    """The driver script ended.  As on Ray, tasks it submitted last still run (``f.remote()`` as a
+    script's last line runs and its output appears) while long-running ones end with the driver:
+    wait until every submitted call has been dispatched to a worker (at most
+    ``$LUMINARY_EXIT_DRAIN_S`` seconds, default 10), then up to EXIT_GRACE_S for them to
+    finish, then flush their output and end the cluster."""
     core = state.core
     try:
         if core is not None and not core.shutting_down:
@@ -184,13 +188,15 @@ def _shutdown_at_exit():
             except ValueError:
                 limit = EXIT_DRAIN_S
             if limit > 0 and not core.nm.closed:
-                if not core.submitter.wait_idle(min(1.0, limit)):
-                    n = len(core.submitter.tasks)
-                    logger.warning("waiting up to %g s for %d task(s) this script submitted to finish "
-                                   "(set LUMINARY_EXIT_DRAIN_S=0 to exit at once)", limit, n)
-                    if not core.submitter.wait_idle(limit - 1.0):
-                        logger.warning("%d task(s) still unfinished at exit were abandoned",
-                                       len(core.submitter.tasks))
+                deadline = time.monotonic() + limit
+                warned = False
+                while core.submitter.undispatched() and time.monotonic() < deadline:
+                    if not warned and time.monotonic() > deadline - limit + 1.0:
+                        warned = True
+                        logger.warning("waiting up to %g s for the tasks this script submitted to start "
+                                       "(set LUMINARY_EXIT_DRAIN_S=0 to exit at once)", limit)
+                    time.sleep(0.01)
+                core.submitter.wait_idle(max(0.0, min(EXIT_GRACE_S, deadline - time.monotonic())))
                 try:
                     core.call_sync("nm", "flush_logs", {"timeout": 1.0}, timeout=3)
                 except Exception:

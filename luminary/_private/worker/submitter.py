@@ -203,6 +203,17 @@ class TaskSubmitter:
                 out.append(f"{r.id.hex()}: owned by {r.owner}, which has not sent it yet")
         return out
 
+    def undispatched(self):
+        """From the main thread: how many submitted calls have not reached a worker yet."""
+        from .core import SyncCall
+        res = SyncCall()
+        self.core.io.post(lambda: res(True, sum(1 for c in self.owner.calls.values()
+                                                if c.state in (State.WAITING, State.QUEUED))))
+        try:
+            return res.wait(5)
+        except Exception:  # noqa: BLE001 - the I/O thread is gone: nothing more will be dispatched
+            return 0
+
     def wait_idle(self, timeout):
         """From the main thread: wait until every task and actor call submitted here finished."""
         ev = threading.Event()
