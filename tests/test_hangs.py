@@ -267,3 +267,25 @@ def test_cancel_running_async_actor_method(ray_start):
     assert ray.get(s.state.remote(), timeout=20) == (True, True)
     # the actor still serves calls
     assert ray.get(s.state.remote(), timeout=20)[1] is True
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ray_start_fresh", [{"num_cpus": 1}], indirect=True)
+def test_actor_constructor_blocked_in_get_lends_its_cpu(ray_start_fresh):
+    """Ray's release-CPU pattern: an actor holding the only CPU waits in __init__ for a task."""
+    @ray.remote(num_cpus=1)
+    def get_100():
+        return 100
+
+    @ray.remote(num_cpus=1)
+    class A:
+        def __init__(self):
+            self.num = ray.get(get_100.remote())
+
+        def get_num(self):
+            return self.num
+
+    a = A.remote()
+    assert ray.get(a.get_num.remote(), timeout=30) == 100
+    # the actor holds its CPU again once the constructor is done
+    poll_for(lambda: ray.available_resources().get("CPU", 0) == 0, timeout=10, desc="the actor's CPU")

@@ -109,6 +109,7 @@ class CoreWorker:
         self.current_task_name = None
         self.current_actor = None
         self.gpu_ids = []
+        self.in_actor_init = False  # an actor's constructor runs (a get there lends its CPU out too)
         self.current_pg = None      # [pg_id, capture_child_tasks, bundles] of the running task or actor
         self.node_id = None
         self.shutting_down = False
@@ -540,7 +541,7 @@ class CoreWorker:
             for r in missing:
                 if r.owner != self.address:
                     self.io.post(self._fetch_if_missing, r.id, r.owner)
-            blocked = self.mode == WORKER and self.current_task_id is not None
+            blocked = self.mode == WORKER and (self.current_task_id is not None or self.in_actor_init)
             if blocked:
                 self.io.post(self.submitter.on_blocked)
             try:
@@ -700,7 +701,7 @@ class CoreWorker:
             if r.id not in values and r.owner != self.address:
                 self.io.post(self._fetch_if_missing, r.id, r.owner)
         oids = list(dict.fromkeys(r.id for r in refs))
-        blocked = self.mode == WORKER and self.current_task_id is not None and timeout != 0
+        blocked = self.mode == WORKER and (self.current_task_id is not None or self.in_actor_init) and timeout != 0
         if blocked:
             self.io.post(self.submitter.on_blocked)
         try:
@@ -720,7 +721,7 @@ class CoreWorker:
     def wait_generator_item(self, oid, timeout):
         values = self.memory.values
         if oid not in values:
-            blocked = self.mode == WORKER and self.current_task_id is not None
+            blocked = self.mode == WORKER and (self.current_task_id is not None or self.in_actor_init)
             if blocked:
                 self.io.post(self.submitter.on_blocked)
             try:

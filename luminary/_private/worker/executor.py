@@ -248,6 +248,7 @@ class Executor:
         if self.omp_from_cpus:
             self.set_omp_threads(spec.get("ncpu", 0))
         core.current_task_name = spec.get("class_name", "actor") + ".__init__"
+        core.in_actor_init = True
         try:
             rt.create(spec)
         except Exception as e:  # noqa: BLE001 - the constructor may raise anything
@@ -258,6 +259,7 @@ class Executor:
             return
         finally:
             core.current_task_name = None
+            core.in_actor_init = False
         self.actor = rt
         core.current_actor = rt
         procutil_name(spec.get("class_name", "actor"))
