@@ -270,6 +270,29 @@ def test_cancel_running_async_actor_method(ray_start):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("ray_start_fresh", [{"num_cpus": 2}], indirect=True)
+def test_release_cpus_when_actor_creation_task_blocking(ray_start_fresh):
+    """Ray's own test: after the constructor's get, the actor holds one CPU and one is free."""
+    @ray.remote(num_cpus=1)
+    def get_100():
+        time.sleep(0.5)
+        return 100
+
+    @ray.remote(num_cpus=1)
+    class A:
+        def __init__(self):
+            self.num = ray.get(get_100.remote())
+
+        def get_num(self):
+            return self.num
+
+    a = A.remote()
+    assert ray.get(a.get_num.remote(), timeout=30) == 100
+    poll_for(lambda: ray.available_resources().get("CPU") == 1.0, timeout=10, desc="one CPU free")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(IS_RAY, reason="Ray deadlocks here: its actor holds the only CPU while its constructor waits")
 @pytest.mark.parametrize("ray_start_fresh", [{"num_cpus": 1}], indirect=True)
 def test_actor_constructor_blocked_in_get_lends_its_cpu(ray_start_fresh):
     """Ray's release-CPU pattern: an actor holding the only CPU waits in __init__ for a task."""
