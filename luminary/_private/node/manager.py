@@ -148,12 +148,26 @@ class NodeManager:
             "resources": self.resources, "head": bool(self.cfg.get("head")), "pid": os.getpid()}))
         for _ in range(int(self.cfg.get("prestart", self.resources.get("CPU", 1)))):
             self._start_worker()
+        if self.cfg.get("head") and self.cfg.get("job_port") is not None:
+            await self._start_job_api()
         loop.create_task(self._heartbeat_loop())
         loop.create_task(self._reap_idle_loop())
         if self.cfg.get("watch_stdin", self.cfg.get("exit_with_driver")):
             loop.add_reader(0, self._stdin_readable)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: self.shutdown("signal"))
+
+    async def _start_job_api(self):
+        from ..jobs.http import JobServer
+        server = JobServer(self)
+        host = self.cfg.get("job_host") or "127.0.0.1"
+        try:
+            self.job_api = await server.start(host, self.cfg["job_port"])
+            self.jobs = server
+        except OSError as e:    # the cluster runs without it rather than not at all
+            logger.warning("the job API could not listen on %s:%s (%s); jobs cannot be submitted to this "
+                           "cluster. Start the head with a free --dashboard-port.", host, self.cfg["job_port"], e)
+            self.job_api = None
 
     def _stdin_readable(self):
         try:
@@ -178,6 +192,8 @@ class NodeManager:
             return
         self.shutting_down = True
         logger.info("node manager shutting down: %s", why)
+        if self.jobs is not None:
+            self.jobs.close()
         for w in list(self.workers.values()):
             _kill(w.pid)
         for wid, _ in list(self.starting.items()):

@@ -356,7 +356,7 @@ MESSAGES = [
     _m("kv_put", R, OW + (NM,), GCS, struct({"key": bytes_(maxlen=1 << 16), "value": bytes_(), "ns?": opt(NAME),
                                      "overwrite?": BOOL})),
     _m("kv_get", R, OW + (NM,), GCS, struct({"key": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
-    _m("kv_del", R, OW, GCS, struct({"key": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
+    _m("kv_del", R, OW + (NM,), GCS, struct({"key": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
     _m("kv_keys", R, OW + (NM,), GCS, struct({"prefix?": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
     _m("register_actor", R, OW, GCS, struct({
         "actor_id": ID, "spec": ACTOR_SPEC, "resources": RESOURCES, "name": opt(NAME),

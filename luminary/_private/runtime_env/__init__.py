@@ -81,11 +81,11 @@ def _pip_spec(spec, where):
     """A list, a requirements file path, or Ray's dict form -> {"packages": [...], "options": [...]}."""
     options = []
     if isinstance(spec, dict):
-        extra = set(spec) - {"packages", "pip_check", "pip_version", "pip_install_options"}
+        extra = set(spec) - {"packages", "pip_check", "pip_version", "pip_install_options", "options"}
         if extra:
             raise ValueError(f"{where} has unknown field(s) {sorted(extra)}; use packages, pip_check, "
                              "pip_version, pip_install_options.")
-        options = list(spec.get("pip_install_options") or [])
+        options = list(spec.get("pip_install_options") or spec.get("options") or [])
         spec = spec.get("packages")
     if isinstance(spec, str):
         path = os.path.abspath(os.path.expanduser(spec))
