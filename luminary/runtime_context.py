@@ -114,7 +114,16 @@ class RuntimeContext:
         return {"GPU": [str(g) for g in self._core.gpu_ids]}
 
     def get_runtime_env_string(self):
-        return "{}"
+        import json
+        return json.dumps(self.runtime_env)
+
+    @property
+    def runtime_env(self):
+        """The runtime env this process runs with (a worker's) or gives its tasks (a driver's job env)."""
+        from ._private.runtime_env import packaging
+        from .runtime_env import RuntimeEnv
+        spec = packaging.get_default()
+        return RuntimeEnv(**((spec or {}).get("user") or {}))
 
     @property
     def gcs_address(self):

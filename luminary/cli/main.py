@@ -73,7 +73,8 @@ def _start(args, resources):
             secret=secret, session_dir=session_dir, head=bool(args.head), gcs_address=gcs_address, node_ip=ip,
             gcs_port=args.port if args.head else None, tcp_port=args.node_manager_port, num_cpus=args.num_cpus,
             num_gpus=args.num_gpus, resources=resources, object_store_memory=args.object_store_memory,
-            watch_stdin=False, daemon=True)
+            watch_stdin=False, daemon=True,
+            job_api=(args.dashboard_host, args.dashboard_port) if args.head and args.include_dashboard else None)
     except BaseException as e:
         procutil.remove_session_dir(session_dir)     # a failed start or join leaves nothing behind
         if not isinstance(e, (RuntimeError, ValueError)):
@@ -85,7 +86,7 @@ def _start(args, resources):
                            f"free one with {flag}, or stop the other cluster with `luminary stop`.")
         _fail("start", f"the node failed to start: {msg}")
     if args.head:
-        launch.write_cluster_file(info["gcs_address"], secret, {"kind": "cli"})
+        launch.write_cluster_file(info["gcs_address"], secret, {"kind": "cli", "job_api": info.get("job_api")})
     # what `luminary stop` checks before it signals this PID: the start time and the title
     ident = procutil.process_identity(info["pid"])
     record = {"pid": info["pid"], "start_time": ident[0] if ident else None, "title": ident[1] if ident else None,
@@ -100,6 +101,8 @@ def _start(args, resources):
               f"  Join from another machine: copy {secret_file} there (mode 0600), then\n"
               f"                             LUMINARY_SECRET_FILE=<copy> luminary start --address {addr}\n"
               f"  Inspect: luminary status    Stop: luminary stop")
+        if info.get("job_api"):
+            print(f"  Jobs: luminary job submit --address http://{info['job_api']} -- python script.py")
     else:
         print(f"Luminary node {info['node_id'][:12]} joined the cluster at {addr}.")
 
@@ -206,12 +209,18 @@ def main(argv=None):
     st.add_argument("--resources")
     st.add_argument("--object-store-memory", type=int)
     st.add_argument("--secret-file")
+    # the job API (Ray's dashboard flags): authenticated, loopback unless --dashboard-host
+    st.add_argument("--dashboard-port", type=int, default=8265, help="the head's job API port (default 8265)")
+    st.add_argument("--dashboard-host", default="127.0.0.1", help="address the job API binds (default loopback)")
+    st.add_argument("--include-dashboard", type=lambda v: v.lower() not in ("0", "false", "no"), default=True)
     sp = sub.add_parser("stop", help="stop every node started on this machine")
     sp.add_argument("--force", action="store_true")
     ss = sub.add_parser("status", help="show the cluster's nodes and resources")
     ss.add_argument("--address")
+    from .._private.jobs import cli as job_cli
+    job_cli.add_parsers(sub)
     args = parser.parse_args(argv)
-    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}[args.cmd](args)
+    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "job": job_cli.run}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 
+from ... import exceptions as exc
 from ..placement import ResourceSet, actor_load, place_actor
 from ..rpc import protocol
 
@@ -139,6 +141,8 @@ class ActorManager:
             lease_id = b"gcs-actor" + self.lease_counter.to_bytes(8, "big")
             try:
                 req = {"lease_id": lease_id, "resources": a.resources, "actor": True}
+                if a.spec.get("renv"):
+                    req["renv"] = a.spec["renv"]
                 if a.strategy and a.strategy.get("type") in ("NODE_AFFINITY", "SPREAD"):
                     req["no_spill"] = True
                 try:
@@ -157,6 +161,9 @@ class ActorManager:
                         continue
                     grant = await nconn.call("request_lease", dict(req, no_spill=True))
                 if isinstance(grant, dict) and "error" in grant:
+                    if grant.get("type") == "RuntimeEnvSetupError":   # callers raise the setup error itself
+                        self._set_dead(a, grant["message"], pickle.dumps(exc.RuntimeEnvSetupError(grant["message"])))
+                        return
                     self._set_dead(a, f"The actor cannot be scheduled: {grant['message']}")
                     return
             except Exception as e:  # node died while we waited

@@ -121,7 +121,7 @@ def main():
         sys.exit(1)
     print(json.dumps({"node_id": nm.node_id.hex(), "nm_address": nm.address, "tcp_address": nm.tcp_address,
                       "gcs_address": cfg["gcs_address"], "pid": os.getpid(), "arena_fd": arena_fd,
-                      "session_dir": session_dir}), flush=True)
+                      "session_dir": session_dir, "job_api": getattr(nm, "job_api", None)}), flush=True)
     why = loop.run_until_complete(nm.stopped)
     logging.info("node stopped: %s", why)
     # give the loop a moment to flush replies (e.g. the shutdown request's answer)

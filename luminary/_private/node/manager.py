@@ -30,6 +30,7 @@ from ..config import HEARTBEAT_S, IDLE_WORKER_TIMEOUT_S
 from ..placement import ClusterView, NodeView, Reject, ResourceSet, Spill, TaskPlacer, group_resources
 from ..rpc import messages, protocol
 from . import memory_monitor as mm
+from ..runtime_env.agent import EnvAgent
 from .scheduler import LeaseRequest, LocalScheduler
 from .store import ObjectStore
 
@@ -37,9 +38,9 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerInfo:
-    __slots__ = ("worker_id", "pid", "address", "conn", "lease", "idle_since", "kind")
+    __slots__ = ("worker_id", "pid", "address", "conn", "lease", "idle_since", "kind", "env")
 
-    def __init__(self, worker_id, pid, address, conn, kind):
+    def __init__(self, worker_id, pid, address, conn, kind, env=""):
         self.worker_id = worker_id
         self.pid = pid
         self.address = address
@@ -47,6 +48,7 @@ class WorkerInfo:
         self.lease = None
         self.idle_since = time.monotonic()
         self.kind = kind
+        self.env = env            # runtime env key ("" for a plain worker)
 
 
 class NodeManager:
@@ -89,6 +91,12 @@ class NodeManager:
         self._fallback_maps = {}  # oid -> read mapping of a fallback object being sent to peers
         self.placer = TaskPlacer(self.node_id)   # spillback rules (SPREAD round robin, recent spills)
         self.bundles = {}         # (pg_id, index) -> reserved resources
+        # runtime envs: workers are pooled per env key; the agent prepares each env once per node
+        self.envs = EnvAgent(self._fetch_package)
+        self.env_ctx = {}         # env key -> ctx a worker applies after fork (runtime_env/apply.py)
+        self.starting_env = {}    # worker id being started -> env key
+        self.env_setups = {}      # lease id -> True while its env is being prepared (False: cancelled)
+        self.jobs = None          # the job API (head node, luminary start --head)
         self.handlers = messages.handlers(messages.NODE_MANAGER, {
             "register_worker": self.register_worker,
             "register_driver": self.register_driver,
@@ -142,6 +150,8 @@ class NodeManager:
             "resources": self.resources, "head": bool(self.cfg.get("head")), "pid": os.getpid()}))
         for _ in range(int(self.cfg.get("prestart", self.resources.get("CPU", 1)))):
             self._start_worker()
+        if self.cfg.get("head") and self.cfg.get("job_port") is not None:
+            await self._start_job_api()
         loop.create_task(self._heartbeat_loop())
         loop.create_task(self._memory_monitor_loop())
         loop.create_task(self._reap_idle_loop())
@@ -149,6 +159,18 @@ class NodeManager:
             loop.add_reader(0, self._stdin_readable)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: self.shutdown("signal"))
+
+    async def _start_job_api(self):
+        from ..jobs.http import JobServer
+        server = JobServer(self)
+        host = self.cfg.get("job_host") or "127.0.0.1"
+        try:
+            self.job_api = await server.start(host, self.cfg["job_port"])
+            self.jobs = server
+        except OSError as e:    # the cluster runs without it rather than not at all
+            logger.warning("the job API could not listen on %s:%s (%s); jobs cannot be submitted to this "
+                           "cluster. Start the head with a free --dashboard-port.", host, self.cfg["job_port"], e)
+            self.job_api = None
 
     def _stdin_readable(self):
         try:
@@ -173,6 +195,8 @@ class NodeManager:
             return
         self.shutting_down = True
         logger.info("node manager shutting down: %s", why)
+        if self.jobs is not None:
+            self.jobs.close()
         for w in list(self.workers.values()):
             _kill(w.pid)
         for wid, _ in list(self.starting.items()):
@@ -190,10 +214,14 @@ class NodeManager:
             self.stopped.set_result(why)
 
     # --- workers -------------------------------------------------------------------------------
-    def _start_worker(self):
+    def _start_worker(self, env=""):
         wid = ids.random_id()
         self.starting[wid] = time.monotonic()
-        self.zygote.write(msgpack.packb({"worker_id": wid}))
+        if env:
+            self.starting_env[wid] = env
+            self.zygote.write(msgpack.packb({"worker_id": wid, "renv_ctx": self.env_ctx[env]}))
+        else:
+            self.zygote.write(msgpack.packb({"worker_id": wid}))
 
     def on_zygote_message(self, m):
         if "forked" in m:
@@ -202,13 +230,16 @@ class NodeManager:
             wid = self.pid_to_worker.pop(m["exit"], None)
             if wid is not None and wid in self.starting:
                 del self.starting[wid]
+                env = self.starting_env.pop(wid, "")
                 logger.error("worker %s exited with %s before registering; see its log", wid.hex()[:8], m["status"])
+                if env:
+                    self._env_worker_failed(env, wid, m)
                 self._schedule()
 
     def register_worker(self, conn, p):
         wid = p["worker_id"]
         self.starting.pop(wid, None)
-        w = WorkerInfo(wid, p["pid"], p["address"], conn, "worker")
+        w = WorkerInfo(wid, p["pid"], p["address"], conn, "worker", self.starting_env.pop(wid, ""))
         self.workers[wid] = w
         conn.state["worker"] = w
         conn.close_callbacks.append(self._worker_gone)
@@ -287,7 +318,53 @@ class NodeManager:
         target = self._choose_node(need, p)
         if target is not None:
             return target
-        req = LeaseRequest(p["lease_id"], need, conn, data=p)
+        renv = p.get("renv")
+        if renv is not None and renv["key"] not in self.env_ctx:
+            return self._prepare_env_then_queue(conn, p, need, renv)
+        return self._queue_lease(conn, p, need)
+
+    async def _prepare_env_then_queue(self, conn, p, need, renv):
+        """Set the runtime env up on this node (once per env) before the request may take a worker."""
+        lid = p["lease_id"]
+        self.env_setups[lid] = True
+        try:
+            self.env_ctx[renv["key"]] = await self.envs.ensure(renv)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("runtime env setup failed: %s", e)
+            return {"error": "runtime_env", "type": "RuntimeEnvSetupError",
+                    "message": f"Failed to set up the runtime_env on node {self.node_id.hex()[:12]}: {e}"}
+        finally:
+            live = self.env_setups.pop(lid, False)
+        if not live or conn.closed or self.shutting_down:
+            return None          # cancelled, or its owner left, while the env was prepared
+        return await self._queue_lease(conn, p, need)
+
+    def _env_worker_failed(self, env, wid, m):
+        """A worker started in ``env`` died before registering (its pip env's python failed, say):
+        the requests waiting for that env fail with the worker's output instead of retrying forever."""
+        self.env_ctx.pop(env, None)
+        self.envs.forget(env)
+        tail = ""
+        try:
+            path = os.path.join(self.session_dir, "logs", f"worker-{wid.hex()[:12]}-{m['exit']}.log")
+            with open(path, errors="replace") as f:
+                tail = f.read()[-3000:]
+        except OSError:
+            pass
+        msg = (f"A worker for the runtime_env exited with status {m['status']} before it could start. "
+               f"Its output ends with:\n{tail}")
+        for req in [r for r in self.scheduler.queue if r.env == env]:
+            self.scheduler.cancel(req.lease_id)
+            fut, _ = self.lease_waiters.pop(req.lease_id, (None, None))
+            if fut is not None and not fut.done():
+                fut.set_result({"error": "runtime_env", "type": "RuntimeEnvSetupError", "message": msg})
+
+    async def _fetch_package(self, sha):
+        return await self.gcs.call("kv_get", {"key": f"pkg:{sha}".encode(), "ns": "runtime_env"})
+
+    def _queue_lease(self, conn, p, need):
+        renv = p.get("renv")
+        req = LeaseRequest(p["lease_id"], need, conn, data=p, env=renv["key"] if renv else "")
         if "worker" not in conn.state and not conn.state.get("lease_watch"):
             # an owner on another node (spillback) or the GCS: its leases end with its connection
             conn.state["lease_watch"] = True
@@ -367,6 +444,9 @@ class NodeManager:
         return True
 
     def cancel_lease_request(self, conn, p):
+        if p["lease_id"] in self.env_setups:
+            self.env_setups[p["lease_id"]] = False      # answered with None once the env is ready
+            return True
         if self.scheduler.cancel(p["lease_id"]):
             fut, _ = self.lease_waiters.pop(p["lease_id"], (None, None))
             if fut is not None and not fut.done():
@@ -403,21 +483,42 @@ class NodeManager:
     def _schedule(self):
         if self.shutting_down:
             return
-        grants, need = self.scheduler.schedule(len(self.idle))
+        if not self.envs.used:       # no runtime env ever used on this node: one pool
+            grants, need = self.scheduler.schedule(len(self.idle))
+        else:
+            grants, need = self.scheduler.schedule(collections.Counter(w.env for w in self.idle))
         for req in grants:
             fut, _ = self.lease_waiters.pop(req.lease_id, (None, None))
             if fut is None or fut.done():
                 continue
-            w = self.idle.pop()  # most recently used first: its caches are warm
+            w = self._take_idle(req.env)  # most recently used first: its caches are warm
             lease = self.scheduler.grant(req, w)
             w.lease = lease
             lease.granted_at = time.monotonic()
             fut.set_result({"worker_id": w.worker_id, "address": w.address, "gpu_ids": lease.gpu_ids,
                             "node_id": self.node_id})
-        for _ in range(max(0, need - len(self.starting))):
-            self._start_worker()
+        if isinstance(need, int):
+            for _ in range(max(0, need - len(self.starting))):
+                self._start_worker()
+        else:
+            starting = collections.Counter(self.starting_env.get(wid, "") for wid in self.starting)
+            for env, n in need.items():
+                if env and env not in self.env_ctx:
+                    continue        # its env failed since: those requests are being answered
+                for _ in range(max(0, n - starting[env])):
+                    self._start_worker(env)
         if grants:
             self._report_soon()
+
+    def _take_idle(self, env):
+        if not env and (not self.idle or not self.idle[-1].env):
+            return self.idle.pop()
+        for i in range(len(self.idle) - 1, -1, -1):
+            if self.idle[i].env == env:
+                w = self.idle[i]
+                del self.idle[i]
+                return w
+        raise AssertionError(f"no idle worker for env {env!r}")
 
     async def _reap_idle_loop(self):
         keep = int(self.resources.get("CPU", 1))

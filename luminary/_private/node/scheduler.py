@@ -21,14 +21,15 @@ from ..placement.resources import UNIT
 
 
 class LeaseRequest:
-    __slots__ = ("lease_id", "resources", "requester", "infeasible_reported", "data")
+    __slots__ = ("lease_id", "resources", "requester", "infeasible_reported", "data", "env")
 
-    def __init__(self, lease_id, resources, requester, data=None):
+    def __init__(self, lease_id, resources, requester, data=None, env=""):
         self.lease_id = lease_id
         self.resources = _need(resources)
         self.requester = requester
         self.infeasible_reported = False
         self.data = data
+        self.env = env            # the runtime env key: only a worker started in it may take the lease
 
 
 class Lease:
@@ -80,22 +81,27 @@ class LocalScheduler:
         self.queue = collections.deque(r for r in self.queue if r.requester is not requester)
         return [l for l in list(self.leases.values()) if l.requester is requester]
 
-    def schedule(self, idle_workers: int):
+    def schedule(self, idle_workers):
         """Yield requests that fit now, in order, at most ``idle_workers`` of them (plus the number
-        of requests that fit but lack a worker, reported as ``need_workers``)."""
-        grantable, need_workers, skipped = [], 0, collections.deque()
+        of requests that fit but lack a worker, reported as ``need_workers``).  With workers pooled
+        per runtime env, ``idle_workers`` is a dict env key -> idle count and ``need_workers`` a
+        dict env key -> workers to start."""
+        per_env = isinstance(idle_workers, dict)
+        idle = dict(idle_workers) if per_env else {"": idle_workers}
+        grantable, need, skipped = [], collections.Counter(), collections.deque()
         av = self.available.copy()
         while self.queue:
             req = self.queue.popleft()
             if fits(req.resources, av):
-                if len(grantable) < idle_workers:
+                if idle.get(req.env, 0) > 0:
+                    idle[req.env] -= 1
                     av.subtract(req.resources)
                     grantable.append(req)
                     continue
-                need_workers += 1
+                need[req.env] += 1
             skipped.append(req)
         self.queue = skipped
-        return grantable, need_workers
+        return grantable, (need if per_env else need[""])
 
     def grant(self, req: LeaseRequest, worker) -> Lease:
         self.available.subtract(req.resources)

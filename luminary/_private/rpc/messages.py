@@ -231,6 +231,11 @@ LOG = struct({"lines": list_(str_(1 << 26), 1 << 22), "err?": BOOL})
 STRATEGY = opt(struct({"type": str_(64), "node_id?": ID, "soft?": BOOL}))
 NRET = one_of(int_(0, 1 << 20), str_(values=("streaming", "dynamic")))
 JOB = opt(int_(0, (1 << 32) - 1))
+# a runtime env's wire spec (runtime_env/__init__.py): packages by URI, pip requirements, env vars
+RENV = struct({"key": str_(64), "env_vars?": map_(str_(1 << 12), str_(1 << 20), 1 << 12),
+               "working_dir?": str_(256), "py_modules?": list_(str_(256), 1 << 10),
+               "pip?": struct({"packages": list_(str_(1 << 12), 1 << 12), "options": list_(str_(1 << 12), 256)}),
+               "config?": map_(str_(64), ANYV, 8), "user?": map_(str_(64), ANYV, 16)})
 
 TASK_SPEC = struct({
     "tid": TASK_ID, "fid": bytes_(maxlen=64), "name": NAME, "args": list_(ANYV, 8), "nret": NRET,
@@ -310,7 +315,8 @@ MESSAGES = [
     _m("register_driver", R, DRIVER, NM, REGISTER),
     _m("request_lease", R, OW + (GCS,), NM, struct({
         "lease_id": LEASE_ID, "resources": RESOURCES, "strategy?": STRATEGY,
-        "locality?": map_(ID, int_(), 1 << 16), "no_spill?": BOOL, "actor?": BOOL})),
+        "locality?": map_(ID, int_(), 1 << 16), "no_spill?": BOOL, "actor?": BOOL,
+        "renv?": RENV})),
     _m("cancel_lease_request", R, OW + (GCS,), NM, struct({"lease_id": LEASE_ID, "release_if_granted?": BOOL})),
     _m("return_lease", N, OW + (GCS,), NM, struct({"lease_id": LEASE_ID, "kill?": BOOL})),
     _m("blocked", N, OW, NM, NONE),
@@ -347,11 +353,11 @@ MESSAGES = [
     _m("get_nodes", R, OW, GCS, NONE),
     _m("cluster_resources", R, OW, GCS, NONE),
     _m("next_job_id", R, DRIVER, GCS, NONE),
-    _m("kv_put", R, OW, GCS, struct({"key": bytes_(maxlen=1 << 16), "value": bytes_(), "ns?": opt(NAME),
+    _m("kv_put", R, OW + (NM,), GCS, struct({"key": bytes_(maxlen=1 << 16), "value": bytes_(), "ns?": opt(NAME),
                                      "overwrite?": BOOL})),
-    _m("kv_get", R, OW, GCS, struct({"key": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
-    _m("kv_del", R, OW, GCS, struct({"key": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
-    _m("kv_keys", R, OW, GCS, struct({"prefix?": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
+    _m("kv_get", R, OW + (NM,), GCS, struct({"key": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
+    _m("kv_del", R, OW + (NM,), GCS, struct({"key": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
+    _m("kv_keys", R, OW + (NM,), GCS, struct({"prefix?": bytes_(maxlen=1 << 16), "ns?": opt(NAME)})),
     _m("register_actor", R, OW, GCS, struct({
         "actor_id": ID, "spec": ACTOR_SPEC, "resources": RESOURCES, "name": opt(NAME),
         "namespace": opt(NAME), "detached": BOOL, "owner": ADDRESS, "max_restarts": int_(-1, 1 << 31),

@@ -23,6 +23,7 @@ import cloudpickle
 
 from ... import exceptions as exc
 from .. import ids, pickler
+from ..runtime_env import packaging
 from ..rpc.messages import RemoteError
 from . import options as opt
 from . import signatures, state
@@ -170,6 +171,10 @@ class ActorClass:
                 "meta": meta}
         if pg_ctx is not None:
             spec["pg"] = pg_ctx
+        renv = options.get("runtime_env")
+        renv = packaging.for_call(core, renv) if renv is not None or packaging.get_default() else None
+        if renv is not None:
+            spec["renv"] = renv
         if options.get("num_cpus"):
             spec["ncpu"] = options["num_cpus"]
         payload = {"actor_id": actor_id, "spec": spec, "resources": resources, "name": name,

@@ -110,6 +110,11 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
     state.core = core
     if kwargs.get("configure_logging", True):
         _configure_logging(kwargs.get("logging_level", logging.INFO), kwargs.get("logging_format"))
+    try:
+        _set_job_runtime_env(core, kwargs)
+    except BaseException:
+        shutdown()
+        raise
     atexit.register(_shutdown_at_exit)
     return RayContext({"node_id": core.node_id.hex(), "session_dir": sess.session_dir,
                        "address": cfg.get("gcs_address"), "node_ip_address": cfg.get("node_ip"),
@@ -148,6 +153,22 @@ def _configure_logging(level, fmt):
     if isinstance(level, str):
         level = logging.getLevelName(level.upper())
     lum.setLevel(level if isinstance(level, int) else logging.INFO)
+
+
+def _set_job_runtime_env(core, kwargs):
+    """The job's default runtime env: a submitted job's (from its supervisor), then init's
+    runtime_env (or job_config's) merged over it; uploaded now, as Ray does."""
+    import json
+    from ..runtime_env import merge_wire, packaging
+    base = None
+    if os.environ.get("LUMINARY_JOB_RUNTIME_ENV"):
+        base = json.loads(os.environ["LUMINARY_JOB_RUNTIME_ENV"])
+    env = kwargs.get("runtime_env")
+    jc = kwargs.get("job_config")
+    if env is None and jc is not None and getattr(jc, "runtime_env", None):
+        env = jc.runtime_env
+    spec = packaging.resolve(env, packaging.GcsUploader(core)) if env is not None else None
+    packaging.set_default(merge_wire(base, spec))
 
 
 def _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs):
@@ -223,6 +244,8 @@ def shutdown(_exiting_interpreter=False):
         core.stop()
     state.core = None
     _session = None
+    from ..runtime_env import packaging
+    packaging.reset()
     if sess is not None:
         _stop_session(sess)
 

@@ -64,7 +64,7 @@ class Call:
     __slots__ = ("tid", "spec", "fid", "fn_blob", "resources", "key", "strategy", "locality", "returns",
                  "nret", "retries_left", "retry_exc", "arg_refs", "held", "state", "lease", "actor",
                  "cancelled", "name", "deps_left", "gen_seen", "gen_dropped", "parent", "pushed_at",
-                 "oom_retries_left")
+                 "oom_retries_left", "renv")
 
     def __init__(self, tid, spec, fid, fn_blob, resources, returns, nret, max_retries, retry_exc,
                  arg_refs, held, name, actor=None):
@@ -93,6 +93,7 @@ class Call:
         self.parent = None                # the task that submitted it (recursive cancel)
         self.pushed_at = None             # when the shell sent it (monotonic seconds; diagnostics)
         self.oom_retries_left = OOM_RETRIES  # runs again after its node ended it for memory
+        self.renv = None                  # runtime env wire spec: leased workers must run in it
 
     def __repr__(self):
         return f"Call({self.name}, {self.tid.hex()[:12]}, {self.state.name})"
@@ -103,7 +104,7 @@ Task = Call   # the name callers use for a task record
 
 class KeyQueue:
     __slots__ = ("key", "resources", "queue", "leases", "requests", "avg_run", "depth", "strategy",
-                 "cancel_pending")
+                 "cancel_pending", "renv")
 
     def __init__(self, key, resources, strategy):
         self.key = key
@@ -115,6 +116,7 @@ class KeyQueue:
         self.depth = 1
         self.strategy = strategy
         self.cancel_pending = False
+        self.renv = None
 
 
 class Lease:
@@ -252,6 +254,7 @@ class Owner:
         kq = self.keys.get(call.key)
         if kq is None:
             kq = self.keys[call.key] = KeyQueue(call.key, call.resources, call.strategy)
+            kq.renv = call.renv
         kq.queue.append(call)
         self._dispatch(kq)
 
@@ -293,6 +296,8 @@ class Owner:
         req = {"lease_id": lease_id, "resources": kq.resources}
         if kq.strategy:
             req["strategy"] = kq.strategy
+        if kq.renv:
+            req["renv"] = kq.renv
         if kq.queue and kq.queue[0].locality:
             req["locality"] = kq.queue[0].locality
         self.out.append(("request_lease", kq.key, lease_id, req, None))
@@ -306,7 +311,8 @@ class Owner:
             return
         kq.requests.discard(lease_id)
         if ok and isinstance(grant, dict) and "error" in grant:
-            err = exc.TaskUnschedulableError(grant["message"])
+            err = exc.RuntimeEnvSetupError(grant["message"]) if grant.get("type") == "RuntimeEnvSetupError" \
+                else exc.TaskUnschedulableError(grant["message"])
             while kq.queue:
                 self._fail(kq.queue.popleft(), err)
             return
@@ -760,9 +766,11 @@ class Owner:
             except Exception:
                 cause = None
         msg = f"The actor {a.actor_id.hex()} is dead: {text or 'unknown cause'}"
-        if cause is not None:
+        if cause is not None and not isinstance(cause, exc.RuntimeEnvSetupError):
             msg += f"\nIts constructor raised:\n{cause}"
         a.cause = exc.ActorDiedError(cause=cause, actor_id=a.actor_id.hex(), error_msg=msg)
+        if isinstance(cause, exc.RuntimeEnvSetupError):   # as Ray: the setup error itself, at every call
+            a.cause = cause
         self._fail_actor_queue(a)
         inflight, a.inflight = list(a.inflight.values()), {}
         for call in inflight:

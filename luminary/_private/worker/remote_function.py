@@ -6,6 +6,7 @@ import hashlib
 import inspect
 
 from .. import ids, serialization
+from ..runtime_env import packaging
 from ..config import DEFAULT_MAX_RETRIES
 from . import options as opt
 from . import signatures, state
@@ -161,6 +162,11 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     if strategy is not None:
         task.strategy = strategy
         task.key = task.key + (repr(sorted(strategy.items())),)
+    renv = options.get("runtime_env")
+    renv = packaging.for_call(core, renv) if renv is not None or packaging.get_default() else None
+    if renv is not None:
+        task.renv = renv
+        task.key = task.key + (renv["key"],)
     task.parent = core.current_task_id        # cancel(recursive=True) of the caller reaches this task
     core.io.post(core.submitter.submit, task)
     if nret == "streaming":

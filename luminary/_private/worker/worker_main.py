@@ -80,6 +80,10 @@ def main(cfg):
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    if cfg.get("renv_ctx"):
+        from ..runtime_env import apply, packaging
+        apply.prepare_worker(cfg)       # a pip env exec's its own python here
+        packaging.set_default(cfg["renv_ctx"]["renv"])   # tasks it submits inherit its env
     raw_out = open(1, "w", buffering=1, closefd=False)
     raw_err = open(2, "w", buffering=1, closefd=False)
     core = CoreWorker(WORKER, cfg)
