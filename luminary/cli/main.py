@@ -67,6 +67,8 @@ def _start(args, resources):
         from .._private.worker.connect import query_nodes
         query_nodes(gcs_address, secret)
     nodes_dir = _nodes_dir()
+    if args.head and args.metrics_port is not None:
+        os.environ["LUMINARY_METRICS_PORT"] = str(args.metrics_port)
     session_dir = launch.new_session_dir(prefix="node")
     try:
         proc, info = launch.start_node(
@@ -100,6 +102,8 @@ def _start(args, resources):
               f"  Join from another machine: copy {secret_file} there (mode 0600), then\n"
               f"                             LUMINARY_SECRET_FILE=<copy> luminary start --address {addr}\n"
               f"  Inspect: luminary status    Stop: luminary stop")
+        from .observe import metrics_line
+        print(metrics_line(info["gcs_address"], secret))
     else:
         print(f"Luminary node {info['node_id'][:12]} joined the cluster at {addr}.")
 
@@ -206,12 +210,15 @@ def main(argv=None):
     st.add_argument("--resources")
     st.add_argument("--object-store-memory", type=int)
     st.add_argument("--secret-file")
+    st.add_argument("--metrics-port", type=int, help="the head's Prometheus endpoint port (default: any free)")
     sp = sub.add_parser("stop", help="stop every node started on this machine")
     sp.add_argument("--force", action="store_true")
     ss = sub.add_parser("status", help="show the cluster's nodes and resources")
     ss.add_argument("--address")
+    from .observe import add_parsers   # list, get, summary, memory, timeline, logs, metrics, report
+    observe = add_parsers(sub)
     args = parser.parse_args(argv)
-    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}[args.cmd](args)
+    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, **observe}[args.cmd](args)
 
 
 if __name__ == "__main__":

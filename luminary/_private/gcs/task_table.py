@@ -92,47 +92,61 @@ class TaskTable:
         """One batch from the process ``proc`` ({wid, pid, node, ...})."""
         self.dropped_at_source += dropped
         for ev in events:
-            k = ev[0]
             r = self._get(ev[1])
-            ts = ev[2]
-            if k == "T":
-                code = ev[3]
-                state = OWNER_STATES[code]
-                if code == 1 and r.ostate in (2, 3):
-                    r.attempt += 1            # retried (or rebuilt from lineage)
-                    r.started = r.ended = r.err_type = r.err_msg = None
-                    r.ran = False
-                r.ostate = code
-                if code == 2 and ev[4] is not None:
-                    r.node = ev[4]
-                if state in FINAL:
-                    r.ended = r.ended or ts
-                    if state == "FAILED" and r.err_type is None:
-                        r.err_type = "TASK_EXECUTION_EXCEPTION"
-                    r.state = state
-                elif not r.ran:
-                    r.state = state
-                r.events.append((state, ts))
-            elif k == "S":
-                r.name, r.actor, r.job, r.parent, r.resources = ev[3], ev[4], ev[5], ev[6], ev[7]
-                r.created = ts
-                r.owner = proc.get("wid")
-                if r.state == "NIL":
-                    r.state = "PENDING_ARGS_AVAIL"
-                r.events.append(("PENDING_ARGS_AVAIL", ts))
-            elif k == "R":
-                r.started = ts
-                r.ran = True
+            if ev[0] == "O":
+                self._owner(r, ev, proc)
+            else:
+                self._worker(r, ev, proc)
+
+    @staticmethod
+    def _owner(r, ev, proc):
+        info = ev[2]
+        if info is not None:
+            r.name, r.actor, r.job, r.parent, r.resources, ts = info
+            r.created = ts
+            r.owner = proc.get("wid")
+            if r.state == "NIL":
+                r.state = "PENDING_ARGS_AVAIL"
+            r.events.append(("PENDING_ARGS_AVAIL", ts))
+        trans = ev[3]
+        if ev[4] is not None:
+            r.node = ev[4]
+        if ev[5] is not None:
+            r.err_type, r.err_msg = ev[5], ev[6]
+        for i in range(0, len(trans), 2):
+            code, ts = trans[i], trans[i + 1]
+            state = OWNER_STATES[code]
+            if code == 1 and r.ostate in (2, 3):
+                r.attempt += 1            # retried (or rebuilt from lineage)
+                r.started = r.ended = None
+                r.ran = False
+                if ev[5] is None:
+                    r.err_type = r.err_msg = None
+            r.ostate = code
+            if state in FINAL:
+                r.ended = r.ended or ts
+                if state == "FAILED" and r.err_type is None:
+                    r.err_type = "TASK_EXECUTION_EXCEPTION"
+                r.state = state
+            elif not r.ran:
+                r.state = state
+            r.events.append((state, ts))
+
+    @staticmethod
+    def _worker(r, ev, proc):
+        if ev[2] is not None:
+            r.started = ev[2]
+            r.ran = True
+            r.node, r.worker, r.pid = proc.get("node"), proc.get("wid"), proc.get("pid")
+            if r.state not in FINAL:
+                r.state = "RUNNING"
+            r.events.append(("RUNNING", ev[2]))
+        if ev[3] is not None:
+            r.ended = ev[3]
+            if r.worker is None:
                 r.node, r.worker, r.pid = proc.get("node"), proc.get("wid"), proc.get("pid")
-                if r.state not in FINAL:
-                    r.state = "RUNNING"
-                r.events.append(("RUNNING", ts))
-            elif k == "E":
-                r.ended = ts
-                if ev[3] is not None:
-                    r.err_type, r.err_msg = ev[3], ev[4]
-            elif k == "F":
-                r.err_type, r.err_msg = ev[3], ev[4]
+        if ev[4] is not None:
+            r.err_type, r.err_msg = ev[4], ev[5]
 
     def rows(self, detail=False):
         return [r.row(detail) for r in self.tasks.values()]

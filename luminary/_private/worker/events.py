@@ -1,7 +1,7 @@
 """Task events and metric deltas of one process, batched to the GCS off the hot path.
 
     owner (I/O thread)  Owner.trace ──drained after each handle──▶ ┐
-    executor            claim ─ "R" ; reply ─ "E" ─────────────────▶ Recorder.buf ──every FLUSH_S──▶
+    executor            claim (started), reply (ended) ──────────────▶ Recorder ──────every FLUSH_S──▶
     user metrics        Counter.inc / Gauge.set / Histogram.observe ▶ registry      task_events (GCS)
 
 Recording a state change costs one tuple appended to a list (no clock read on the owner's
@@ -9,15 +9,16 @@ side beyond one per ``handle``, no encoding); the I/O thread flushes the buffer 
 FLUSH_S (and at exit) in one ``task_events`` notification, decoding error blobs only then.
 ``LUMINARY_TASK_EVENTS=0`` turns task events off (metrics still flow).
 
-Event tuples on the wire (lists):
-    ["S", tid, ts, name, actor_id, job, parent_tid, resources]   submitted (owner)
-    ["T", tid, ts, state, node_id]                               owner state change (Owner.State)
-    ["F", tid, ts, error_type, error_message]                    failed, seen by the owner
-    ["R", tid, ts]                                               running here (worker)
-    ["E", tid, ts, error_type, error_message]                    ended here (worker)
+Between flushes the changes of one task are gathered into one record per task (a list updated
+in place), so the wire and the GCS see one entry per task per batch:
+    ["O", tid, info, [state, ts, state, ts, ...], node_id, error_type, error_message]   owner side
+        info: [name, actor_id, job, parent_tid, resources, submitted_ts] or None (sent before)
+        state: owner.State (WAITING, QUEUED, PUSHED, FINISHED, FAILED)
+    ["W", tid, started_ts, ended_ts, error_type, error_message]                         worker side
 """
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import threading
@@ -104,7 +105,9 @@ class Recorder:
     def __init__(self, core, kind):
         self.core = core
         self.kind = kind
-        self.buf = []
+        self.recs = {}          # tid -> owner-side record (see the module docstring)
+        self.wrecs = {}         # tid -> worker-side record (I/O thread)
+        self.starts = collections.deque()   # (tid, ts) of calls that started running (any thread)
         self.dropped = 0
         self.armed = False
         self.closed = False
@@ -137,54 +140,77 @@ class Recorder:
         else:
             io.post(lambda: io.loop.call_later(FLUSH_S, self._flush))
 
-    def add(self, ev):
-        buf = self.buf
-        if len(buf) >= MAX_BUFFER:
-            self.dropped += 1
-            return
-        buf.append(ev)
-        if not self.armed:
-            self._arm()
+    def _owner_rec(self, tid):
+        recs = self.recs
+        r = recs.get(tid)
+        if r is None:
+            if len(recs) >= MAX_BUFFER:
+                self.dropped += 1
+                return None
+            r = recs[tid] = ["O", tid, None, [], None, None, None]
+            if not self.armed:
+                self._arm()
+        return r
 
     def submitted(self, call):
-        if self.enabled:
-            spec = call.spec
-            self.add(("S", call.tid, time.time(), call.name, call.actor, spec.get("job"), call.parent,
-                      call.resources))
+        """A new task or actor call (I/O thread)."""
+        r = self._owner_rec(call.tid)
+        if r is not None:
+            r[2] = [call.name, call.actor, call.spec.get("job"), call.parent, call.resources, time.time()]
 
     def owner_trace(self, trace):
         """The owner's state changes of one ``handle`` (I/O thread)."""
         ts = time.time()
-        add = self.add
+        get = self._owner_rec
         for call, x in trace:
+            r = get(call.tid)
+            if r is None:
+                continue
             if x.__class__ is bytes:
-                add(("F", call.tid, ts, x))
-            elif x == 2 and call.lease is not None:          # PUSHED: on a leased worker of node N
-                add(("T", call.tid, ts, 2, call.lease.grant.get("node_id")))
-            else:
-                add(("T", call.tid, ts, int(x), None))
+                r[5] = x                                  # the error it failed with (decoded at flush)
+                continue
+            r[3] += (int(x), ts)
+            if x == 2 and call.lease is not None:        # PUSHED: on a leased worker of node N
+                r[4] = call.lease.grant.get("node_id")
         trace.clear()
 
+    def _worker_rec(self, tid):
+        recs = self.wrecs
+        r = recs.get(tid)
+        if r is None:
+            if len(recs) >= MAX_BUFFER:
+                self.dropped += 1
+                return None
+            r = recs[tid] = ["W", tid, None, None, None, None]
+            if not self.armed:
+                self._arm()
+        return r
+
     def running(self, tid):
+        """The executor starts running ``tid`` (on the thread that runs it: a deque, which the
+        I/O thread drains, is the one structure both threads touch)."""
         if self.enabled:
-            self.add(("R", tid, time.time()))
+            self.starts.append((tid, time.time()))
+            if not self.armed:
+                self._arm()
 
     def ended(self, tid, reply):
+        """The executor answers ``tid`` (I/O thread)."""
         if self.enabled:
-            err = reply["rets"][0][1] if reply.get("app_error") and reply.get("rets") else None
-            self.add(("E", tid, time.time(), err))
+            r = self._worker_rec(tid)
+            if r is not None:
+                r[3] = time.time()
+                if reply.get("app_error") and reply.get("rets"):
+                    r[4] = reply["rets"][0][1]
 
     # --- flushing (I/O thread) -----------------------------------------------------------------
-    def _encode(self, events):
-        out = []
-        for ev in events:
-            k = ev[0]
-            if k == "F" or (k == "E" and ev[3] is not None):
-                out.append([k, ev[1], ev[2], *error_fields(ev[3])])
-            elif k == "E":
-                out.append(["E", ev[1], ev[2], None, None])
-            else:
-                out.append(list(ev))
+    @staticmethod
+    def _encode(recs, err_at):
+        out = list(recs)
+        for r in out:
+            blob = r[err_at]
+            if blob is not None:
+                r[err_at], r[err_at + 1] = error_fields(blob)
         return out
 
     def _flush(self):
@@ -193,8 +219,18 @@ class Recorder:
         gcs = getattr(core, "gcs", None)
         if gcs is None or gcs.closed:
             return
-        events, self.buf = self.buf, []
-        payload = {"proc": self.proc(), "events": self._encode(events)}
+        starts = self.starts
+        while starts:
+            tid, ts = starts.popleft()
+            r = self._worker_rec(tid)
+            if r is not None:
+                r[2] = ts
+        recs, self.recs = self.recs, {}
+        wrecs, self.wrecs = self.wrecs, {}
+        events = self._encode(recs.values(), 5) if recs else []
+        if wrecs:
+            events += self._encode(wrecs.values(), 4)
+        payload = {"proc": self.proc(), "events": events}
         metrics = REGISTRY.take()
         if metrics:
             payload["metrics"] = metrics
@@ -203,6 +239,16 @@ class Recorder:
         gcs.notify("task_events", payload)
         if REGISTRY.values and not self.armed:
             self._arm()
+
+    def flush_wait(self, timeout=2.0):
+        """Send what is buffered now (from the main thread) and wait until it left."""
+        done = threading.Event()
+
+        def go():
+            self._flush()
+            done.set()
+        self.core.io.post(go)
+        done.wait(timeout)
 
     def flush_now(self):
         """At exit, from any thread: send what is buffered (waits up to a second)."""
