@@ -16,6 +16,10 @@ def _esc(v):
     return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _help(v):
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _labels(tags, extra=()):
     items = list(tags) + list(extra)
     if not items:
@@ -36,7 +40,7 @@ def render(metrics, task_counts, actors, nodes, gcs_nodes, dropped):
     out = []
 
     def family(name, kind, help_, samples):
-        out.append(f"# HELP {name} {_esc(help_)}")
+        out.append(f"# HELP {name} {_help(help_)}")
         out.append(f"# TYPE {name} {kind}")
         for labels, v in samples:
             out.append(f"{name}{labels} {_num(v)}")
@@ -49,7 +53,7 @@ def render(metrics, task_counts, actors, nodes, gcs_nodes, dropped):
         kind, desc, bounds = metrics.defs.get(name, ["counter", "", []])
         pn = _name(name)
         if kind == "histogram":
-            out.append(f"# HELP {pn} {_esc(desc)}")
+            out.append(f"# HELP {pn} {_help(desc)}")
             out.append(f"# TYPE {pn} histogram")
             for tags, h in items:
                 cum = 0
@@ -61,13 +65,12 @@ def render(metrics, task_counts, actors, nodes, gcs_nodes, dropped):
                 out.append(f"{pn}_count{_labels(tags)} {h[-1]}")
         else:
             ptype = "gauge" if kind == "gauge" else "counter"
-            if ptype == "counter" and pn.endswith("_total"):
-                pn = pn[:-6]
-            out.append(f"# HELP {pn} {_esc(desc)}")
+            if ptype == "counter" and not pn.endswith("_total"):
+                pn += "_total"      # a counter's samples end in _total (the family is the name without)
+            out.append(f"# HELP {pn} {_help(desc)}")
             out.append(f"# TYPE {pn} {ptype}")
-            suffix = "_total" if ptype == "counter" else ""
             for tags, v in items:
-                out.append(f"{pn}{suffix}{_labels(tags)} {_num(v)}")
+                out.append(f"{pn}{_labels(tags)} {_num(v)}")
 
     # built-ins
     family("luminary_tasks", "gauge", "Tasks and actor calls in the task table, by state.",
