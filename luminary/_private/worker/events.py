@@ -4,9 +4,9 @@
     executor            claim (started), reply (ended) ──────────────▶ Recorder ──────every FLUSH_S──▶
     user metrics        Counter.inc / Gauge.set / Histogram.observe ▶ registry      task_events (GCS)
 
-Recording a state change costs one tuple appended to a list (no clock read on the owner's
-side beyond one per ``handle``, no encoding); the I/O thread flushes the buffer at most every
-FLUSH_S (and at exit) in one ``task_events`` notification, decoding error blobs only then.
+Recording a state change costs a dict lookup and a list append (one clock read per ``handle``
+on the owner's side, no encoding); the I/O thread flushes at most every FLUSH_S (and at exit)
+in one ``task_events`` notification, decoding error blobs only then.
 ``LUMINARY_TASK_EVENTS=0`` turns task events off (metrics still flow).
 
 Between flushes the changes of one task are gathered into one record per task (a list updated
