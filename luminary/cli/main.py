@@ -67,6 +67,8 @@ def _start(args, resources):
         from .._private.worker.connect import query_nodes
         query_nodes(gcs_address, secret)
     nodes_dir = _nodes_dir()
+    if args.head and args.metrics_port is not None:
+        os.environ["LUMINARY_METRICS_PORT"] = str(args.metrics_port)
     session_dir = launch.new_session_dir(prefix="node")
     try:
         proc, info = launch.start_node(
@@ -103,6 +105,8 @@ def _start(args, resources):
               f"  Inspect: luminary status    Stop: luminary stop")
         if info.get("job_api"):
             print(f"  Jobs: luminary job submit --address http://{info['job_api']} -- python script.py")
+        from .observe import metrics_line
+        print(metrics_line(info["gcs_address"], secret))
     else:
         print(f"Luminary node {info['node_id'][:12]} joined the cluster at {addr}.")
 
@@ -213,14 +217,17 @@ def main(argv=None):
     st.add_argument("--dashboard-port", type=int, default=8265, help="the head's job API port (default 8265)")
     st.add_argument("--dashboard-host", default="127.0.0.1", help="address the job API binds (default loopback)")
     st.add_argument("--include-dashboard", type=lambda v: v.lower() not in ("0", "false", "no"), default=True)
+    st.add_argument("--metrics-port", type=int, help="the head's Prometheus endpoint port (default: any free)")
     sp = sub.add_parser("stop", help="stop every node started on this machine")
     sp.add_argument("--force", action="store_true")
     ss = sub.add_parser("status", help="show the cluster's nodes and resources")
     ss.add_argument("--address")
     from .._private.jobs import cli as job_cli
     job_cli.add_parsers(sub)
+    from .observe import add_parsers   # list, get, summary, memory, timeline, logs, metrics, report
+    observe = add_parsers(sub)
     args = parser.parse_args(argv)
-    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "job": job_cli.run}[args.cmd](args)
+    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "job": job_cli.run, **observe}[args.cmd](args)
 
 
 if __name__ == "__main__":

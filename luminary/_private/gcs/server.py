@@ -33,7 +33,7 @@ VIEW_WAIT_SAFETY_S = 2.0   # waiting for a view change re-checks at least this o
 
 
 class GcsServer:
-    def __init__(self, secret: bytes, storage=None):
+    def __init__(self, secret: bytes, storage=None, session_dir=None):
         self.secret = secret
         self.storage = storage or MemoryStorage()
         self.nodes: dict[bytes, dict] = {}
@@ -59,16 +59,19 @@ class GcsServer:
         }
         from .actors import ActorManager
         from .placement_groups import PlacementGroupManager
+        from .events import Observer
         self.actors = ActorManager(self)
         self.placement_groups = PlacementGroupManager(self)
+        self.observer = Observer(self, session_dir)     # task events, state queries, metrics, history
         self.handlers = messages.handlers(messages.GCS, {
-            **handlers, **self.actors.handlers, **self.placement_groups.handlers})
+            **handlers, **self.actors.handlers, **self.placement_groups.handlers, **self.observer.handlers})
 
     async def start(self, address):
         self.server, self.address = await protocol.serve(address, self.secret, self.handlers.accepting(
             messages.NODE_MANAGER, messages.DRIVER, messages.WORKER), name="gcs")
         asyncio.get_event_loop().create_task(self._health_loop())
         asyncio.get_event_loop().create_task(self._broadcast_loop())
+        await self.observer.start()
         return self.address
 
     # --- nodes -------------------------------------------------------------------------------
@@ -230,13 +233,13 @@ class GcsServer:
         return [k[len(ns):] for k in self.storage.keys("kv", ns + p.get("prefix", b""))]
 
 
-def run_gcs(secret: bytes, address: str, ready_fd: int, storage_path: str | None = None):
+def run_gcs(secret: bytes, address: str, ready_fd: int, storage_path: str | None = None, session_dir=None):
     """Entry point of the GCS process (forked from the head node process)."""
     from ..rpc.loop import new_event_loop
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     storage = SqliteStorage(storage_path) if storage_path else MemoryStorage()
-    gcs = GcsServer(secret, storage)
+    gcs = GcsServer(secret, storage, session_dir)
     try:
         bound = loop.run_until_complete(gcs.start(address))
     except OSError as e:

@@ -72,7 +72,7 @@ def main():
                 arena.close()
                 os.close(arena_fd)
                 from ..gcs.server import run_gcs
-                run_gcs(cfg["secret"], gcs_address, w, cfg.get("gcs_storage"))
+                run_gcs(cfg["secret"], gcs_address, w, cfg.get("gcs_storage"), session_dir=session_dir)
             finally:
                 os._exit(1)
         os.close(w)

@@ -33,6 +33,7 @@ from . import memory_monitor as mm
 from ..runtime_env.agent import EnvAgent
 from .scheduler import LeaseRequest, LocalScheduler
 from .store import ObjectStore
+from .usage import node_usage
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class NodeManager:
             "store_get": self.store_get,
             "store_release": self.store_release,
             "store_delete": self.store_delete,
-            "store_stats": lambda c, p: self.store.stats(),
+            "store_stats": lambda c, p: dict(self.store.stats(), **node_usage()),
             "kill_worker": self.kill_worker,
             "kill_worker_nowait": self.kill_worker,
             "log": self.forward_log,

@@ -327,12 +327,12 @@ MESSAGES = [
     _m("store_get", R, OW, NM, struct({"oid": ID, "wait?": BOOL, "pull_from?": opt(ADDRESS)})),
     _m("store_release", N, OW, NM, struct({"oids": OIDS})),
     _m("store_delete", N, OW, NM, struct({"oids": OIDS})),
-    _m("store_stats", R, OW, NM, NONE),
+    _m("store_stats", R, OW + (GCS,), NM, NONE),
     _m("kill_worker", R, GCS, NM, struct({"worker_id": ID})),
     _m("kill_worker_nowait", N, GCS, NM, struct({"worker_id": ID})),
     _m("log", N, (WORKER, NM), (NM, GCS, DRIVER), LOG),   # worker -> its node -> drivers, GCS
     _m("log_remote", N, GCS, NM, LOG),                    # another node's worker output
-    _m("node_info", R, OW, NM, NONE),
+    _m("node_info", R, OW + (GCS,), NM, NONE),
     _m("shutdown", R, DRIVER, NM, NONE),
     _m("view", N, GCS, NM, VIEW),
     _m("flush_logs", R, DRIVER, NM, struct({"timeout?": num(0.0, 3600.0)})),
@@ -378,7 +378,13 @@ MESSAGES = [
     _m("wait_pg", R, OW, GCS, struct({"pg_id": ID, "timeout": opt(num(-1e12, 1e12))})),
     _m("get_pg", R, OW, GCS, struct({"name": NAME})),
     _m("pg_table", R, OW, GCS, NONE),
+    # observability (gcs/events.py): batched task events and metric deltas, state queries
+    _m("task_events", N, OW, GCS, struct({"proc": map_(str_(64), ANYV, 64), "events": list_(ANYV, 1 << 22),
+                                          "metrics?": list_(ANYV, 1 << 20), "dropped?": int_()})),
+    _m("state_query", R, OW, GCS, struct({"what": str_(64), "filters?": list_(list_(ANYV, 3), 64),
+                                          "limit?": int_(0, 1 << 31), "detail?": BOOL, "id?": str_(256)})),
     # --- handled by core workers (drivers and workers) -------------------------------------------
+    _m("list_objects", R, OW + (GCS,), OW, NONE),
     _m("get_object", R, OW, OW, struct({"oid": ID})),
     _m("reconstruct", R, OW, OW, struct({"oid": ID, "node_id?": opt(ID), "why?": str_()})),
     _m("add_borrower", R, OW, OW, struct({"oids": OIDS, "addr": ADDRESS})),

@@ -52,10 +52,10 @@ def _is_local(ip):
         return False
 
 
-async def _ask(gcs_address, secret, method):
+async def _ask(gcs_address, secret, method, payload=None):
     conn = await protocol.connect(gcs_address, secret, {}, name="gcs", timeout=5)
     try:
-        return await conn.call(method)
+        return await conn.call(method, payload)
     finally:
         conn.close()
 
@@ -64,11 +64,11 @@ def query_nodes(gcs_address, secret):
     return query_gcs(gcs_address, secret, "get_nodes")
 
 
-def query_gcs(gcs_address, secret, method):
+def query_gcs(gcs_address, secret, method, payload=None):
     """One request to a cluster's GCS from outside a driver (the CLI, start-up checks)."""
     loop = new_event_loop()
     try:
-        return loop.run_until_complete(_ask(gcs_address, secret, method))
+        return loop.run_until_complete(_ask(gcs_address, secret, method, payload))
     except protocol.AuthenticationError as e:
         raise ConnectionError(f"The cluster at {gcs_address[4:]} refused this secret ({e}). Use the secret "
                               "file of that cluster (LUMINARY_SECRET_FILE).") from None

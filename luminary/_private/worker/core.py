@@ -27,6 +27,7 @@ from ... import exceptions as exc
 from .. import ids, serialization
 from ..rpc import messages, protocol
 from ..rpc.loop import IOThread
+from . import events
 from .mapped import MappedObjects
 from .memory_store import MemoryStore
 from .object_ref import ObjectRef
@@ -120,6 +121,7 @@ class CoreWorker:
         self.submitter = TaskSubmitter(self)
         self.actor_submitter = ActorSubmitter(self)
         self.namespace = cfg.get("namespace")
+        self.events = events.Recorder(self, "WORKER" if mode == WORKER else "DRIVER")   # task events, metrics
         self.actor_pending = {}
         self.node_addrs = {}
 
@@ -133,6 +135,7 @@ class CoreWorker:
     def start(self, register_as):
         self.refs = None
         info = self.io.run_coro(self._start(register_as), timeout=30)
+        self.events.start()
         return info
 
     def build_handlers(self):
@@ -141,7 +144,8 @@ class CoreWorker:
         impl = {"get_object": self.h_get_object, "reconstruct": self.h_reconstruct,
                 "add_borrower": self.h_add_borrower, "remove_borrower": self.h_remove_borrower,
                 "infeasible": self.h_infeasible, "ping": lambda c, p: "pong",
-                "gen_item": self.submitter.h_gen_item, "worker_oom": self.submitter.h_worker_oom}
+                "gen_item": self.submitter.h_gen_item, "worker_oom": self.submitter.h_worker_oom,
+                "list_objects": lambda c, p: events.list_objects(self)}
         if role == messages.DRIVER:
             impl["log"] = self.h_log
         executor = getattr(self, "executor", None)
@@ -192,6 +196,7 @@ class CoreWorker:
             self.run_actions(actions)
 
     def stop(self):
+        self.events.flush_now()
         self.shutting_down = True
         if self.mapped is not None:
             self.mapped.closed = True

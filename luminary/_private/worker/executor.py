@@ -118,6 +118,8 @@ class Executor:
 
     def _reply(self, t, reply):
         self.pending.pop(t.spec["tid"], None)
+        if t.state == ExecState.FINISHED:
+            self.core.events.ended(t.spec["tid"], reply)
         if not t.answered:
             t.answered = True
             t.conn.reply(t.rid, True, reply)
@@ -214,6 +216,7 @@ class Executor:
                     continue
                 if not t.claim():
                     continue
+                self.core.events.running(t.spec["tid"])
                 if "timeout_s" in t.spec:
                     self.core.io.post(self.arm_timeout, t)
                 if self.actor is not None and self.actor.threaded:

@@ -171,6 +171,7 @@ class Owner:
         self.closing = False
         self._lease_counter = 0
         self.out = []
+        self.trace = None       # a list: every state change is noted as (call, state) (task events)
 
     # --- the one entry point -----------------------------------------------------------------
     def handle(self, event):
@@ -185,6 +186,8 @@ class Owner:
     def _to(self, call, state):
         assert state in TRANSITIONS[call.state], f"{call!r}: {call.state.name} -> {state.name} is not allowed"
         call.state = state
+        if self.trace is not None:
+            self.trace.append((call, state))
 
     # --- submission ------------------------------------------------------------------------------
     def on_submit(self, call, missing):
@@ -516,6 +519,8 @@ class Owner:
         for oid in call.returns:
             if oid in self.live:
                 self.out.append(("put", oid, "e", blob))
+        if self.trace is not None:
+            self.trace.append((call, blob))       # why it failed (the error as stored)
         self._to(call, S.FAILED)
         self._end(call)
 

@@ -82,6 +82,8 @@ class TaskSubmitter:
                                  "not the I/O thread that owns it")
 
     def _run(self, actions):
+        if self.owner.trace:
+            self.core.events.owner_trace(self.owner.trace)
         table = self._actions
         for a in actions:
             table[a[0]](*a[1:])
@@ -96,6 +98,8 @@ class TaskSubmitter:
         values = core.memory.values
         missing = [ref for _, ref in task.arg_refs if ref.id not in values]
         self.owner.closing = core.shutting_down
+        if self.owner.trace is not None:
+            core.events.submitted(task)
         self._run(self.owner.handle(("submit", task, missing)))
         tid = task.tid
         for ref in missing:

@@ -1,0 +1,268 @@
+"""The GCS's observability tables: task events, processes, metrics, history, Prometheus.
+
+    owners, workers ── task_events (≤ every 100 ms) ──▶ TaskTable (bounded) ─┐
+                                                      processes, metrics  ─┼─▶ state_query
+                                                      History (event log) ◀┘    /metrics (HTTP)
+
+Everything here is off the per-task path: processes batch their events, and the GCS only
+appends them to its tables and to the event log.  ``state_query`` answers the state API and the
+CLI; for objects and per-node figures it asks the core workers and node managers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from ..rpc import protocol
+from .history import History
+from .task_table import DEFAULT_CAP, TaskTable, apply_filters, hexid, job_hex
+
+logger = logging.getLogger(__name__)
+SAMPLE_S = 1.0           # actor/node life cycle and resource samples go to the event log this often
+FANOUT_TIMEOUT_S = 5.0
+
+
+class Metrics:
+    """User and built-in metrics, aggregated over the cluster."""
+
+    def __init__(self):
+        self.defs = {}        # name -> [kind, description, boundaries]
+        self.values = {}      # (name, tags tuple) -> float | [buckets..., sum, count]
+
+    def apply(self, items):
+        for it in items:
+            if it[0] == "def":
+                self.defs[it[1]] = [it[2], it[3], list(it[4])]
+                continue
+            name, tags, v = it
+            kind = self.defs.get(name, ["counter"])[0]
+            key = (name, tuple(tuple(t) for t in tags))
+            if kind == "gauge":
+                self.values[key] = v
+            elif kind == "histogram":
+                h = self.values.get(key)
+                if h is None:
+                    self.values[key] = list(v)
+                else:
+                    for i, x in enumerate(v):
+                        h[i] += x
+            else:
+                self.values[key] = self.values.get(key, 0.0) + v
+
+
+class Observer:
+    def __init__(self, gcs, session_dir=None):
+        self.gcs = gcs
+        cap = int(os.environ.get("LUMINARY_TASK_EVENTS_MAX", DEFAULT_CAP))
+        self.tasks = TaskTable(cap)
+        self.procs: dict[bytes, dict] = {}
+        self.metrics = Metrics()
+        self.history = History.open(session_dir) if session_dir else None
+        self.metrics_url = None
+        self._seen_actors = {}
+        self._seen_nodes = {}
+        self.handlers = {"task_events": self.task_events, "state_query": self.state_query}
+
+    async def start(self):
+        host = os.environ.get("LUMINARY_METRICS_HOST", "127.0.0.1")
+        port = int(os.environ.get("LUMINARY_METRICS_PORT", "0") or 0)
+        try:
+            self.http = await asyncio.start_server(self._http, host, port)
+            sock = self.http.sockets[0].getsockname()
+            self.metrics_url = f"http://{sock[0]}:{sock[1]}/metrics"
+        except OSError as e:
+            logger.warning("metrics endpoint could not listen on %s:%s: %s", host, port, e)
+        if self.history is not None:
+            self.history.write("session", time.time(), {"metrics_url": self.metrics_url})
+        asyncio.get_event_loop().create_task(self._sample_loop())
+
+    # --- incoming batches --------------------------------------------------------------------------
+    def task_events(self, conn, p):
+        proc = p["proc"]
+        wid = proc.get("wid")
+        if not isinstance(wid, bytes):
+            return
+        known = self.procs.get(wid)
+        if known is None:
+            known = self.procs[wid] = {"alive": True, "end": None}
+            conn.close_callbacks.append(lambda c, wid=wid: self._proc_gone(wid))
+            if self.history is not None:
+                self.history.write("proc", time.time(), proc)
+        known.update(proc)
+        if p["events"] or p.get("dropped"):
+            self.tasks.apply(proc, p["events"], p.get("dropped", 0))
+        if p.get("metrics"):
+            self.metrics.apply(p["metrics"])
+        if self.history is not None and (p["events"] or p.get("metrics")):
+            self.history.write("ev", time.time(), {"proc": proc, "events": p["events"], "metrics": p.get("metrics")})
+
+    def _proc_gone(self, wid):
+        p = self.procs.get(wid)
+        if p is not None and p["alive"]:
+            p["alive"], p["end"] = False, time.time()
+            if self.history is not None:
+                self.history.write("proc_end", p["end"], {"wid": wid})
+
+    # --- state queries -----------------------------------------------------------------------------
+    async def state_query(self, conn, p):
+        what = p["what"]
+        filters = [tuple(f) for f in p.get("filters") or ()]
+        limit = p.get("limit")
+        detail = p.get("detail", False)
+        if what == "tasks":
+            rows = apply_filters(self.tasks.rows(detail), filters, limit)
+            return {"rows": rows, "total": len(self.tasks.tasks),
+                    "dropped": self.tasks.dropped + self.tasks.dropped_at_source}
+        if what == "actors":
+            return {"rows": apply_filters(self.actor_rows(), filters, limit)}
+        if what == "workers":
+            return {"rows": apply_filters(self.worker_rows(), filters, limit)}
+        if what == "jobs":
+            return {"rows": apply_filters(self.job_rows(), filters, limit)}
+        if what == "objects":
+            return {"rows": await self.object_rows()}
+        if what == "nodes":
+            return {"rows": await self.node_stats()}
+        if what == "info":
+            return {"metrics_url": self.metrics_url, "history_dir": self.history.dir if self.history else None,
+                    "task_cap": self.tasks.cap}
+        if what == "metrics":
+            return {"text": await self.prometheus_text()}
+        raise ValueError(f"unknown state query {what!r}")
+
+    def worker_rows(self):
+        out = []
+        for wid, p in self.procs.items():
+            out.append({"worker_id": wid.hex(), "is_alive": p["alive"], "worker_type": p.get("kind"),
+                        "node_id": hexid(p.get("node")), "pid": p.get("pid"), "ip": _ip(p.get("addr")),
+                        "job_id": job_hex(p.get("job")), "exit_type": None if p["alive"] else "SYSTEM_ERROR",
+                        "worker_launch_time_ms": int(p.get("start", 0) * 1000),
+                        "end_time_ms": int(p["end"] * 1000) if p["end"] else None})
+        return out
+
+    def job_rows(self):
+        out = []
+        for wid, p in self.procs.items():
+            if p.get("kind") != "DRIVER":
+                continue
+            out.append({"job_id": job_hex(p.get("job")), "submission_id": None, "type": "DRIVER",
+                        "status": "RUNNING" if p["alive"] else "SUCCEEDED", "entrypoint": "",
+                        "start_time": int(p.get("start", 0) * 1000),
+                        "end_time": int(p["end"] * 1000) if p["end"] else None,
+                        "driver_info": {"id": wid.hex(), "pid": p.get("pid"), "node_ip_address": _ip(p.get("addr"))}})
+        return out
+
+    async def _ask_all(self, targets, method):
+        """Ask each (key, address) ``method``; {key: answer} of those that answered in time."""
+        secret = self.gcs.secret
+
+        async def one(addr):
+            conn = await protocol.connect(addr, secret, {}, name="state", timeout=FANOUT_TIMEOUT_S)
+            try:
+                return await asyncio.wait_for(conn.call(method), FANOUT_TIMEOUT_S)
+            finally:
+                conn.close()
+        keys = [k for k, _ in targets]
+        res = await asyncio.gather(*(one(a) for _, a in targets), return_exceptions=True)
+        return {k: r for k, r in zip(keys, res) if not isinstance(r, BaseException)}
+
+    async def object_rows(self):
+        targets = [(wid, p["addr"]) for wid, p in self.procs.items() if p["alive"] and p.get("addr")]
+        answers = await self._ask_all(targets, "list_objects")
+        return list(answers.values())
+
+    async def node_stats(self):
+        """{node_id: store_stats and usage} of each alive node (asked on its GCS connection)."""
+        gcs = self.gcs
+        out = []
+
+        async def one(nid, conn):
+            try:
+                st = await asyncio.wait_for(conn.call("store_stats"), FANOUT_TIMEOUT_S)
+                info = await asyncio.wait_for(conn.call("node_info"), FANOUT_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - a node that does not answer is left out
+                return None
+            return {"node_id": nid.hex(), "store": st, "session_dir": info.get("session_dir")}
+        tasks = [one(nid, c) for nid, c in gcs.node_conns.items()
+                 if not c.closed and gcs.nodes.get(nid, {}).get("Alive")]
+        for r in await asyncio.gather(*tasks):
+            if r is not None:
+                out.append(r)
+        return out
+
+    # --- history samples -----------------------------------------------------------------------------
+    def actor_rows(self):
+        """Every actor, in Ray's ActorState shape."""
+        out = []
+        for a in list(self.gcs.actors.actors.values()):
+            spec = a.spec if isinstance(a.spec, dict) else {}
+            out.append({"actor_id": a.actor_id.hex(), "class_name": a.class_name, "state": _actor_state(a.state),
+                        "job_id": job_hex(spec.get("job")) if spec.get("job") is not None else None,
+                        "name": a.name or "", "node_id": hexid(getattr(a, "node_id", None)),
+                        "pid": getattr(a, "pid", None), "ray_namespace": a.namespace,
+                        "is_detached": bool(a.detached), "num_restarts": getattr(a, "num_restarts", 0),
+                        "max_restarts": a.max_restarts, "required_resources": dict(a.resources or {}),
+                        "death_cause": (getattr(a, "cause_text", "") or None) if a.state == "DEAD" else None,
+                        "repr_name": "", "placement_group_id": None})
+        return out
+
+    async def _sample_loop(self):
+        while True:
+            await asyncio.sleep(SAMPLE_S)
+            if self.history is None:
+                continue
+            try:
+                await self._sample()
+            except Exception:  # noqa: BLE001 - history must never take the GCS down
+                logger.exception("history sample failed")
+
+    async def _sample(self):
+        now = time.time()
+        h = self.history
+        for a in self.actor_rows():
+            key = (a["state"], a.get("num_restarts"), a.get("pid"))
+            if self._seen_actors.get(a["actor_id"]) != key:
+                self._seen_actors[a["actor_id"]] = key
+                h.write("actor", now, a)
+        for nid, n in self.gcs.nodes.items():
+            if self._seen_nodes.get(nid) != n["Alive"]:
+                self._seen_nodes[nid] = n["Alive"]
+                h.write("node", now, {"node_id": nid.hex(), "alive": n["Alive"], "ip": n["NodeManagerAddress"],
+                                      "resources": n["Resources"], "death_reason": n.get("death_reason")})
+        if self.procs:
+            h.write("sample", now, {"nodes": await self.node_stats(), "tasks": self.tasks.counts()})
+
+    # --- Prometheus ----------------------------------------------------------------------------------
+    async def prometheus_text(self):
+        from .prometheus import render
+        return render(self.metrics, self.tasks.counts(), self.actor_rows(), await self.node_stats(),
+                      self.gcs.nodes, self.tasks.dropped + self.tasks.dropped_at_source)
+
+    async def _http(self, reader, writer):
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"/"
+            if path.split(b"?")[0] in (b"/metrics", b"/"):
+                body = (await self.prometheus_text()).encode()
+                status = b"200 OK"
+            else:
+                body, status = b"not found\n", b"404 Not Found"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+        except Exception:  # noqa: BLE001 - a bad client only loses its own answer
+            pass
+        finally:
+            writer.close()
+
+
+def _actor_state(s):
+    return "PENDING_CREATION" if s == "PENDING" else s
+
+
+def _ip(addr):
+    if isinstance(addr, str) and addr.startswith("tcp:"):
+        return addr[4:].rsplit(":", 1)[0]
+    return "127.0.0.1"

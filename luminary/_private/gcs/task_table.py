@@ -1,0 +1,192 @@
+"""The task table: task events from owners and workers merged into one record per task.
+
+Pure (no sockets, no clocks): the GCS feeds it the batches it receives, ``luminary report``
+feeds it the batches read back from the event log.  At most ``cap`` tasks are kept; the oldest
+is dropped (and counted) to make room, so a million tasks never exhaust the head.
+
+Owners report submission and their state changes in order; the worker that runs a task
+reports when it started and ended.  The two streams arrive in any order, so a worker's
+RUNNING never overrides a state the owner already reported as final.
+"""
+from __future__ import annotations
+
+# owner.State -> Ray's task states
+OWNER_STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "FINISHED", "FAILED")
+FINAL = ("FINISHED", "FAILED")
+DEFAULT_CAP = 100_000
+
+
+def job_hex(job):
+    return int(job or 0).to_bytes(4, "little").hex()
+
+
+def hexid(b):
+    return b.hex() if isinstance(b, (bytes, bytearray)) else b
+
+
+class TaskRecord:
+    __slots__ = ("tid", "attempt", "name", "state", "job", "actor", "parent", "node", "worker", "pid",
+                 "err_type", "err_msg", "created", "started", "ended", "resources", "events", "owner",
+                 "ostate", "ran")
+
+    def __init__(self, tid):
+        self.tid = tid
+        self.attempt = 0
+        self.name = None
+        self.state = "NIL"
+        self.job = None
+        self.actor = None
+        self.parent = None
+        self.node = None
+        self.worker = None
+        self.pid = None
+        self.err_type = None
+        self.err_msg = None
+        self.created = None
+        self.started = None
+        self.ended = None
+        self.resources = None
+        self.events = []
+        self.owner = None
+        self.ostate = -1          # the owner's last reported state (owner.State)
+        self.ran = False          # a worker reported this attempt running
+
+    def row(self, detail=False):
+        name = self.name or ""
+        r = {"task_id": self.tid.hex(), "attempt_number": self.attempt, "name": name, "state": self.state,
+             "job_id": job_hex(self.job) if self.job is not None else None,
+             "actor_id": hexid(self.actor), "type": "ACTOR_TASK" if self.actor else "NORMAL_TASK",
+             "func_or_class_name": name, "parent_task_id": hexid(self.parent),
+             "node_id": hexid(self.node), "worker_id": hexid(self.worker), "worker_pid": self.pid,
+             "error_type": self.err_type, "language": "PYTHON"}
+        if detail:
+            r.update({"required_resources": dict(self.resources or {}), "error_message": self.err_msg,
+                      "creation_time_ms": _ms(self.created), "start_time_ms": _ms(self.started),
+                      "end_time_ms": _ms(self.ended), "owner_worker_id": hexid(self.owner),
+                      "events": [{"state": s, "created_ms": _ms(t)} for s, t in sorted(self.events, key=lambda e: e[1])]})
+        return r
+
+
+def _ms(t):
+    return None if t is None else int(t * 1000)
+
+
+class TaskTable:
+    def __init__(self, cap=DEFAULT_CAP):
+        self.cap = max(1, int(cap))
+        self.tasks: dict[bytes, TaskRecord] = {}
+        self.dropped = 0
+        self.dropped_at_source = 0
+
+    def _get(self, tid):
+        r = self.tasks.get(tid)
+        if r is None:
+            tasks = self.tasks
+            if len(tasks) >= self.cap:
+                del tasks[next(iter(tasks))]
+                self.dropped += 1
+            r = tasks[tid] = TaskRecord(tid)
+        return r
+
+    def apply(self, proc, events, dropped=0):
+        """One batch from the process ``proc`` ({wid, pid, node, ...})."""
+        self.dropped_at_source += dropped
+        for ev in events:
+            r = self._get(ev[1])
+            if ev[0] == "O":
+                self._owner(r, ev, proc)
+            else:
+                self._worker(r, ev, proc)
+
+    @staticmethod
+    def _owner(r, ev, proc):
+        info = ev[2]
+        if info is not None:
+            r.name, r.actor, r.job, r.parent, r.resources, ts = info
+            r.created = ts
+            r.owner = proc.get("wid")
+            if r.state == "NIL":
+                r.state = "PENDING_ARGS_AVAIL"
+            r.events.append(("PENDING_ARGS_AVAIL", ts))
+        trans = ev[3]
+        if ev[4] is not None:
+            r.node = ev[4]
+        if ev[5] is not None:
+            r.err_type, r.err_msg = ev[5], ev[6]
+        for i in range(0, len(trans), 2):
+            code, ts = trans[i], trans[i + 1]
+            state = OWNER_STATES[code]
+            if code == 1 and r.ostate in (2, 3):
+                r.attempt += 1            # retried (or rebuilt from lineage)
+                r.started = r.ended = None
+                r.ran = False
+                if ev[5] is None:
+                    r.err_type = r.err_msg = None
+            r.ostate = code
+            if state in FINAL:
+                r.ended = r.ended or ts
+                if state == "FAILED" and r.err_type is None:
+                    r.err_type = "TASK_EXECUTION_EXCEPTION"
+                r.state = state
+            elif not r.ran:
+                r.state = state
+            r.events.append((state, ts))
+
+    @staticmethod
+    def _worker(r, ev, proc):
+        if ev[2] is not None:
+            r.started = ev[2]
+            r.ran = True
+            r.node, r.worker, r.pid = proc.get("node"), proc.get("wid"), proc.get("pid")
+            if r.state not in FINAL:
+                r.state = "RUNNING"
+            r.events.append(("RUNNING", ev[2]))
+        if ev[3] is not None:
+            r.ended = ev[3]
+            if r.worker is None:
+                r.node, r.worker, r.pid = proc.get("node"), proc.get("wid"), proc.get("pid")
+        if ev[4] is not None:
+            r.err_type, r.err_msg = ev[4], ev[5]
+
+    def rows(self, detail=False):
+        return [r.row(detail) for r in self.tasks.values()]
+
+    def counts(self):
+        out = {}
+        for r in self.tasks.values():
+            out[r.state] = out.get(r.state, 0) + 1
+        return out
+
+
+# --- filters, shared by the GCS and the client -----------------------------------------------------
+def _match(value, op, want):
+    if op in ("=", "=="):
+        return _eq(value, want)
+    if op == "!=":
+        return not _eq(value, want)
+    raise ValueError(f"unsupported filter predicate {op!r}: use '=' or '!='")
+
+
+def _eq(value, want):
+    if isinstance(value, bool) or isinstance(want, bool):
+        return str(value).lower() == str(want).lower()
+    if isinstance(value, str) and isinstance(want, str):
+        return value.upper() == want.upper() if value.isupper() or want.isupper() else value == want
+    if isinstance(value, (int, float)) and not isinstance(want, (int, float)):
+        try:
+            return value == type(value)(want)
+        except (TypeError, ValueError):
+            return False
+    return value == want or str(value) == str(want)
+
+
+def apply_filters(rows, filters=None, limit=None):
+    """``rows`` that satisfy every (key, op, value) in ``filters``, at most ``limit``."""
+    out = []
+    for row in rows:
+        if filters and not all(_match(row.get(k), op, v) for k, op, v in filters):
+            continue
+        out.append(row)
+        if limit is not None and len(out) >= limit:
+            break
+    return out

@@ -1,0 +1,307 @@
+"""Task events and metric deltas of one process, batched to the GCS off the hot path.
+
+    owner (I/O thread)  Owner.trace ──drained after each handle──▶ ┐
+    executor            claim (started), reply (ended) ──────────────▶ Recorder ──────every FLUSH_S──▶
+    user metrics        Counter.inc / Gauge.set / Histogram.observe ▶ registry      task_events (GCS)
+
+Recording a state change costs a dict lookup and a list append (one clock read per ``handle``
+on the owner's side, no encoding); the I/O thread flushes at most every FLUSH_S (and at exit)
+in one ``task_events`` notification, decoding error blobs only then.
+``LUMINARY_TASK_EVENTS=0`` turns task events off (metrics still flow).
+
+Between flushes the changes of one task are gathered into one record per task (a list updated
+in place), so the wire and the GCS see one entry per task per batch:
+    ["O", tid, info, [state, ts, state, ts, ...], node_id, error_type, error_message]   owner side
+        info: [name, actor_id, job, parent_tid, resources, submitted_ts] or None (sent before)
+        state: owner.State (WAITING, QUEUED, PUSHED, FINISHED, FAILED)
+    ["W", tid, started_ts, ended_ts, error_type, error_message]                         worker side
+"""
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import threading
+import time
+
+FLUSH_S = 0.1
+MAX_BUFFER = 200_000     # events held between flushes; beyond that they are dropped and counted
+ENABLED = os.environ.get("LUMINARY_TASK_EVENTS", "1") not in ("0", "false", "False", "")
+
+
+def error_fields(blob):
+    """(Ray's error_type, message) of a pickled error stored as a task's result."""
+    try:
+        err = pickle.loads(blob)
+    except Exception as e:  # noqa: BLE001 - a class that does not unpickle here
+        return "TASK_EXECUTION_EXCEPTION", f"(error not decodable here: {e})"
+    return error_type(err), str(err)[:16384]
+
+
+def error_type(err):
+    from ... import exceptions as exc
+    for cls, name in ((exc.TaskCancelledError, "TASK_CANCELLED"), (exc.ActorDiedError, "ACTOR_DIED"),
+                      (exc.WorkerCrashedError, "WORKER_DIED"), (exc.TaskUnschedulableError, "TASK_UNSCHEDULABLE_ERROR"),
+                      (exc.ObjectLostError, "OBJECT_LOST"), (exc.RayTaskError, "TASK_EXECUTION_EXCEPTION")):
+        if isinstance(err, cls):
+            return name
+    return type(err).__name__
+
+
+class Registry:
+    """This process's metric deltas since the last flush (any thread)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.defs = {}          # name -> [kind, description, boundaries]
+        self.sent_defs = set()
+        self.values = {}        # (name, tags tuple) -> counter delta | gauge value | [buckets..., sum, count]
+
+    def define(self, name, kind, description, boundaries=None):
+        with self.lock:
+            self.defs[name] = [kind, description, list(boundaries or ())]
+            self.sent_defs.discard(name)
+
+    def add(self, name, tags, value):
+        key = (name, tags)
+        with self.lock:
+            self.values[key] = self.values.get(key, 0.0) + value
+
+    def set(self, name, tags, value):
+        with self.lock:
+            self.values[(name, tags)] = value
+
+    def observe(self, name, tags, value, boundaries):
+        key = (name, tags)
+        with self.lock:
+            h = self.values.get(key)
+            if h is None:
+                h = self.values[key] = [0] * (len(boundaries) + 1) + [0.0, 0]
+            i = 0
+            while i < len(boundaries) and value > boundaries[i]:
+                i += 1
+            h[i] += 1
+            h[-2] += value
+            h[-1] += 1
+
+    def take(self):
+        """[["def", name, kind, description, boundaries], [name, tags, value], ...] or []."""
+        with self.lock:
+            if not self.values and len(self.sent_defs) == len(self.defs):
+                return []
+            out = [["def", n, *d] for n, d in self.defs.items() if n not in self.sent_defs]
+            self.sent_defs.update(self.defs)
+            values, self.values = self.values, {}
+        out.extend([n, [list(t) for t in tags], v] for (n, tags), v in values.items())
+        return out
+
+
+REGISTRY = Registry()
+
+
+class Recorder:
+    """One per core worker; ``core.events``."""
+
+    def __init__(self, core, kind):
+        self.core = core
+        self.kind = kind
+        self.recs = {}          # tid -> owner-side record (see the module docstring)
+        self.wrecs = {}         # tid -> worker-side record (I/O thread)
+        self.starts = collections.deque()   # (tid, ts) of calls that started running (any thread)
+        self.dropped = 0
+        self.armed = False
+        self.closed = False
+        self.enabled = ENABLED
+
+    def start(self):
+        """After the core connected: say hello (so the GCS lists this process) and tie the
+        owner's trace to this buffer."""
+        if self.enabled:
+            self.core.submitter.owner.trace = []
+        self.core.io.post(self._flush)
+
+    def proc(self):
+        c = self.core
+        return {"wid": c.worker_id, "pid": os.getpid(), "node": c.node_id, "kind": self.kind,
+                "addr": c.address, "job": c.job_id, "start": self._start_ts()}
+
+    def _start_ts(self):
+        ts = getattr(self, "_started", None)
+        if ts is None:
+            ts = self._started = time.time()
+        return ts
+
+    # --- recording (any thread) ----------------------------------------------------------------
+    def _arm(self):
+        self.armed = True
+        io = self.core.io
+        if io.in_loop():
+            io.loop.call_later(FLUSH_S, self._flush)
+        else:
+            io.post(lambda: io.loop.call_later(FLUSH_S, self._flush))
+
+    def _owner_rec(self, tid):
+        recs = self.recs
+        r = recs.get(tid)
+        if r is None:
+            if len(recs) >= MAX_BUFFER:
+                self.dropped += 1
+                return None
+            r = recs[tid] = ["O", tid, None, [], None, None, None]
+            if not self.armed:
+                self._arm()
+        return r
+
+    def submitted(self, call):
+        """A new task or actor call (I/O thread)."""
+        r = self._owner_rec(call.tid)
+        if r is not None:
+            r[2] = [call.name, call.actor, call.spec.get("job"), call.parent, call.resources, time.time()]
+
+    def owner_trace(self, trace):
+        """The owner's state changes of one ``handle`` (I/O thread)."""
+        ts = time.time()
+        get = self._owner_rec
+        for call, x in trace:
+            r = get(call.tid)
+            if r is None:
+                continue
+            if x.__class__ is bytes:
+                r[5] = x                                  # the error it failed with (decoded at flush)
+                continue
+            r[3] += (int(x), ts)
+            if x == 2 and call.lease is not None:        # PUSHED: on a leased worker of node N
+                r[4] = call.lease.grant.get("node_id")
+        trace.clear()
+
+    def _worker_rec(self, tid):
+        recs = self.wrecs
+        r = recs.get(tid)
+        if r is None:
+            if len(recs) >= MAX_BUFFER:
+                self.dropped += 1
+                return None
+            r = recs[tid] = ["W", tid, None, None, None, None]
+            if not self.armed:
+                self._arm()
+        return r
+
+    def running(self, tid):
+        """The executor starts running ``tid`` (on the thread that runs it: a deque, which the
+        I/O thread drains, is the one structure both threads touch)."""
+        if self.enabled:
+            self.starts.append((tid, time.time()))
+            if not self.armed:
+                self._arm()
+
+    def ended(self, tid, reply):
+        """The executor answers ``tid`` (I/O thread)."""
+        if self.enabled:
+            r = self._worker_rec(tid)
+            if r is not None:
+                r[3] = time.time()
+                if reply.get("app_error") and reply.get("rets"):
+                    r[4] = reply["rets"][0][1]
+
+    # --- flushing (I/O thread) -----------------------------------------------------------------
+    @staticmethod
+    def _encode(recs, err_at):
+        out = list(recs)
+        for r in out:
+            blob = r[err_at]
+            if blob is not None:
+                r[err_at], r[err_at + 1] = error_fields(blob)
+        return out
+
+    def _flush(self):
+        self.armed = False
+        core = self.core
+        gcs = getattr(core, "gcs", None)
+        if gcs is None or gcs.closed:
+            return
+        starts = self.starts
+        while starts:
+            tid, ts = starts.popleft()
+            r = self._worker_rec(tid)
+            if r is not None:
+                r[2] = ts
+        recs, self.recs = self.recs, {}
+        wrecs, self.wrecs = self.wrecs, {}
+        events = self._encode(recs.values(), 5) if recs else []
+        if wrecs:
+            events += self._encode(wrecs.values(), 4)
+        payload = {"proc": self.proc(), "events": events}
+        metrics = REGISTRY.take()
+        if metrics:
+            payload["metrics"] = metrics
+        if self.dropped:
+            payload["dropped"], self.dropped = self.dropped, 0
+        gcs.notify("task_events", payload)
+        if REGISTRY.values and not self.armed:
+            self._arm()
+
+    def flush_wait(self, timeout=2.0):
+        """Send what is buffered now (from the main thread) and wait until it left."""
+        done = threading.Event()
+
+        def go():
+            self._flush()
+            done.set()
+        self.core.io.post(go)
+        done.wait(timeout)
+
+    def flush_now(self):
+        """At exit, from any thread: send what is buffered (waits up to a second)."""
+        if self.closed:
+            return
+        self.closed = True
+        io = self.core.io
+        if io.in_loop():
+            self._flush()
+            return
+        done = threading.Event()
+
+        def go():
+            try:
+                self._flush()
+                gcs = getattr(self.core, "gcs", None)
+                if gcs is not None and not gcs.closed:
+                    gcs._flush()
+            finally:
+                done.set()
+        try:
+            io.post(go)
+            done.wait(1.0)
+        except Exception:  # noqa: BLE001 - the loop is already gone
+            pass
+
+
+# --- handlers on every core worker -------------------------------------------------------------------
+def list_objects(core):
+    """This process's view of the objects it references (for list_objects / ``luminary memory``)."""
+    values = core.memory.values
+    out = []
+    for oid, e in list(core.refs.entries.items()):
+        v = values.get(oid)
+        size, where, kind = None, None, None
+        if v is not None:
+            kind = v[0]
+            if kind == "s":
+                where, size = v[1][0], v[1][1]
+            elif kind in ("v", "e") and isinstance(v[1], (bytes, bytearray)):
+                size, where = len(v[1]), core.node_id
+        if e.local:
+            ref = "LOCAL_REFERENCE"
+        elif e.submitted:
+            ref = "USED_BY_PENDING_TASK"
+        elif e.contained:
+            ref = "CAPTURED_IN_OBJECT"
+        elif e.borrowers:
+            ref = "BORROWED"
+        else:
+            ref = "PINNED_IN_MEMORY"
+        out.append({"oid": oid, "owned": bool(e.owned), "owner": e.owner, "size": size,
+                    "node": where, "kind": kind, "ref": ref, "local": e.local, "submitted": e.submitted,
+                    "contained": e.contained, "borrowers": len(e.borrowers or ())})
+    return {"wid": core.worker_id, "pid": os.getpid(), "node": core.node_id, "addr": core.address, "kind": core.events.kind,
+            "objects": out}

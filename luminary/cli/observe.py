@@ -1,0 +1,308 @@
+"""The ``luminary`` commands that look at a cluster (state API, memory, timeline, logs,
+metrics, report); registered by main.py with ``add_parsers``.
+
+    luminary list tasks|actors|objects|nodes|workers|jobs|placement-groups
+                  [--filter KEY=VALUE ...] [--limit N] [--detail] [--format table|json|yaml]
+    luminary get tasks|actors|nodes|workers|placement-groups ID
+    luminary summary tasks|actors|objects
+    luminary memory                     every live object: size, owner, where, why referenced
+    luminary timeline [-o FILE]         Chrome trace JSON (chrome://tracing, ui.perfetto.dev)
+    luminary logs [FILE] [--actor-id ID | --task-id ID | --pid PID] [--tail N] [--follow]
+    luminary metrics                    the Prometheus endpoint's URL
+    luminary report [SESSION] [-o report.html]
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+RESOURCES = {"tasks": "tasks", "actors": "actors", "objects": "objects", "nodes": "nodes", "workers": "workers",
+             "jobs": "jobs", "placement-groups": "placement_groups", "placement_groups": "placement_groups"}
+GETTERS = {"tasks": "get_task", "actors": "get_actor", "nodes": "get_node", "workers": "get_worker",
+           "placement_groups": "get_placement_group"}
+
+
+def _state():
+    from ..util import state
+    return state
+
+
+def _fail(cmd, msg):
+    sys.exit(f"luminary {cmd}: {msg}")
+
+
+def _value(v):
+    if v in ("true", "True"):
+        return True
+    if v in ("false", "False"):
+        return False
+    return v
+
+
+def _parse_filters(items):
+    out = []
+    for it in items or ():
+        op = "!=" if "!=" in it else "="
+        if op not in it:
+            _fail("list", f"--filter takes KEY=VALUE or KEY!=VALUE, got {it!r}")
+        k, v = it.split(op, 1)
+        out.append((k.strip(), op, _value(v.strip())))
+    return out
+
+
+def _yaml(obj, ind=0):
+    pad = "  " * ind
+    if isinstance(obj, dict):
+        if not obj:
+            return pad + "{}"
+        lines = []
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                lines.append(f"{pad}{k}:\n{_yaml(v, ind + 1)}")
+            else:
+                lines.append(f"{pad}{k}: {_scalar(v)}")
+        return "\n".join(lines)
+    if isinstance(obj, list):
+        if not obj:
+            return pad + "[]"
+        out = []
+        for v in obj:
+            body = _yaml(v, ind + 1).lstrip() if isinstance(v, (dict, list)) else _scalar(v)
+            out.append(f"{pad}- {body}")
+        return "\n".join(out)
+    return pad + _scalar(obj)
+
+
+def _scalar(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return json.dumps(str(v))
+
+
+def _table(rows, columns=None):
+    if not rows:
+        return "(none)"
+    cols = columns or list(rows[0].keys())
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    head = "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))
+    return "\n".join([head] + ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in cells])
+
+
+def _cell(v):
+    if v is None:
+        return "-"
+    if isinstance(v, dict):
+        return ",".join(f"{k}:{x:g}" if isinstance(x, float) else f"{k}:{x}" for k, x in v.items())
+    s = str(v).replace("\n", " ")
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _out(obj, fmt, columns=None):
+    if fmt == "json":
+        print(json.dumps(obj, indent=2, default=str))
+    elif fmt == "yaml":
+        print(_yaml(obj))
+    elif isinstance(obj, list):
+        print(_table(obj, columns))
+    else:
+        print(_yaml(obj))
+
+
+BRIEF = {"tasks": ["task_id", "attempt_number", "name", "state", "type", "node_id", "worker_pid", "error_type"],
+         "actors": ["actor_id", "class_name", "state", "name", "pid", "node_id", "num_restarts"],
+         "objects": ["object_id", "object_size", "reference_type", "type", "pid", "stored_in", "node_id"],
+         "workers": ["worker_id", "worker_type", "is_alive", "pid", "node_id", "job_id"]}
+
+
+def cmd_list(args):
+    st = _state()
+    what = RESOURCES.get(args.resource)
+    if what is None:
+        _fail("list", f"unknown resource {args.resource!r}; one of {sorted(set(RESOURCES))}")
+    try:
+        rows = getattr(st, f"list_{what}")(address=args.address, filters=_parse_filters(args.filter),
+                                            limit=args.limit, detail=args.detail)
+    except (ConnectionError, OSError, ValueError) as e:
+        _fail("list", str(e))
+    cols = None if args.detail else BRIEF.get(what)
+    _out([dict(r) for r in rows], args.format, cols)
+    if what == "tasks" and args.format == "table":
+        info = st.summarize_tasks(address=args.address)["cluster"]
+        if info.get("dropped"):
+            print(f"({info['dropped']} older task records were dropped to keep the table bounded)", file=sys.stderr)
+
+
+def cmd_get(args):
+    st = _state()
+    what = RESOURCES.get(args.resource)
+    fn = GETTERS.get(what)
+    if fn is None:
+        _fail("get", f"cannot get {args.resource!r}; one of {sorted(GETTERS)}")
+    try:
+        row = getattr(st, fn)(args.id, address=args.address)
+    except (ConnectionError, OSError, ValueError) as e:
+        _fail("get", str(e))
+    if row is None:
+        _fail("get", f"no {args.resource} with id {args.id}")
+    _out(dict(row), args.format)
+
+
+def cmd_summary(args):
+    st = _state()
+    fn = {"tasks": st.summarize_tasks, "actors": st.summarize_actors, "objects": st.summarize_objects}.get(args.resource)
+    if fn is None:
+        _fail("summary", "summary of tasks, actors or objects")
+    res = fn(address=args.address)["cluster"]
+    if args.format != "table":
+        return _out(res, args.format)
+    if args.resource == "tasks":
+        rows = [{"func_or_class_name": k, "type": v["type"], **{"count": sum(v["state_counts"].values())},
+                 "state_counts": v["state_counts"],
+                 "mean_s": round(v["duration_s_total"] / v["duration_n"], 6) if v["duration_n"] else None}
+                for k, v in res["summary"].items()]
+        print(f"Tasks: {res['total_tasks']} ({res['total_actor_tasks']} actor calls)"
+              + (f", {res['dropped']} dropped" if res.get("dropped") else ""))
+    elif args.resource == "actors":
+        rows = [{"class_name": k, "state_counts": v["state_counts"]} for k, v in res["summary"].items()]
+        print(f"Actors: {res['total_actors']}")
+    else:
+        rows = [dict(v, callsite=k) for k, v in res["summary"].items()]
+        print(f"Objects: {res['total_objects']}, {res['total_size_mb']:.3f} MiB")
+    print(_table(rows))
+
+
+def cmd_memory(args):
+    st = _state()
+    try:
+        rows = st.list_objects(address=args.address, limit=None)
+    except (ConnectionError, OSError) as e:
+        _fail("memory", str(e))
+    if args.format != "table":
+        return _out([dict(r) for r in rows], args.format)
+    owners = {r["object_id"]: r for r in rows if r["is_owner"]}
+    print("--- Objects (one line per process that references one) ---")
+    print(_table([dict(r) for r in rows], ["object_id", "object_size", "is_owner", "pid", "type", "reference_type",
+                                           "stored_in", "node_id", "borrowers"]))
+    per_node = {}
+    for oid, r in owners.items():   # each object counted once, by its owner
+        n = per_node.setdefault(r["node_id"] if r["stored_in"] == "object_store" else f"owner memory ({r['node_id']})",
+                                [0, 0])
+        n[0] += 1
+        n[1] += r["object_size"] or 0
+    print("\n--- Totals per node (each object counted once) ---")
+    print(_table([{"node": k, "objects": v[0], "bytes": v[1], "MiB": round(v[1] / 2**20, 3)} for k, v in per_node.items()]))
+
+
+def cmd_timeline(args):
+    from .._private import report
+    st = _state()
+    try:
+        tasks = st.list_tasks(address=args.address, limit=None, detail=True)
+    except (ConnectionError, OSError) as e:
+        _fail("timeline", str(e))
+    data = report.trace_json([dict(t) for t in tasks])
+    out = args.output or "timeline.json"
+    with open(out, "w") as f:
+        f.write(data)
+    print(f"Wrote {out}: open it in chrome://tracing or https://ui.perfetto.dev")
+
+
+def cmd_logs(args):
+    st = _state()
+    try:
+        if not (args.filename or args.actor_id or args.task_id or args.pid):
+            for cat, files in st.list_logs(address=args.address, node_id=args.node_id).items():
+                print(f"{cat}:")
+                for f in files:
+                    print(f"  {f}")
+            return
+        for line in st.get_log(address=args.address, node_id=args.node_id, filename=args.filename,
+                               actor_id=args.actor_id, task_id=args.task_id, pid=args.pid, tail=args.tail,
+                               follow=args.follow):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    except (ConnectionError, OSError, ValueError) as e:
+        _fail("logs", str(e))
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_metrics(args):
+    try:
+        url = _state().cluster_info(address=args.address).get("metrics_url")
+    except (ConnectionError, OSError) as e:
+        _fail("metrics", str(e))
+    print(url or "the metrics endpoint is not listening (see the head's logs/node.log)")
+
+
+def metrics_line(gcs_address, secret):
+    """The line ``luminary start --head`` prints about the metrics endpoint."""
+    from .._private.worker.connect import query_gcs
+    try:
+        url = query_gcs(gcs_address, secret, "state_query", {"what": "info"}).get("metrics_url")
+    except (ConnectionError, OSError):
+        url = None
+    return f"  Metrics (Prometheus): {url}" if url else "  Metrics: the endpoint is not listening (see logs/node.log)"
+
+
+def cmd_report(args):
+    from .._private import report
+    from .._private.gcs import history
+    try:
+        path = history.find(args.session)
+    except (OSError, ValueError) as e:
+        _fail("report", str(e))
+    snap = report.load_history(path)
+    out = args.output or "report.html"
+    report.write_report(out, snap)
+    print(f"Wrote {out} ({len(snap.tasks)} tasks) from {path}")
+
+
+def add_parsers(sub):
+    """Add the subcommands to ``sub``; returns {name: handler}."""
+    def common(p, fmt=True):
+        p.add_argument("--address", help="the cluster (HOST:PORT; default: the one on this machine or in this process)")
+        if fmt:
+            p.add_argument("--format", choices=("table", "json", "yaml"), default="table")
+    p = sub.add_parser("list", help="list tasks, actors, objects, nodes, workers, jobs or placement groups")
+    p.add_argument("resource")
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--detail", action="store_true")
+    common(p)
+    p = sub.add_parser("get", help="one task, actor, node, worker or placement group")
+    p.add_argument("resource")
+    p.add_argument("id")
+    common(p)
+    p.set_defaults(format="yaml")
+    p = sub.add_parser("summary", help="summarize tasks, actors or objects")
+    p.add_argument("resource")
+    common(p)
+    p = sub.add_parser("memory", help="every live object: size, owner, where it lives, why referenced")
+    common(p)
+    p = sub.add_parser("timeline", help="write a Chrome trace of task execution")
+    p.add_argument("-o", "--output")
+    common(p, fmt=False)
+    p = sub.add_parser("logs", help="list logs, or print one (a file, an actor's, a task's, a worker's)")
+    p.add_argument("filename", nargs="?")
+    p.add_argument("--actor-id")
+    p.add_argument("--task-id")
+    p.add_argument("--pid", type=int)
+    p.add_argument("--node-id")
+    p.add_argument("--tail", type=int, default=1000)
+    p.add_argument("--follow", "-f", action="store_true")
+    common(p, fmt=False)
+    p = sub.add_parser("metrics", help="print the URL of the Prometheus metrics endpoint")
+    common(p, fmt=False)
+    p = sub.add_parser("report", help="write one HTML report of a running or finished cluster")
+    p.add_argument("session", nargs="?", help="a session directory or history directory (default: the last)")
+    p.add_argument("-o", "--output")
+    return {"list": cmd_list, "get": cmd_get, "summary": cmd_summary, "memory": cmd_memory,
+            "timeline": cmd_timeline, "logs": cmd_logs, "metrics": cmd_metrics, "report": cmd_report}

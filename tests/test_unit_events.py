@@ -1,0 +1,101 @@
+"""Task events without a cluster: the owner's trace, the bounded task table, filters, and the
+Prometheus text (checked with prometheus_client's parser)."""
+import pytest
+
+from luminary._private.gcs.prometheus import render
+from luminary._private.gcs.task_table import TaskTable, apply_filters
+from luminary._private.gcs.events import Metrics
+
+pytestmark = pytest.mark.timeout(30)
+
+OWNER = {"wid": b"o" * 16, "pid": 1, "node": b"n" * 16}
+WORKER = {"wid": b"w" * 16, "pid": 2, "node": b"m" * 16}
+
+
+def _tid(i):
+    return i.to_bytes(12, "big")
+
+
+def _submitted(i, name="f", ts=1.0, states=(0, 1, 2), node=None):
+    trans = []
+    for k, s in enumerate(states):
+        trans += [s, ts + k * 0.01]
+    return ["O", _tid(i), [name, None, 1, None, {"CPU": 1.0}, ts], trans, node, None, None]
+
+
+def test_the_cap_drops_the_oldest_and_counts_them():
+    table = TaskTable(cap=3)
+    table.apply(OWNER, [_submitted(i) for i in range(5)])
+    assert len(table.tasks) == 3 and table.dropped == 2
+    assert [r.tid for r in table.tasks.values()] == [_tid(2), _tid(3), _tid(4)]
+    table.apply(OWNER, [], dropped=7)         # dropped by a process whose buffer was full
+    assert table.dropped + table.dropped_at_source == 9
+
+
+def test_worker_and_owner_reports_merge_in_any_order():
+    table = TaskTable()
+    table.apply(WORKER, [["W", _tid(1), 5.0, None, None, None]])          # running, seen first
+    table.apply(OWNER, [_submitted(1, ts=4.0)])                           # owner: pushed
+    row = table.rows(detail=True)[0]
+    assert row["state"] == "RUNNING" and row["worker_pid"] == 2 and row["attempt_number"] == 0
+    table.apply(OWNER, [["O", _tid(1), None, [4, 6.0], None, None, None]])  # failed (app error)
+    table.apply(WORKER, [["W", _tid(1), None, 5.9, "TASK_EXECUTION_EXCEPTION", "ValueError: boom"]])
+    row = table.rows(detail=True)[0]
+    assert row["state"] == "FAILED" and row["error_message"] == "ValueError: boom"
+    assert row["start_time_ms"] == 5000 and row["end_time_ms"] == 5900
+    assert [e["state"] for e in row["events"]] == ["PENDING_ARGS_AVAIL", "PENDING_ARGS_AVAIL",
+                                                   "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FAILED"]
+
+
+def test_a_retry_is_a_new_attempt():
+    table = TaskTable()
+    table.apply(OWNER, [_submitted(1, states=(0, 1, 2, 1, 2, 3), node=b"n" * 16)])
+    row = table.rows()[0]
+    assert row["attempt_number"] == 1 and row["state"] == "FINISHED" and row["node_id"] == (b"n" * 16).hex()
+
+
+def test_owner_side_failure_keeps_its_error():
+    table = TaskTable()
+    table.apply(OWNER, [["O", _tid(1), ["g", None, 1, None, {}, 1.0], [0, 1.0, 4, 1.1], None,
+                         "TASK_CANCELLED", "cancelled"]])
+    row = table.rows(detail=True)[0]
+    assert (row["state"], row["error_type"], row["error_message"]) == ("FAILED", "TASK_CANCELLED", "cancelled")
+
+
+def test_filters_and_limit():
+    rows = [{"name": "f", "state": "FINISHED", "n": i} for i in range(5)] + [{"name": "g", "state": "FAILED", "n": 9}]
+    assert len(apply_filters(rows, [("name", "=", "f")])) == 5
+    assert len(apply_filters(rows, [("name", "=", "f")], limit=2)) == 2
+    assert apply_filters(rows, [("state", "=", "failed")])[0]["name"] == "g"   # states match in any case
+    assert len(apply_filters(rows, [("name", "!=", "f")])) == 1
+    assert apply_filters(rows, [("n", "=", "9")])[0]["name"] == "g"
+    with pytest.raises(ValueError):
+        apply_filters(rows, [("n", ">", 1)])
+
+
+def test_owner_trace_records_every_state_change():
+    from luminary._private.worker.owner import Call, Owner, State
+    owner = Owner(b"w" * 16, {}, set())
+    owner.trace = []
+    call = Call(b"t" * 12, {"args": ["v", b""]}, b"f", b"", {"CPU": 1.0}, [], 1, 0, False, [], ([], []), "f")
+    owner.handle(("submit", call, []))
+    assert [s for c, s in owner.trace] == [State.QUEUED]
+    owner.handle(("cancel", call.tid, False, True))
+    kinds = [type(s) for c, s in owner.trace]
+    assert kinds[-2] is bytes and owner.trace[-1][1] == State.FAILED    # the error, then FAILED
+
+
+def test_prometheus_text_parses():
+    from prometheus_client.parser import text_string_to_metric_families
+    m = Metrics()
+    m.apply([["def", "reqs", "counter", "requests \"quoted\"", []], ["reqs", [["route", "/a\n"]], 3.0],
+             ["def", "lat", "histogram", "latency", [0.5]], ["lat", [], [1, 2, 1.7, 3]],
+             ["def", "depth", "gauge", "depth", []], ["depth", [], 4.0], ["depth", [], 2.0]])
+    text = render(m, {"FINISHED": 3}, [{"state": "ALIVE"}], [{"node_id": "ab", "store": {"used": 10}}], {}, 0)
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["reqs"].samples[0].value == 3.0 and fams["reqs"].samples[0].labels == {"route": "/a\n"}
+    lat = {(s.name, s.labels.get("le")): s.value for s in fams["lat"].samples}
+    assert lat[("lat_bucket", "0.5")] == 1 and lat[("lat_bucket", "+Inf")] == 3 and lat[("lat_count", None)] == 3
+    assert fams["depth"].samples[0].value == 2.0
+    assert fams["luminary_tasks"].samples[0].labels == {"State": "FINISHED"}
+    assert fams["luminary_object_store_used_bytes"].samples[0].value == 10
