@@ -2,6 +2,7 @@
 
     luminary start --head [--port 6380] [--node-ip-address IP] [--num-cpus N] [--num-gpus N]
                           [--resources JSON] [--object-store-memory BYTES]
+                          [--storage PATH | sqlite:PATH | redis://HOST:PORT/DB | memory]
     luminary start --address HOST:PORT [--secret-file PATH] [...same options]
     luminary stop      stops every node this user started on this machine, with all their processes
     luminary status    nodes (alive or dead), resources used and free, pending and infeasible demand
@@ -68,12 +69,13 @@ def _start(args, resources):
         query_nodes(gcs_address, secret)
     nodes_dir = _nodes_dir()
     session_dir = launch.new_session_dir(prefix="node")
+    storage = _storage_spec(args, session_dir) if args.head else None
     try:
         proc, info = launch.start_node(
             secret=secret, session_dir=session_dir, head=bool(args.head), gcs_address=gcs_address, node_ip=ip,
             gcs_port=args.port if args.head else None, tcp_port=args.node_manager_port, num_cpus=args.num_cpus,
             num_gpus=args.num_gpus, resources=resources, object_store_memory=args.object_store_memory,
-            watch_stdin=False, daemon=True)
+            watch_stdin=False, daemon=True, gcs_storage=storage)
     except BaseException as e:
         procutil.remove_session_dir(session_dir)     # a failed start or join leaves nothing behind
         if not isinstance(e, (RuntimeError, ValueError)):
@@ -102,6 +104,31 @@ def _start(args, resources):
               f"  Inspect: luminary status    Stop: luminary stop")
     else:
         print(f"Luminary node {info['node_id'][:12]} joined the cluster at {addr}.")
+
+
+def _storage_spec(args, session_dir):
+    """Where the head's GCS keeps the cluster's state so it can be restarted: --storage, else
+    $RAY_REDIS_ADDRESS (Ray's spelling), else SQLite in the head's session directory."""
+    from .._private.gcs.storage import StorageError, parse_spec, redis_from_env
+    spec = args.storage
+    if not spec and os.environ.get("RAY_REDIS_ADDRESS"):
+        spec = redis_from_env(os.environ["RAY_REDIS_ADDRESS"])
+    if not spec:
+        return "sqlite:" + os.path.join(session_dir, "gcs.sqlite")
+    try:
+        kind, where = parse_spec(spec)
+    except StorageError as e:
+        procutil.remove_session_dir(session_dir)
+        _fail("start", str(e))
+    if kind == "sqlite":
+        return "sqlite:" + os.path.abspath(os.path.expanduser(where))
+    if kind == "redis":
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            procutil.remove_session_dir(session_dir)
+            _fail("start", f"--storage {spec} needs the redis package: pip install 'luminary[redis]'.")
+    return spec
 
 
 def _read_record(path):
@@ -206,6 +233,9 @@ def main(argv=None):
     st.add_argument("--resources")
     st.add_argument("--object-store-memory", type=int)
     st.add_argument("--secret-file")
+    st.add_argument("--storage", help="head only: where the GCS keeps cluster state so it survives a GCS restart: "
+                                      "a SQLite PATH (default: the head's session directory), "
+                                      "redis://HOST:PORT/DB, or 'memory' (no restart)")
     sp = sub.add_parser("stop", help="stop every node started on this machine")
     sp.add_argument("--force", action="store_true")
     ss = sub.add_parser("status", help="show the cluster's nodes and resources")
