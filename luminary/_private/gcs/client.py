@@ -117,7 +117,7 @@ class GcsClient:
         if self.closed:
             return
         self._give_up(GcsUnavailableError(
-            f"The GCS at {self.address} has been unreachable for {self.window:.0f}s (the head node's GCS died "
+            f"The GCS at {self.address} has been unreachable for {self.window:g}s (the head node's GCS died "
             f"and did not come back; last error: {type(last).__name__ if last else 'none'}: {last}). Calls that "
             "need the GCS (actor creation, get_actor, KV, placement groups) fail; restart the cluster, or raise "
             "LUMINARY_GCS_RECONNECT_S to wait longer."))
