@@ -229,6 +229,36 @@ def test_named_detached_actor_kv_and_placement_group_survive(cli_cluster):
     ray.kill(again)
 
 
+def test_checkpoint_acknowledged_before_a_gcs_restart_restores_the_actor(cli_cluster):
+    c = cli_cluster()
+    ray.init(address=c.address)
+
+    @ray.remote(checkpoint_interval=1, max_restarts=1)
+    class Account:
+        def __init__(self):
+            self.balance = 0
+
+        def deposit(self, x):
+            self.balance += x
+            return self.balance
+
+        def pid(self):
+            return os.getpid()
+
+    acct = Account.remote()
+    assert ray.get([acct.deposit.remote(10), acct.deposit.remote(5)]) == [10, 15]
+    c.wait_new_gcs(c.kill_gcs())
+    os.kill(ray.get(acct.pid.remote()), signal.SIGKILL)   # the restarted GCS restarts it from storage
+    assert poll_for(lambda: _try(lambda: ray.get(acct.deposit.remote(1))), timeout=30) == 16
+
+
+def _try(fn):
+    try:
+        return fn()
+    except ray.exceptions.RayActorError:
+        return None
+
+
 def test_reconnect_window_expiry_gives_a_clear_error(cli_cluster, tmp_path):
     state = tmp_path / "state"
     state.mkdir()

@@ -66,7 +66,16 @@ def _start(args, resources):
         gcs_address = launch.normalize_address(args.address)
         secret = launch.read_secret(gcs_address, args.secret_file)
         from .._private.worker.connect import query_nodes
-        query_nodes(gcs_address, secret)
+        # a head whose GCS is restarting answers again within a second: wait that long, not more
+        deadline = time.monotonic() + float(os.environ.get("LUMINARY_JOIN_WAIT_S", "3"))
+        while True:
+            try:
+                query_nodes(gcs_address, secret)
+                break
+            except ConnectionError as e:
+                if "refused this secret" in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     nodes_dir = _nodes_dir()
     session_dir = launch.new_session_dir(prefix="node")
     storage = _storage_spec(args, session_dir) if args.head else None

@@ -49,9 +49,23 @@ class GcsClient:
         self.close_callbacks = []      # fn(self): gave up for good
         self._queue = []               # (method, payload, callback) waiting for a connection
         self.reconnects = 0
+        self._task = None
 
-    async def connect(self):
-        self._attach(await protocol.connect(self.address, self.secret, self.handlers, name=self.name))
+    async def connect(self, wait_s=0.0):
+        """The first connection; refused ones are tried again for ``wait_s`` (a node joining while
+        the GCS restarts).  A wrong secret is never retried."""
+        deadline = time.monotonic() + wait_s
+        delay = 0.05
+        while True:
+            try:
+                conn = await protocol.connect(self.address, self.secret, self.handlers, name=self.name)
+                break
+            except (OSError, asyncio.TimeoutError, protocol.ConnectionLost) as e:
+                if isinstance(e, protocol.AuthenticationError) or time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self._attach(conn)
         return self
 
     @property
@@ -74,7 +88,7 @@ class GcsClient:
                 cb(conn)
             except Exception:   # noqa: BLE001
                 logger.exception("GCS lost callback failed")
-        asyncio.ensure_future(self._reconnect())
+        self._task = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self):
         delay = 0.05
@@ -176,6 +190,8 @@ class GcsClient:
 
     def close(self):
         self.closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
         if self.conn is not None:
             self.conn.close()
 

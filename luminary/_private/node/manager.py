@@ -134,7 +134,7 @@ class NodeManager:
         _, self.zygote = await loop.create_connection(lambda: _ZygoteProtocol(self), sock=self.zygote_sock)
         from ..gcs.client import GcsClient
         self.gcs = GcsClient(self.cfg["gcs_address"], self.secret, self.handlers.accepting(messages.GCS))
-        await self.gcs.connect()
+        await self.gcs.connect(wait_s=0 if self.cfg.get("head") else 10.0)   # a join waits out a GCS restart
         self.gcs.lost_callbacks.append(self._gcs_lost)
         self.gcs.reconnect_hooks.append(self._gcs_back)
         self.gcs.close_callbacks.append(lambda c: self._gcs_gone())
