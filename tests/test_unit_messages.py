@@ -124,8 +124,7 @@ def test_every_message_sent_is_in_the_table_with_its_kind():
         assert m.TABLE[name].kind == kind, f"{where}:{line} sends {name!r} as a {kind}"
     names = {n for _, _, n, _ in sent} | {"register_worker", "register_driver"}   # core.start(register_as)
     # handled but sent by nothing in the package today (tests and tools use store_stats)
-    assert set(m.TABLE) - names == {"kill_worker", "node_info", "register_owner", "store_stats",
-                                    "kv_put", "kv_get", "kv_del", "kv_keys"}
+    assert set(m.TABLE) - names == {"kill_worker", "node_info", "store_stats"}
 
 
 # --- the edge: a bad message fails alone and the connection keeps serving --------------------------
