@@ -2,6 +2,7 @@
 
     luminary start --head [--port 6380] [--node-ip-address IP] [--num-cpus N] [--num-gpus N]
                           [--resources JSON] [--object-store-memory BYTES]
+                          [--storage PATH | sqlite:PATH | redis://HOST:PORT/DB | memory]
     luminary start --address HOST:PORT [--secret-file PATH] [...same options]
     luminary stop      stops every node this user started on this machine, with all their processes
     luminary status    nodes (alive or dead), resources used and free, pending and infeasible demand
@@ -65,17 +66,27 @@ def _start(args, resources):
         gcs_address = launch.normalize_address(args.address)
         secret = launch.read_secret(gcs_address, args.secret_file)
         from .._private.worker.connect import query_nodes
-        query_nodes(gcs_address, secret)
+        # a head whose GCS is restarting answers again within a second: wait that long, not more
+        deadline = time.monotonic() + float(os.environ.get("LUMINARY_JOIN_WAIT_S", "3"))
+        while True:
+            try:
+                query_nodes(gcs_address, secret)
+                break
+            except ConnectionError as e:
+                if "refused this secret" in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     nodes_dir = _nodes_dir()
     if args.head and args.metrics_port is not None:
         os.environ["LUMINARY_METRICS_PORT"] = str(args.metrics_port)
     session_dir = launch.new_session_dir(prefix="node")
+    storage = _storage_spec(args, session_dir) if args.head else None
     try:
         proc, info = launch.start_node(
             secret=secret, session_dir=session_dir, head=bool(args.head), gcs_address=gcs_address, node_ip=ip,
             gcs_port=args.port if args.head else None, tcp_port=args.node_manager_port, num_cpus=args.num_cpus,
             num_gpus=args.num_gpus, resources=resources, object_store_memory=args.object_store_memory,
-            watch_stdin=False, daemon=True,
+            watch_stdin=False, daemon=True, gcs_storage=storage,
             job_api=(args.dashboard_host, args.dashboard_port) if args.head and args.include_dashboard else None)
     except BaseException as e:
         procutil.remove_session_dir(session_dir)     # a failed start or join leaves nothing behind
@@ -109,6 +120,31 @@ def _start(args, resources):
         print(metrics_line(info["gcs_address"], secret))
     else:
         print(f"Luminary node {info['node_id'][:12]} joined the cluster at {addr}.")
+
+
+def _storage_spec(args, session_dir):
+    """Where the head's GCS keeps the cluster's state so it can be restarted: --storage, else
+    $RAY_REDIS_ADDRESS (Ray's spelling), else SQLite in the head's session directory."""
+    from .._private.gcs.storage import StorageError, parse_spec, redis_from_env
+    spec = args.storage
+    if not spec and os.environ.get("RAY_REDIS_ADDRESS"):
+        spec = redis_from_env(os.environ["RAY_REDIS_ADDRESS"])
+    if not spec:
+        return "sqlite:" + os.path.join(session_dir, "gcs.sqlite")
+    try:
+        kind, where = parse_spec(spec)
+    except StorageError as e:
+        procutil.remove_session_dir(session_dir)
+        _fail("start", str(e))
+    if kind == "sqlite":
+        return "sqlite:" + os.path.abspath(os.path.expanduser(where))
+    if kind == "redis":
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            procutil.remove_session_dir(session_dir)
+            _fail("start", f"--storage {spec} needs the redis package: pip install 'luminary[redis]'.")
+    return spec
 
 
 def _read_record(path):
@@ -218,6 +254,9 @@ def main(argv=None):
     st.add_argument("--dashboard-host", default="127.0.0.1", help="address the job API binds (default loopback)")
     st.add_argument("--include-dashboard", type=lambda v: v.lower() not in ("0", "false", "no"), default=True)
     st.add_argument("--metrics-port", type=int, help="the head's Prometheus endpoint port (default: any free)")
+    st.add_argument("--storage", help="head only: where the GCS keeps cluster state so it survives a GCS restart: "
+                                      "a SQLite PATH (default: the head's session directory), "
+                                      "redis://HOST:PORT/DB, or 'memory' (no restart)")
     sp = sub.add_parser("stop", help="stop every node started on this machine")
     sp.add_argument("--force", action="store_true")
     ss = sub.add_parser("status", help="show the cluster's nodes and resources")

@@ -9,14 +9,23 @@ Callers never pass through here per call: they ask once (``wait_actor``, a long 
 when the actor is ALIVE at a new incarnation or DEAD) and then push calls to the actor's worker
 directly.  The creation spec (class, arguments, options) and the latest checkpoint stay here,
 outside the actor's process and node, so a restart needs nothing from the dead worker.
+
+Every change of an entry (registered, ALIVE at an address, restarting, DEAD) is one storage
+transaction (the row, and the name index with it) before anyone is told; checkpoints too.  After
+a GCS restart (``load``) an ALIVE actor has no connection to its worker yet: when its node comes
+back and reports the actor's lease (``node_back``) the GCS reconnects to the worker and the actor
+keeps its incarnation and state; a lease that is gone, or a node that does not come back
+(``node_dead``), restarts it as a worker death would.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
 
 from ... import exceptions as exc
+from .storage import pack, unpack
 from ..placement import ResourceSet, actor_load, place_actor
 from ..rpc import protocol
 
@@ -25,7 +34,25 @@ logger = logging.getLogger(__name__)
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING", "ALIVE", "RESTARTING", "DEAD"
 
 
+ROW_FIELDS = ("actor_id", "spec", "resources", "name", "namespace", "detached", "owner", "max_restarts", "meta",
+              "class_name", "strategy", "state", "address", "node_id", "pid", "worker_id", "lease", "incarnation",
+              "num_restarts", "cause", "cause_text", "exiting")
+
+
 class ActorEntry:
+    def to_row(self):
+        return {f: getattr(self, f) for f in ROW_FIELDS}
+
+    @classmethod
+    def from_row(cls, row):
+        a = cls(row)
+        for f in ROW_FIELDS[11:]:
+            setattr(a, f, row.get(f))
+        a.lease = tuple(a.lease) if a.lease else None
+        a.exiting = bool(a.exiting)
+        a.cause_text = a.cause_text or ""
+        return a
+
     def __init__(self, p):
         self.actor_id = p["actor_id"]
         self.spec = p["spec"]                 # sent to the worker in create_actor
@@ -62,6 +89,7 @@ class ActorManager:
         self.actors: dict[bytes, ActorEntry] = {}
         self.names: dict[tuple, bytes] = {}
         self.lease_counter = 0
+        self.expected_owners = set()   # after a restart: owners of non-detached actors, until they are back
         self.handlers = {     # registered by GcsServer with its own
             "register_actor": self.register_actor,
             "wait_actor": self.wait_actor,
@@ -71,11 +99,83 @@ class ActorManager:
             "actor_exit": self.actor_exit,
             "actor_checkpoint": self.actor_checkpoint,
             "list_actors": self.list_actors,
-            "register_owner": self.register_owner,
         }
+
+    # --- persistence ------------------------------------------------------------------------------
+    def save(self, a, *extra):
+        """One transaction: the actor's row, plus ``extra`` rows (the name index)."""
+        self.gcs.storage.write([("actors", a.actor_id, pack(a.to_row())), *extra])
+
+    def load(self) -> bool:
+        st = self.gcs.storage
+        checkpoints = st.items("checkpoints")
+        for aid, blob in st.items("actors").items():
+            a = ActorEntry.from_row(unpack(blob))
+            a.checkpoint = checkpoints.get(aid)
+            self.actors[aid] = a
+        for key, aid in st.items("names").items():
+            if aid in self.actors:
+                ns, _, name = key.partition(b"\x00")
+                self.names[(ns.decode(), name.decode())] = aid
+        for a in self.actors.values():
+            if a.state == DEAD:
+                continue
+            if a.owner and not a.detached:
+                self.expected_owners.add(a.owner)
+            if a.state in (PENDING, RESTARTING):
+                asyncio.ensure_future(self._create(a))
+        return any(a.state != DEAD for a in self.actors.values())
+
+    def node_back(self, nid, nconn, leases):
+        """A node manager re-registered after a GCS restart, holding ``leases`` it granted to a GCS:
+        actors whose lease is there keep their worker; leases no actor owns are ended."""
+        held = {l["lease_id"]: l for l in leases}
+        mine = set()
+        for a in list(self.actors.values()):
+            if a.state == DEAD or a.lease is None or a.lease[0] != nid:
+                continue
+            lease_id = a.lease[1]
+            mine.add(lease_id)
+            if a.state == ALIVE and a.wconn is None:
+                if lease_id in held:
+                    asyncio.ensure_future(self._reattach(a, a.incarnation))
+                else:
+                    self._worker_lost(a, a.incarnation)   # its worker died while the GCS was away
+        for lease_id in held:
+            if lease_id not in mine:
+                nconn.notify("return_lease", {"lease_id": lease_id, "kill": True})
+
+    async def _reattach(self, a, incarnation):
+        try:
+            wconn = await protocol.connect(a.address, self.gcs.secret, {}, name=f"actor-{a.actor_id.hex()[:8]}")
+        except Exception as e:   # noqa: BLE001 - the worker is gone
+            logger.info("actor %s: its worker at %s is gone (%s)", a.actor_id.hex(), a.address, e)
+            self._worker_lost(a, incarnation)
+            return
+        if a.state != ALIVE or a.incarnation != incarnation or a.wconn is not None:
+            wconn.close()
+            return
+        a.wconn = wconn
+        wconn.close_callbacks.append(lambda c, a=a, inc=incarnation: self._worker_lost(a, inc))
+        logger.info("actor %s kept its worker across the GCS restart (incarnation %d)", a.actor_id.hex(), incarnation)
+
+    def node_dead(self, nid):
+        """Actors on a dead node that the GCS holds no connection to (after a restart) restart now;
+        the others learn it from their worker's connection."""
+        for a in list(self.actors.values()):
+            if a.state == ALIVE and a.node_id == nid and a.wconn is None:
+                self._worker_lost(a, a.incarnation)
+
+    def recovery_ended(self, owners):
+        for owner in self.expected_owners - set(owners):
+            self.owner_died(owner, after_restart=True)
+        self.expected_owners = set()
 
     # --- creation ------------------------------------------------------------------------------
     def register_actor(self, conn, p):
+        known = self.actors.get(p["actor_id"])
+        if known is not None:   # sent again after a GCS restart: it was registered
+            return {"existing": False, "actor_id": known.actor_id}
         name = p.get("name")
         ns = p.get("namespace") or ""
         if name:
@@ -88,27 +188,21 @@ class ActorManager:
                                  "Pick another name, use get_actor() to reach it, or pass get_if_exists=True.")
         a = ActorEntry(p)
         self.actors[a.actor_id] = a
+        extra = []
         if name:
             self.names[(ns, name)] = a.actor_id
+            extra.append(("names", ns.encode() + b"\x00" + name.encode(), a.actor_id))
+        self.save(a, *extra)    # durable before the caller hears of it
         if a.owner and not a.detached:
-            self._watch_owner(conn, a.owner)
+            self.gcs.watch_owner(conn, a.owner)
         asyncio.ensure_future(self._create(a))
         return {"existing": False, "actor_id": a.actor_id}
 
-    def register_owner(self, conn, p):
-        self._watch_owner(conn, p["address"])
-        return True
-
-    def _watch_owner(self, conn, owner):
-        owned = conn.state.get("owner_of")
-        if owned is None:
-            conn.state["owner_of"] = owner
-            conn.close_callbacks.append(lambda c, o=owner: self._owner_died(o))
-
-    def _owner_died(self, owner):
+    def owner_died(self, owner, after_restart=False):
+        why = (" (it did not reconnect after the GCS restarted)" if after_restart else "")
         for a in list(self.actors.values()):
             if a.owner == owner and not a.detached and a.state != DEAD:
-                self._kill(a, "The actor's owner (the process that created it) died; non-detached actors "
+                self._kill(a, f"The actor's owner (the process that created it) died{why}; non-detached actors "
                               "die with their owner. Use lifetime='detached' to keep an actor alive.")
 
     def _pick_node(self, a: ActorEntry):
@@ -138,7 +232,8 @@ class ActorManager:
                 continue
             nconn = self.gcs.node_conns[nid]
             self.lease_counter += 1
-            lease_id = b"gcs-actor" + self.lease_counter.to_bytes(8, "big")
+            # unique across GCS restarts: a restarted GCS must not reuse a lease id a node still holds
+            lease_id = b"gcs-actor" + os.urandom(8)
             try:
                 req = {"lease_id": lease_id, "resources": a.resources, "actor": True}
                 if a.spec.get("renv"):
@@ -206,6 +301,7 @@ class ActorManager:
             a.lease = (nid, lease_id)
             a.wconn = wconn
             wconn.close_callbacks.append(lambda c, a=a, inc=a.incarnation: self._worker_lost(a, inc))
+            self.save(a)
             self._wake(a)
             return
 
@@ -224,6 +320,8 @@ class ActorManager:
             a.num_restarts += 1
             a.incarnation += 1
             a.state = RESTARTING
+            a.address = None
+            self.save(a)
             logger.info("restarting actor %s (restart %d)", a.actor_id.hex(), a.num_restarts)
             self._wake(a)
             asyncio.ensure_future(self._create(a))
@@ -243,8 +341,14 @@ class ActorManager:
         a.state = DEAD
         a.cause_text = text
         a.cause = cause
+        extra = []
         if a.name and self.names.get((a.namespace, a.name)) == a.actor_id:
             del self.names[(a.namespace, a.name)]
+            extra.append(("names", a.namespace.encode() + b"\x00" + a.name.encode(), None))
+        if a.checkpoint is not None:
+            a.checkpoint = None
+            extra.append(("checkpoints", a.actor_id, None))
+        self.save(a, *extra)
         self._wake(a)
 
     def _kill(self, a, text):
@@ -328,8 +432,9 @@ class ActorManager:
 
     def actor_exit(self, conn, p):
         a = self.actors.get(p["actor_id"])
-        if a is not None:
+        if a is not None and not a.exiting:
             a.exiting = True
+            self.save(a)
         return True
 
     def actor_checkpoint(self, conn, p):

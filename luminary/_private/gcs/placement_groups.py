@@ -9,12 +9,18 @@ A committed bundle appears on its node as renamed resources (``CPU_group_<i>_<pg
 ``CPU_group_<pg>``); tasks and actors scheduled into the group ask for those, so the ordinary
 scheduler and spillback place them on the right node.  The plan itself is
 ``placement.plan_bundles`` (pure, exact arithmetic).
+
+Each group is a storage row (bundles, strategy, name, lifetime, owner's address, state, the node
+of each bundle), written when it is created, placed and removed.  After a GCS restart the bundles
+stay on their node managers, which report them when they re-register (``node_back``): bundles of
+groups the GCS does not hold as CREATED there are cancelled; PENDING groups are planned again.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from .storage import pack, unpack
 from ..placement import STRATEGIES, plan_bundles
 
 logger = logging.getLogger(__name__)
@@ -30,16 +36,29 @@ class PlacementGroup:
         self.strategy = p["strategy"]
         self.name = p.get("name") or ""
         self.detached = p.get("lifetime") == "detached"
-        self.owner = owner
+        self.owner = owner          # the creator's address (None: known only by its connection)
         self.state = "PENDING"
         self.nodes = None
         self.waiters = []
+
+    def to_row(self):
+        return {"pg_id": self.pg_id, "bundles": self.bundles, "strategy": self.strategy, "name": self.name,
+                "lifetime": "detached" if self.detached else None, "owner": self.owner, "state": self.state,
+                "nodes": self.nodes}
+
+    @classmethod
+    def from_row(cls, row):
+        pg = cls(row, row.get("owner"))
+        pg.state = row["state"]
+        pg.nodes = row.get("nodes")
+        return pg
 
 
 class PlacementGroupManager:
     def __init__(self, gcs):
         self.gcs = gcs
         self.groups: dict[bytes, PlacementGroup] = {}
+        self.expected_owners = set()
         self.handlers = {     # registered by GcsServer with its own
             "create_pg": self.create_pg,
             "remove_pg": self.remove_pg,
@@ -48,11 +67,51 @@ class PlacementGroupManager:
             "pg_table": self.pg_table,
         }
 
+    def save(self, pg):
+        self.gcs.storage.put("pgs", pg.pg_id, pack(pg.to_row()))
+
+    def load(self) -> bool:
+        for pid, blob in self.gcs.storage.items("pgs").items():
+            pg = PlacementGroup.from_row(unpack(blob))
+            self.groups[pid] = pg
+            if pg.state == "REMOVED":
+                continue
+            if pg.owner and not pg.detached:
+                self.expected_owners.add(pg.owner)
+            if pg.state == "PENDING":
+                asyncio.ensure_future(self._schedule(pg))
+        return any(pg.state != "REMOVED" for pg in self.groups.values())
+
+    def node_back(self, nid, nconn, bundles):
+        for b in bundles:
+            pg = self.groups.get(b["pg_id"])
+            i = b["index"]
+            if pg is None or pg.state != "CREATED" or not pg.nodes or i >= len(pg.nodes) or pg.nodes[i] != nid:
+                nconn.notify("cancel_bundle", {"pg_id": b["pg_id"], "index": i})
+
+    def owner_back(self, owner, conn):
+        for pg in self.groups.values():
+            if pg.owner == owner and not pg.detached and pg.state != "REMOVED":
+                conn.close_callbacks.append(lambda c, pg=pg: asyncio.ensure_future(self._remove(pg)))
+
+    def owner_died(self, owner):
+        for pg in list(self.groups.values()):
+            if pg.owner == owner and not pg.detached and pg.state != "REMOVED":
+                asyncio.ensure_future(self._remove(pg))
+
+    def recovery_ended(self, owners):
+        for owner in self.expected_owners - set(owners):
+            self.owner_died(owner)
+        self.expected_owners = set()
+
     def create_pg(self, conn, p):
         if p["strategy"] not in STRATEGIES:
             raise ValueError(f"unknown strategy {p['strategy']!r}")
-        pg = PlacementGroup(p, conn)
+        if p["pg_id"] in self.groups:    # sent again after a GCS restart: it was created
+            return True
+        pg = PlacementGroup(p, conn.state.get("owner_of"))
         self.groups[pg.pg_id] = pg
+        self.save(pg)
         if not pg.detached:
             conn.close_callbacks.append(lambda c, pg=pg: asyncio.ensure_future(self._remove(pg)))
         asyncio.ensure_future(self._schedule(pg))
@@ -94,6 +153,7 @@ class PlacementGroupManager:
                 await self.gcs.node_conns[nid].call("commit_bundle", {"pg_id": pg.pg_id, "index": i})
             pg.nodes = choice
             pg.state = "CREATED"
+            self.save(pg)
             self._wake(pg)
 
     def _wake(self, pg):
@@ -107,6 +167,7 @@ class PlacementGroupManager:
             return
         nodes = pg.nodes
         pg.state = "REMOVED"
+        self.save(pg)
         if nodes:
             for i, nid in enumerate(nodes):
                 c = self.gcs.node_conns.get(nid)

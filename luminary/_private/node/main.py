@@ -1,6 +1,7 @@
 """Entry point of a node process: ``python -m luminary._private.node``, config on stdin.
 
-    node process ─┬─ fork ─▶ GCS            (head node only; dies with the node: PDEATHSIG)
+    node process ─┬─ fork ─▶ GCS            (head node only; dies with the node: PDEATHSIG; restarted
+                  │                          by gcs_supervisor.py when it dies and its storage persists)
                   ├─ fork ─▶ zygote ─ fork ─▶ workers   (each dies with its parent)
                   └─ runs the node manager's event loop
 The config (msgpack, length-prefixed) arrives on stdin so the cluster secret never appears on a
@@ -57,6 +58,7 @@ def main():
     arena = mmap.mmap(arena_fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
     gcs_pid = None
+    lock_token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"   # this head's GCSs, restarts included
     if cfg.get("head"):
         if cfg.get("gcs_port") is not None:
             gcs_address = f"tcp:{cfg['node_ip']}:{cfg['gcs_port']}"
@@ -72,7 +74,7 @@ def main():
                 arena.close()
                 os.close(arena_fd)
                 from ..gcs.server import run_gcs
-                run_gcs(cfg["secret"], gcs_address, w, cfg.get("gcs_storage"), session_dir=session_dir)
+                run_gcs(cfg["secret"], gcs_address, w, cfg.get("gcs_storage"), lock_token, session_dir=session_dir)
             finally:
                 os._exit(1)
         os.close(w)
@@ -85,6 +87,11 @@ def main():
             line += chunk
         os.close(r)
         line = line.decode().strip()
+        if line.startswith("error:storage:"):
+            print(json.dumps({"error": f"the GCS storage cannot be used: {line[14:]}"}), flush=True)
+            _reap_children(gcs_pid)
+            _cleanup(cfg, session_dir)
+            sys.exit(1)
         if line.startswith("error:"):
             print(json.dumps({"error": f"the GCS could not listen on {gcs_address[4:]}: {line[6:]}"}), flush=True)
             _cleanup(cfg, session_dir)
@@ -110,7 +117,15 @@ def main():
     from .manager import NodeManager
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    nm = NodeManager(cfg, parent_sock, arena_fd, arena, gcs_pid=gcs_pid)
+    supervisor = None
+    if gcs_pid:
+        from .gcs_supervisor import GcsSupervisor
+        supervisor = GcsSupervisor(gcs_pid, secret=cfg["secret"], address=cfg["gcs_address"],
+                                   storage=cfg.get("gcs_storage"), lock_token=lock_token, session_dir=session_dir,
+                                   on_give_up=lambda why: nm.shutdown(why))
+    nm = NodeManager(cfg, parent_sock, arena_fd, arena, gcs_supervisor=supervisor)
+    if supervisor is not None:
+        supervisor.watch()
     try:
         loop.run_until_complete(nm.start())
     except Exception as e:
@@ -126,7 +141,7 @@ def main():
     logging.info("node stopped: %s", why)
     # give the loop a moment to flush replies (e.g. the shutdown request's answer)
     loop.run_until_complete(asyncio.sleep(0.01))
-    _reap_children(gcs_pid, zpid)
+    _reap_children(supervisor.pid if supervisor else None, zpid)
     _cleanup(cfg, session_dir)
 
 

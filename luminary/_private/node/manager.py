@@ -53,7 +53,7 @@ class WorkerInfo:
 
 
 class NodeManager:
-    def __init__(self, cfg: dict, zygote_sock: socket.socket, arena_fd: int, arena_mm, gcs_pid=None):
+    def __init__(self, cfg: dict, zygote_sock: socket.socket, arena_fd: int, arena_mm, gcs_supervisor=None):
         self.cfg = cfg
         self.secret = cfg["secret"]
         self.node_id = cfg.get("node_id") or ids.random_id()
@@ -75,7 +75,7 @@ class NodeManager:
                                  os.path.join(self.session_dir, "spill"))
         self.store_waiters = collections.defaultdict(list)
         self.zygote_sock = zygote_sock
-        self.gcs_pid = gcs_pid
+        self.gcs_supervisor = gcs_supervisor     # head node: restarts the GCS when it dies
         self.workers: dict[bytes, WorkerInfo] = {}
         self.idle = collections.deque()
         self.starting: dict[bytes, float] = {}
@@ -143,12 +143,13 @@ class NodeManager:
                 f"tcp:{self.cfg['node_ip']}:{self.cfg['tcp_port']}", self.secret,
                 self.handlers.accepting(messages.DRIVER, messages.WORKER, messages.NODE_MANAGER), name="node-manager")
         _, self.zygote = await loop.create_connection(lambda: _ZygoteProtocol(self), sock=self.zygote_sock)
-        self.gcs = await protocol.connect(self.cfg["gcs_address"], self.secret, self.handlers.accepting(messages.GCS),
-                                          name="gcs")
-        self.gcs.close_callbacks.append(lambda c: self._gcs_lost())
-        self.view = ClusterView.from_wire(await self.gcs.call("register_node", {
-            "node_id": self.node_id, "address": self.tcp_address or self.address, "ip": self.cfg["node_ip"],
-            "resources": self.resources, "head": bool(self.cfg.get("head")), "pid": os.getpid()}))
+        from ..gcs.client import GcsClient
+        self.gcs = GcsClient(self.cfg["gcs_address"], self.secret, self.handlers.accepting(messages.GCS))
+        await self.gcs.connect(wait_s=0 if self.cfg.get("head") else 10.0)   # a join waits out a GCS restart
+        self.gcs.lost_callbacks.append(self._gcs_lost)
+        self.gcs.reconnect_hooks.append(self._gcs_back)
+        self.gcs.close_callbacks.append(lambda c: self._gcs_gone())
+        self.view = ClusterView.from_wire(await self.gcs.call("register_node", self._registration()))
         for _ in range(int(self.cfg.get("prestart", self.resources.get("CPU", 1)))):
             self._start_worker()
         if self.cfg.get("head") and self.cfg.get("job_port") is not None:
@@ -182,10 +183,36 @@ class NodeManager:
             asyncio.get_event_loop().remove_reader(0)
             self.shutdown("the process that started this node exited")
 
-    def _gcs_lost(self):
+    # --- the GCS going away and coming back (gcs/client.py reconnects) -----------------------------
+    def _registration(self):
+        return {"node_id": self.node_id, "address": self.tcp_address or self.address, "ip": self.cfg["node_ip"],
+                "resources": self.resources, "head": bool(self.cfg.get("head")), "pid": os.getpid()}
+
+    def _gcs_lost(self, conn):
+        """The GCS died: leases it holds (actors' workers) stay; requests it was waiting on are
+        forgotten (the restarted GCS asks again).  Tasks, objects and actor calls go on."""
+        self.scheduler.drop_requester(conn)
+        for lid, (fut, req_conn) in list(self.lease_waiters.items()):
+            if req_conn is conn:
+                del self.lease_waiters[lid]
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _gcs_back(self, conn):
+        """Re-register on a new GCS connection, with the leases granted to a GCS and the bundles
+        held here, so the GCS keeps those actors (and groups) instead of restarting them."""
+        leases = [{"lease_id": l.lease_id, "worker_id": l.worker.worker_id, "address": l.worker.address}
+                  for l in self.scheduler.leases.values()
+                  if getattr(l.requester, "state", {}).get("gcs") and l.worker.worker_id in self.workers]
+        bundles = [{"pg_id": pg, "index": i, "committed": b["committed"]} for (pg, i), b in self.bundles.items()]
+        view = await conn.call("register_node", dict(self._registration(), leases=leases, bundles=bundles))
+        self.view = ClusterView.from_wire(view)
+        self._report_soon()
+
+    def _gcs_gone(self):
         if not self.shutting_down:
-            logger.error("lost the connection to the GCS; shutting down this node")
-            self.shutdown("GCS connection lost")
+            logger.error("%s", self.gcs.failure)
+            self.shutdown(f"GCS unreachable: {self.gcs.failure}")
 
     def request_shutdown(self, conn, p):
         asyncio.get_event_loop().call_soon(self.shutdown, "requested")
@@ -206,8 +233,10 @@ class NodeManager:
             self.zygote.close()
         except Exception:
             pass
-        if self.gcs_pid:
-            _kill(self.gcs_pid)
+        if self.gcs_supervisor is not None:
+            self.gcs_supervisor.stop()
+        if getattr(self, "gcs", None) is not None:
+            self.gcs.close()
         self.server.close()
         if getattr(self, "tcp_server", None):
             self.tcp_server.close()
@@ -366,7 +395,8 @@ class NodeManager:
     def _queue_lease(self, conn, p, need):
         renv = p.get("renv")
         req = LeaseRequest(p["lease_id"], need, conn, data=p, env=renv["key"] if renv else "")
-        if "worker" not in conn.state and not conn.state.get("lease_watch"):
+        if "worker" not in conn.state and not conn.state.get("lease_watch") and not conn.state.get("gcs"):
+            # (a GCS's leases are actors' workers: they outlive a GCS restart, see _gcs_back)
             # an owner on another node (spillback) or the GCS: its leases end with its connection
             conn.state["lease_watch"] = True
             conn.close_callbacks.append(self._requester_gone)
@@ -711,7 +741,7 @@ class NodeManager:
     def forward_log(self, conn, p):
         """Worker output goes to the drivers on this node and, through the GCS, on the others."""
         self.log_to_local_drivers(conn, p)
-        if len(self.view) > 1 and not self.gcs.closed:
+        if len(self.view) > 1 and self.gcs.connected:
             self.gcs.notify("log", p)
 
     async def flush_logs(self, conn, p):
@@ -741,7 +771,7 @@ class NodeManager:
 
     def _report(self):
         self._report_scheduled = False
-        if self.gcs.closed:
+        if not self.gcs.connected:
             return
         pending = [r.resources.to_wire() for r in list(self.scheduler.queue)[:20]]
         self.gcs.request("heartbeat", {"node_id": self.node_id, "available": self.scheduler.available.to_wire(),

@@ -347,7 +347,10 @@ MESSAGES = [
     # --- handled by the GCS -------------------------------------------------------------------------
     _m("register_node", R, NM, GCS, struct({
         "node_id": ID, "address": ADDRESS, "ip": str_(1024), "resources": RESOURCES,
-        "head?": BOOL, "pid?": int_(1, 1 << 31), "port?": int_(0, 65535)})),
+        "head?": BOOL, "pid?": int_(1, 1 << 31), "port?": int_(0, 65535),
+        # a node manager re-registering after a GCS restart: the leases it granted to a GCS, its bundles
+        "leases?": list_(struct({"lease_id": LEASE_ID, "worker_id": ID, "address": ADDRESS}), 1 << 16),
+        "bundles?": list_(struct({"pg_id": ID, "index": int_(0, 1 << 20), "committed": BOOL}), 1 << 16)})),
     _m("heartbeat", R, NM, GCS, struct({"node_id": ID, "available": AMOUNTS, "total?": AMOUNTS,
                                         "pending?": list_(RESOURCES, 1 << 12)})),
     _m("get_nodes", R, OW, GCS, NONE),

@@ -172,8 +172,16 @@ class CoreWorker:
             self._owns_arena_fd = True
         self.mapped = MappedObjects(self.cfg["capacity"], self.io.post, self.io.loop.call_later,
                                     self._send_releases)
-        self.gcs = await protocol.connect(info["gcs_address"], self.secret, h.accepting(messages.GCS), name="gcs")
+        from ..gcs.client import GcsClient
+        self.gcs = await GcsClient(info["gcs_address"], self.secret, h.accepting(messages.GCS)).connect()
+        self.gcs.reconnect_hooks.append(self._gcs_back)
+        # the GCS knows this process as an owner: its non-detached actors and groups die with it
+        self.gcs.request("register_owner", {"address": self.address}, lambda ok, r: None)
         return info
+
+    async def _gcs_back(self, conn):
+        """A restarted GCS: say again that this process is alive and owns what it created."""
+        await conn.call("register_owner", {"address": self.address})
 
     def _on_peer(self, conn):
         conn.close_callbacks.append(self._peer_gone)
@@ -262,9 +270,18 @@ class CoreWorker:
             del self.conns[address]
 
     def call_sync_gcs(self, method, payload=None, timeout=30):
+        """A GCS request from the main thread.  While the GCS is away (restarting) the request waits
+        for it past ``timeout``, until the client's reconnect window ends (GcsUnavailableError)."""
         res = SyncCall()
-        self.io.post(lambda: self.gcs.request(method, payload, res))
-        return res.wait(timeout)
+        gcs = self.gcs
+        seen = gcs.reconnects
+        self.io.post(lambda: gcs.request(method, payload, res))
+        try:
+            return res.wait(timeout)
+        except exc.GetTimeoutError:
+            if gcs.outage_since is None and gcs.reconnects == seen:
+                raise
+        return res.wait(gcs.window + 10)
 
     def call_sync(self, target, method, payload, timeout=None):
         """From the main thread: send a request on the I/O thread and wait for the answer."""
