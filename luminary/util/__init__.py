@@ -10,7 +10,24 @@ from .placement_group import (get_current_placement_group, get_placement_group, 
 
 __all__ = ["ActorPool", "list_named_actors", "placement_group", "remove_placement_group", "get_placement_group",
            "placement_group_table", "get_current_placement_group", "scheduling_strategies", "state", "metrics", "report",
-           "get_node_ip_address"]
+           "get_node_ip_address", "progress"]
+
+
+def progress(refs, desc="tasks"):
+    """Yield ``refs`` as they become ready while a progress bar of how many are done is drawn
+    (redrawn in place on a terminal; a line now and then elsewhere, e.g. in Jupyter)::
+
+        for ref in luminary.util.progress([f.remote(i) for i in range(100)]):
+            use(luminary.get(ref))
+    """
+    from ..experimental.tqdm_ray import tqdm
+    from .._private.worker.api import wait
+    pending = list(refs)
+    with tqdm(total=len(pending), desc=desc) as bar:
+        while pending:
+            ready, pending = wait(pending, num_returns=1)
+            bar.update(len(ready))
+            yield from ready
 
 
 def get_node_ip_address(address="8.8.8.8:53"):

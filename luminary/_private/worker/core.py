@@ -24,7 +24,7 @@ import threading
 import time
 
 from ... import exceptions as exc
-from .. import ids, serialization
+from .. import ids, progress, serialization
 from ..rpc import messages, protocol
 from ..rpc.loop import IOThread
 from . import events
@@ -410,9 +410,18 @@ class CoreWorker:
 
     def h_log(self, conn, p):
         out = sys.stderr if p.get("err") else sys.stdout
+        lines = p["lines"]
         try:
-            out.write("".join(p["lines"]))
-            out.flush()
+            if any(progress.MARK in line for line in lines):    # tqdm_ray bars from tasks
+                bars, lines = progress.split_bar_lines(lines)
+                for st in bars:
+                    progress.manager().update(st)
+            if lines:
+                if progress._manager is not None and progress._manager.bars:
+                    progress._manager.write_above("".join(lines), out)
+                else:
+                    out.write("".join(lines))
+                out.flush()
         except Exception:
             pass
 

@@ -265,8 +265,9 @@ class Recorder:
             try:
                 self._flush()
                 gcs = getattr(self.core, "gcs", None)
-                if gcs is not None and not gcs.closed:
-                    gcs._flush()
+                conn = getattr(gcs, "conn", gcs)     # the reconnecting client's current connection
+                if conn is not None and not conn.closed:
+                    conn._flush()
             finally:
                 done.set()
         try:
