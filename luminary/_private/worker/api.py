@@ -237,6 +237,9 @@ def shutdown(_exiting_interpreter=False):
         return
     if core is not None:
         if sess is not None and sess.owns_cluster:
+            gcs = getattr(core, "gcs", None)
+            if gcs is not None:
+                gcs.closed = True       # the cluster is ending: its GCS going away is no outage
             try:
                 core.call_sync("nm", "shutdown", None, timeout=5)
             except Exception:

@@ -169,6 +169,7 @@ class Owner:
         self.by_handle: dict[bytes, bytes] = {}
         self.lineage: dict[bytes, Call] = {}
         self.closing = False
+        self._handlers = {}
         self._lease_counter = 0
         self.out = []
         self.trace = None       # a list: every state change is noted as (call, state) (task events)
@@ -176,7 +177,10 @@ class Owner:
     # --- the one entry point -----------------------------------------------------------------
     def handle(self, event):
         """Apply one event ``(name, *args)``; returns the actions to carry out, in order."""
-        getattr(self, "on_" + event[0])(*event[1:])
+        fn = self._handlers.get(event[0])
+        if fn is None:
+            fn = self._handlers[event[0]] = getattr(self, "on_" + event[0])
+        fn(*event[1:])
         return self.take()
 
     def take(self):

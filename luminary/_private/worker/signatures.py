@@ -42,6 +42,48 @@ def _rebuild(data):
     return sig
 
 
+_checkers: dict = {}
+
+
+def _compile(data):
+    """A fast ``fits(args, kwargs) -> bool`` for signature ``data`` (a call that fits costs a few
+    comparisons; only a call that does not goes through inspect for the exact message)."""
+    PO, PK, VP, KO, VK = (int(k) for k in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD, _P.VAR_POSITIONAL,
+                                          _P.KEYWORD_ONLY, _P.VAR_KEYWORD))
+    positional = [(n, k, d) for n, k, d in data if k in (PO, PK)]
+    n_pos = len(positional)
+    index = {n: i for i, (n, k, d) in enumerate(positional) if k == PK}
+    posonly = {n for n, k, d in positional if k == PO}
+    kwonly = {n for n, k, d in data if k == KO}
+    required_pos = [(i, n) for i, (n, k, d) in enumerate(positional) if not d]
+    required_kw = [n for n, k, d in data if k == KO and not d]
+    varargs = any(k == VP for _, k, _ in data)
+    varkw = any(k == VK for _, k, _ in data)
+    last_required = max((i for i, _ in required_pos), default=-1)
+
+    def fits(args, kwargs):
+        n = len(args)
+        if n > n_pos and not varargs:
+            return False
+        if not kwargs:
+            return n > last_required and not required_kw
+        for k in kwargs:
+            i = index.get(k)
+            if i is not None:
+                if i < n:
+                    return False                  # given positionally too
+            elif k not in kwonly and (not varkw or k in posonly):
+                return False
+        for i, name in required_pos:
+            if i >= n and name not in kwargs:
+                return False
+        for name in required_kw:
+            if name not in kwargs:
+                return False
+        return True
+    return fits
+
+
 def check_call(data, args, kwargs, what):
     """Raise TypeError (naming ``what``) when ``args``/``kwargs`` do not fit signature ``data``."""
     if data is None:
@@ -50,6 +92,14 @@ def check_call(data, args, kwargs, what):
         if args or kwargs:
             raise TypeError(f"{what}() takes no arguments, but got {len(args)} positional and "
                             f"{len(kwargs)} keyword argument(s).")
+        return
+    entry = _checkers.get(id(data))
+    if entry is None or entry[0] is not data:
+        entry = (data, _compile(data))
+        if len(_checkers) > 4096:
+            _checkers.clear()
+        _checkers[id(data)] = entry
+    if entry[1](args, kwargs):
         return
     try:
         _rebuild(data).bind(*args, **kwargs)

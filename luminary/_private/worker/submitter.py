@@ -76,6 +76,18 @@ class TaskSubmitter:
         self.owner.closing = self.core.shutting_down
         self._run(self.owner.handle(event))
 
+    def _do(self, method, *args):
+        """``feed`` for the hot paths: call the owner's handler directly (no event tuple)."""
+        if CHECK_THREADS:
+            self._check_thread()
+        owner = self.owner
+        owner.closing = self.core.shutting_down
+        method(*args)
+        out = owner.out
+        if out or owner.trace:
+            owner.out = []
+            self._run(out)
+
     def _check_thread(self):
         if CHECK_THREADS and not self.core.io.in_loop():
             raise AssertionError(f"owner state touched from thread {threading.current_thread().name}, "
@@ -100,7 +112,7 @@ class TaskSubmitter:
         self.owner.closing = core.shutting_down
         if self.owner.trace is not None:
             core.events.submitted(task)
-        self._run(self.owner.handle(("submit", task, missing)))
+        self._do(self.owner.on_submit, task, missing)
         tid = task.tid
         for ref in missing:
             core.memory.on_ready(ref.id, lambda o, k, d, tid=tid: self._dep_ready(tid))
@@ -109,7 +121,7 @@ class TaskSubmitter:
 
     def _dep_ready(self, tid):
         if self.core.io.in_loop():
-            self.feed(("dep_ready", tid))
+            self._do(self.owner.on_dep_ready, tid)
         else:   # a value put by the main thread: hand the event to the owning thread
             self.core.io.post(self.feed, ("dep_ready", tid))
 
@@ -187,7 +199,7 @@ class TaskSubmitter:
 
     def on_object_freed(self, oid):
         self.fetching.discard(oid)
-        self.feed(("object_freed", oid))
+        self.owner.lineage.pop(oid, None)      # Owner.on_object_freed, without an event (hot path)
 
     def on_blocked(self):
         core = self.core
@@ -238,7 +250,8 @@ class TaskSubmitter:
         core = self.core
         if target is None:
             nm = core.nm
-            nm.request("request_lease", req, lambda ok, r: self.feed(("lease_reply", key, lease_id, ok, r, None, req)))
+            nm.request("request_lease", req,
+                       lambda ok, r: self._do(self.owner.on_lease_reply, key, lease_id, ok, r, None, req))
             return
 
         def connected(conn, err):
@@ -295,7 +308,7 @@ class TaskSubmitter:
         if gpus:
             spec = dict(spec, gpus=gpus)
         call.pushed_at = time.monotonic()
-        conn.request("push_task", spec, lambda ok, r: self.feed(("push_reply", lease_id, tid, ok, r)))
+        conn.request("push_task", spec, lambda ok, r: self._do(self.owner.on_push_reply, lease_id, tid, ok, r))
 
     def _a_cancel_task(self, lease_id, tid, force, recursive):
         conn = self.lease_conns.get(lease_id)
@@ -377,7 +390,7 @@ class TaskSubmitter:
             conn.state["pathsent"] = True
             spec = dict(spec, path=self.core.code_path())
         call.pushed_at = time.monotonic()
-        conn.request("push_task", spec, lambda ok, r: self.feed(("actor_reply", actor_id, tid, ok, r)))
+        conn.request("push_task", spec, lambda ok, r: self._do(self.owner.on_actor_reply, actor_id, tid, ok, r))
 
     def _a_cancel_actor_call(self, actor_id, incarnation, tid):
         inc, conn = self.actor_conns.get(actor_id, (None, None))
