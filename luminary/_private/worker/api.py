@@ -237,6 +237,10 @@ def shutdown(_exiting_interpreter=False):
         return
     if core is not None:
         if sess is not None and sess.owns_cluster:
+            try:    # output the workers printed before now reaches this driver first
+                core.call_sync("nm", "flush_logs", {"timeout": 0.5}, timeout=2)
+            except Exception:
+                pass
             gcs = getattr(core, "gcs", None)
             if gcs is not None:
                 gcs.closed = True       # the cluster is ending: its GCS going away is no outage
