@@ -97,6 +97,9 @@ class TaskSubmitter:
         missing = [ref for _, ref in task.arg_refs if ref.id not in values]
         self.owner.closing = core.shutting_down
         self._run(self.owner.handle(("submit", task, missing)))
+        if core.nm_dead is not None:     # no node manager: nothing can run, fail it at once
+            self.feed(("fail_all", core.local_raylet_died()))
+            return
         tid = task.tid
         for ref in missing:
             core.memory.on_ready(ref.id, lambda o, k, d, tid=tid: self._dep_ready(tid))
