@@ -340,11 +340,11 @@ def test_connection_flood_under_a_low_file_limit():
         for t in threads:
             t.start()
         poll_for(lambda: len(held) > 2000, timeout=30, desc="the flood to build up")
-        proc.stdin.write("go\n")
+        poll_for(lambda: "refused" in open(info["log"]).read(), timeout=10, desc="refusals logged")
+        proc.stdin.write("go\n")        # a member connects and runs tasks while the flood goes on
         proc.stdin.flush()
         line = proc.stdout.readline()
         assert line.strip() == "ok 380", line
-        poll_for(lambda: "refused" in open(info["log"]).read(), timeout=10, desc="refusals logged")
     finally:
         stop.set()
         for s in held:
