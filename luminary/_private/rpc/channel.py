@@ -92,10 +92,25 @@ def derive(secret, t, mode, server):
 class Sealer:
     """Turns a batch of outgoing buffers into records (one direction, one connection)."""
 
+    POOL = 32                # large record buffers kept warm for reuse (fresh pages fault slowly)
+
     def __init__(self, key, encrypt):
         self.aead = _aead(key)
         self.encrypt = encrypt
         self.seq = 0
+        self._free = []          # large record buffers no write holds any more
+        self._inflight = collections.deque()    # (end offset in the stream, buffer) still queued
+        self._offset = 0         # bytes handed to the transport so far
+
+    def recycle(self, pending):
+        """After a flush: the transport still holds the last ``pending`` bytes written, so every
+        buffer that ends before them has been sent and can be reused."""
+        sent = self._offset - pending
+        q = self._inflight
+        while q and q[0][0] <= sent:
+            buf = q.popleft()[1]
+            if len(self._free) < self.POOL:
+                self._free.append(buf)
 
     def _nonce(self):
         self.seq += 1
@@ -103,13 +118,20 @@ class Sealer:
 
     def _seal(self, data, res):
         n = len(data)
+        hdr = _LEN.pack(n)
+        self._offset += HDR + n + TAG
         if self.encrypt:
-            out = bytearray(HDR + n + TAG)
-            _LEN.pack_into(out, 0, n)
-            self.aead.encrypt_into(self._nonce(), data, bytes(out[:HDR]), memoryview(out)[HDR:])
+            if n >= BIG:
+                buf = self._free.pop() if self._free else bytearray(HDR + RECORD_MAX + TAG)
+                self._inflight.append((self._offset, buf))
+            else:
+                buf = bytearray(HDR + n + TAG)
+            out = memoryview(buf)[:HDR + n + TAG]
+            out[:HDR] = hdr
+            self.aead.encrypt_into(self._nonce(), data, hdr, out[HDR:])
             res.append(out)
         else:
-            res.append(_LEN.pack(n))
+            res.append(hdr)
             res.append(data)
             res.append(self.aead.encrypt(self._nonce(), b"", data))
 

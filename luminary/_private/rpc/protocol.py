@@ -448,13 +448,16 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         out, self._out = self._out, []
         if out and not self.closed:
-            if self._tx is not None:
-                out = self._tx.seal(out)
+            tx = self._tx
+            if tx is not None:
+                out = tx.seal(out)
             if len(out) == 1:
                 self.transport.write(out[0])
             else:
                 for b in out:
                     self.transport.write(b)
+            if tx is not None:
+                tx.recycle(self.transport.get_write_buffer_size())
 
     def notify(self, method, payload=None):
         self._send([NOTE, method, payload])
