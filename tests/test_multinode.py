@@ -189,10 +189,11 @@ def test_wrong_secret_is_refused_and_cluster_keeps_working(cluster, tmp_path):
     # a peer that sends garbage instead of the handshake is dropped; nothing it sent is parsed
     host, port = cluster.address.split(":")
     with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.recv(36)
-        s.sendall(b"LUM2" + b"\x00" * 64 + b"\x80\x04garbage")
+        from luminary._private.rpc import channel
+        s.recv(channel.SERVER_HELLO)
+        s.sendall(channel.MAGIC + b"\x00" * 32 + b"\x02" + b"\x00" * 32 + b"\x80\x04garbage")
         s.settimeout(5)
-        assert s.recv(100) in (b"DENY", b"")   # refused and closed by the GCS
+        assert s.recv(100) in (channel.DENY, b"")   # refused and closed by the GCS
         assert s.recv(100) == b""
     poll_for(lambda: "wrong cluster secret" in open(head_log).read(), timeout=10, desc="refusal logged")
     cluster.connect()

@@ -449,8 +449,19 @@ class NodeManager:
         res = ResourceSet.request(p["resources"])
         if not self.scheduler.reserve(res):
             return False
-        self.bundles[key] = {"resources": res, "committed": False}
+        self.bundles[key] = {"resources": res, "committed": False, "conn": conn}
+        if not conn.state.get("bundle_watch"):
+            # a prepared bundle is the preparer's until it commits: released if it goes away
+            conn.state["bundle_watch"] = True
+            conn.close_callbacks.append(self._preparer_gone)
         return True
+
+    def _preparer_gone(self, conn):
+        for (pg_id, index), b in list(self.bundles.items()):
+            if not b["committed"] and b.get("conn") is conn:
+                logger.info("releasing bundle %d of placement group %s: its preparer disconnected", index,
+                            pg_id.hex()[:8])
+                self.cancel_bundle(conn, {"pg_id": pg_id, "index": index})
 
     def commit_bundle(self, conn, p):
         key = (p["pg_id"], p["index"])
@@ -458,6 +469,7 @@ class NodeManager:
         if b is None or b["committed"]:
             return b is not None
         b["committed"] = True
+        b["conn"] = None
         self.scheduler.add_capacity(group_resources(b["resources"], p["index"], p["pg_id"].hex()))
         self._report_soon()
         self._schedule()

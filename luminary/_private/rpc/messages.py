@@ -19,6 +19,7 @@ use the RPC protocol and is not checked here.
 from __future__ import annotations
 
 import math
+import re
 import traceback
 
 from ... import exceptions as exc
@@ -194,6 +195,31 @@ class _Struct(_Type):
             out.append(f"{ind}if len({var}) != {n}: _extra({path}, {var}, {known!r})")
 
 
+class _Address(_Type):
+    """An address another process connects to: "unix:/absolute/path" or "tcp:HOST:PORT" (a host
+    name or IPv4/IPv6 literal, a port in 0..65535), checked here so that a bad one is refused at
+    the edge instead of failing the code that later parses it."""
+    what = "an address 'unix:/path' or 'tcp:host:port'"
+
+    def emit(self, var, path, out, ind, depth):
+        out.append(f"{ind}if not _address_ok({var}): _fail({path}, {self.what!r}, {var})")
+
+
+_HOST_OK = re.compile(r"[A-Za-z0-9._:\-\[\]%]{1,255}\Z")
+
+
+def address_ok(v) -> bool:
+    if v.__class__ is not str or len(v) > 4096:
+        return False
+    if v.startswith("unix:/"):
+        return "\0" not in v
+    if not v.startswith("tcp:"):
+        return False
+    host, sep, port = v[4:].rpartition(":")
+    return bool(sep) and _HOST_OK.match(host) is not None and port.isdigit() and len(port) <= 5 \
+        and int(port) <= 65535
+
+
 def bytes_(length=None, maxlen=1 << 31):
     if length is not None:
         return _Exact(bytes, f"bytes of length {length}", length=length)
@@ -222,7 +248,7 @@ opt, one_of, list_, map_, struct = _Opt, _OneOf, _List, _Map, _Struct
 ID = bytes_(16)                       # node, worker, actor, placement group, object ids
 TASK_ID = bytes_(12)
 LEASE_ID = bytes_(maxlen=64)
-ADDRESS = str_(4096)                  # "unix:/path" or "tcp:host:port"
+ADDRESS = _Address()                  # "unix:/path" or "tcp:host:port"
 NAME = str_(1 << 16)
 RESOURCES = map_(str_(1024), num(0.0, 1e15), 1 << 16)       # requested amounts
 AMOUNTS = map_(str_(1024), num(-1e15, 1e15), 1 << 16)       # totals and availability (may dip)
@@ -274,7 +300,7 @@ def compile_check(name, payload_type):
         names = sorted((_short(k, 40) for k in value if k not in known), key=str)
         field = f"{path}.{names[0]}" if path else names[0]
         raise BadMessage(name, field, "is not a field of this message")
-    ns = {"_fail": fail, "_extra": extra, "_MISSING": _MISSING}
+    ns = {"_fail": fail, "_extra": extra, "_MISSING": _MISSING, "_address_ok": address_ok}
     exec(compile(src, f"<message {name}>", "exec"), ns)  # noqa: S102 - generated from the table above
     check = ns["check"]
     check.source = src

@@ -1,12 +1,17 @@
 """Authenticated msgpack connections over Unix or TCP sockets.
 
     peer A                                        peer B (listening)
-      │ ◀──── "LUM1" + server nonce (32 B) ─────────│   fixed-size bytes only:
-      │ ───── "LUM1" + HMAC(secret, "C"+nonce_s) ──▶│   nothing is parsed, let alone
-      │        + client nonce (32 B)                │   unpickled, before both sides
-      │ ◀──── HMAC(secret, "S"+nonce_c) ────────────│   proved they hold the secret
-      │ ═════ msgpack frames, both directions ═════ │
+      │ ◀──── MAGIC + server nonce + mode ──────────│   fixed-size bytes only:
+      │ ───── MAGIC + client nonce + mode ─────────▶│   nothing is parsed, let alone
+      │        + HMAC(secret, "client" + transcript)│   unpickled, before both sides
+      │ ◀──── HMAC(secret, "server" + transcript) ──│   proved they hold the secret
+      │ ═════ msgpack frames, both directions ═════ │   TCP: inside AES-256-GCM records
+                                                        keyed from the secret and the
+                                                        transcript (``channel.py``)
 
+On TCP every byte after the handshake travels in records sealed with per-connection,
+per-direction keys, so a relayed handshake, an injected, altered, replayed or reordered frame
+fails the connection; Unix sockets (in a 0700 directory) carry plain frames.  See channel.py.
 After the handshake every message is one msgpack array:
     [0, request_id, method, payload]    request, answered by exactly one response
     [1, request_id, ok, payload]        response (when not ok, the payload is a structured error:
@@ -27,7 +32,6 @@ burst of messages costs one system call.  Everything here runs on the owning eve
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import inspect
 import logging
@@ -36,18 +40,18 @@ import socket
 
 import msgpack
 
-from . import messages
+from . import channel, messages
+from .channel import MAGIC, DENY, ChannelError  # noqa: F401 - part of this module's interface
 from .messages import BadMessage, RemoteError  # noqa: F401 - part of this module's interface
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-DENY = b"DENY"           # sent by a server before it drops a peer whose proof was wrong
-MAGIC = b"LUM2"          # bump when the wire format changes: peers of other versions are refused
-NONCE = 32
-MAC = 32
+NONCE = channel.NONCE
 REQ, RESP, NOTE, RAW = 0, 1, 2, 4
-MAX_BUFFER = 1 << 31     # largest single message accepted (inline objects are <= 100 KiB; chunks a few MiB)
+# largest single msgpack message accepted (inline objects are <= 100 KiB, object chunks travel as
+# RAW frames); a larger one closes that connection alone
+MAX_MESSAGE = int(os.environ.get("LUMINARY_MAX_MESSAGE_BYTES", str(512 << 20)))
 
 
 class _Deferred:
@@ -89,15 +93,16 @@ def _log_once(name, method, why):
     logger.warning("%s: refused %s (logged once per message): %s", name, method if key else "a message", why)
 
 
-def _mac(secret: bytes, tag: bytes, nonce: bytes) -> bytes:
-    return hmac.new(secret, tag + nonce, hashlib.sha256).digest()
-
-
 class Connection(asyncio.Protocol):
     """One side of an authenticated connection; created by ``connect`` or ``serve``."""
 
-    def __init__(self, secret: bytes, handlers, server: bool, name: str = ""):
+    def __init__(self, secret: bytes, handlers, server: bool, name: str = "", mode: int = channel.PLAIN,
+                 guard=None):
         self.secret = secret
+        self.mode = mode          # what this side asks for (channel.PLAIN on Unix sockets)
+        self.guard = guard        # the listener's channel.Guard (server side)
+        self._tx = self._rx = None   # channel.Sealer / Opener once a TCP handshake is done
+        self._deadline = None
         if not isinstance(handlers, messages.Handlers):     # a plain {name: fn} (tools, tests)
             handlers = messages.TABLE.bind(handlers)
         self.handlers = handlers
@@ -112,7 +117,7 @@ class Connection(asyncio.Protocol):
         self._stage = 0
         self._raw = b""
         self._nonce = os.urandom(NONCE)
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER, strict_map_key=False)
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE, strict_map_key=False)
         self._next_id = 0
         self._pending = {}
         self._out = []
@@ -128,21 +133,76 @@ class Connection(asyncio.Protocol):
             self.peer = transport.get_extra_info("peername")
         except Exception:
             self.peer = None
+        self._deadline = self.loop.call_later(channel.HANDSHAKE_TIMEOUT, self.abort_handshake,
+                                              f"no handshake within {channel.HANDSHAKE_TIMEOUT:g} s")
         if self.server:
-            transport.write(MAGIC + self._nonce)
+            if self.guard is not None:
+                self.guard.admit(self)
+            transport.write(MAGIC + self._nonce + bytes((self.mode,)))
+
+    def abort_handshake(self, why):
+        """Drop a peer that has not finished the handshake (deadline, or the listener is full)."""
+        if self._stage >= 3 or self.closed:
+            return
+        self._refuse(why)
+        self._fail_handshake(ConnectionLost(f"{self.name or self.peer}: {why}"))
+
+    def _refuse(self, why):
+        if self.guard is not None:
+            self.guard.refused(self.peer, why)
+        elif not self.server:
+            logger.debug("%s: %s", self.name, why)
 
     def data_received(self, data):
         if self._stage < 3:
             self._handshake(data)
             return
+        if self._rx is not None:
+            self._records(memoryview(data))
+            return
+        self._plain_received(data)
+
+    def _records(self, view):
+        rx = self._rx
+        try:
+            while view and not self.closed:
+                view, n = rx.take(view)
+                if n < 0:
+                    continue
+                bulk = self._bulk
+                if bulk is not None and rx.encrypt and n <= bulk[2] - bulk[1]:
+                    have = bulk[1]          # a bulk payload: decrypt straight into its destination
+                    rx.open_into(n, bulk[0][have:have + n])
+                    bulk[1] = have + n
+                    if have + n == bulk[2]:
+                        self._finish_raw()
+                else:
+                    self._plain_received(rx.open(n))
+        except ChannelError as e:
+            self._violation(str(e))
+
+    def _violation(self, why):
+        """The authenticated stream broke a rule: close this connection (only this one)."""
+        if self.closed:
+            return
+        logger.warning("%s: closing the connection to %s: %s", self.name, self.peer, why)
+        self.closed = True
+        self._out = []
+        self.transport.abort()
+
+    def _plain_received(self, data):
         if self._bulk is not None:
             data = self._take_raw(memoryview(data))
             if not data:
                 return
             data = bytes(data)
         up = self._unpacker
-        up.feed(data)
-        while True:
+        try:
+            up.feed(data)
+        except msgpack.BufferFull:
+            self._violation(f"a message larger than {MAX_MESSAGE} bytes")
+            return
+        while not self.closed:
             try:
                 msg = up.unpack()
             except msgpack.OutOfData:
@@ -151,7 +211,8 @@ class Connection(asyncio.Protocol):
                 logger.warning("%s: ignored a malformed message (%s)", self.name, type(msg).__name__)
                 continue
             if msg[0] == RAW:
-                self._start_raw(msg[1], msg[2])
+                if len(msg) != 3 or not self._start_raw(msg[1], msg[2]):
+                    return
                 if self._bulk is not None:   # the rest arrives in later reads
                     return
             else:
@@ -163,16 +224,21 @@ class Connection(asyncio.Protocol):
                     logger.exception("%s: could not handle a message %r", self.name, msg[:2])
 
     def _start_raw(self, rid, n):
-        dest = self._sinks.pop(rid, None)
+        """Bulk bytes are accepted only in answer to a request that registered a destination of
+        exactly that size (``request_into``); anything else closes the connection."""
+        dest = self._sinks.get(rid)
+        if dest is None or type(n) is not int or n != len(dest):
+            self._violation(f"a bulk frame of {n!r} bytes that no request of that size awaits")
+            return False
+        del self._sinks[rid]
         cb = self._pending.pop(rid, None)
-        if dest is None:
-            dest = bytearray(n)   # nobody waits for it: read and drop
         self._bulk = [dest, 0, n, cb]
         got = self._unpacker.read_bytes(n)
         if got:
             self._take_raw(memoryview(got))
         elif n == 0:
             self._finish_raw()
+        return True
 
     def _take_raw(self, view):
         dest, have, n, cb = self._bulk
@@ -191,11 +257,18 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.guard is not None:
+            self.guard.done(self)
         if not self.ready.done():
             self.ready.set_exception(ConnectionLost(f"connection to {self.name or self.peer} closed during handshake"))
             self.ready.exception()
         pending, self._pending = self._pending, {}
         err = ConnectionLost(f"connection {self.name} lost")
+        bulk, self._bulk = self._bulk, None
+        if bulk is not None and bulk[3] is not None:
+            pending[-1] = bulk[3]
         for cb in pending.values():
             try:
                 cb(False, err)
@@ -210,55 +283,65 @@ class Connection(asyncio.Protocol):
     # --- handshake -----------------------------------------------------------------------------
     def _handshake(self, data):
         self._raw += data
+        if len(self._raw) >= 4 and self._stage == 0 and self._raw[:4] != MAGIC:
+            if self.server:
+                self._refuse("not a Luminary peer of this version")
+                self.transport.close()
+            else:
+                self._fail_handshake(AuthenticationError(
+                    f"{self.name}: the peer is not a Luminary node of this version "
+                    f"(expected {MAGIC!r}, got {bytes(self._raw[:4])!r}); install the same Luminary version "
+                    f"everywhere"))
+            return
         if self.server:
-            if self._stage == 0:
-                if len(self._raw) < 4 + MAC + NONCE:
-                    return
-                head, self._raw = self._raw[:4 + MAC + NONCE], self._raw[4 + MAC + NONCE:]
-                if head[:4] != MAGIC:
-                    logger.warning("refused connection from %s: not a Luminary peer of this version", self.peer)
-                    self.transport.close()
-                    return
-                proof, client_nonce = head[4:4 + MAC], head[4 + MAC:]
-                if not hmac.compare_digest(proof, _mac(self.secret, b"C", self._nonce)):
-                    logger.warning("refused connection from %s: wrong cluster secret", self.peer)
-                    self.transport.write(DENY)     # fixed bytes: tells an honest client why, leaks nothing
-                    self.transport.close()
-                    return
-                self.transport.write(_mac(self.secret, b"S", client_nonce))
-                self._become_ready()
+            if len(self._raw) < channel.CLIENT_HELLO:
+                return
+            head, self._raw = self._raw[:channel.CLIENT_HELLO], self._raw[channel.CLIENT_HELLO:]
+            nc, cmode, got = head[4:4 + NONCE], head[4 + NONCE], head[5 + NONCE:]
+            t = channel.transcript(self._nonce, self.mode, nc, cmode)
+            if cmode not in channel.MODES or not hmac.compare_digest(got, channel.proof(self.secret, b"client", t)):
+                self._refuse("wrong cluster secret")
+                self.transport.write(DENY)     # fixed bytes: tells an honest client why, leaks nothing
+                self.transport.close()
+                return
+            self.transport.write(channel.proof(self.secret, b"server", t))
+            self._become_ready(t, max(self.mode, cmode))
+            return
+        if self._stage == 0:
+            if len(self._raw) < channel.SERVER_HELLO:
+                return
+            head, self._raw = self._raw[:channel.SERVER_HELLO], self._raw[channel.SERVER_HELLO:]
+            if head[4 + NONCE] not in channel.MODES:
+                self._fail_handshake(AuthenticationError(f"{self.name}: the peer asked for an unknown mode"))
+                return
+            self._t = channel.transcript(head[4:4 + NONCE], head[4 + NONCE], self._nonce, self.mode)
+            self.transport.write(MAGIC + self._nonce + bytes((self.mode,)) +
+                                 channel.proof(self.secret, b"client", self._t))
+            self._stage = 1
+        if len(self._raw) < channel.MAC:
+            return
+        got, self._raw = self._raw[:channel.MAC], self._raw[channel.MAC:]
+        if got == DENY:
+            self._fail_handshake(AuthenticationError(
+                f"{self.name}: the peer refused this cluster secret (wrong secret file?)"))
+        elif not hmac.compare_digest(got, channel.proof(self.secret, b"server", self._t)):
+            self._fail_handshake(AuthenticationError(f"{self.name}: the peer does not hold this cluster's secret"))
         else:
-            if self._stage == 0:
-                if len(self._raw) < 4 + NONCE:
-                    return
-                head, self._raw = self._raw[:4 + NONCE], self._raw[4 + NONCE:]
-                if head[:4] != MAGIC:
-                    self._fail_handshake(AuthenticationError(
-                        f"{self.name}: the peer is not a Luminary node of this version "
-                        f"(expected {MAGIC!r}, got {head[:4]!r}); install the same Luminary version everywhere"))
-                    return
-                self.transport.write(MAGIC + _mac(self.secret, b"C", head[4:]) + self._nonce)
-                self._stage = 1
-            if self._stage == 1:
-                if self._raw[:len(DENY)] == DENY:
-                    self._fail_handshake(AuthenticationError(
-                        f"{self.name}: the peer refused this cluster secret (wrong secret file?)"))
-                    return
-                if len(self._raw) < MAC:
-                    return
-                proof, self._raw = self._raw[:MAC], self._raw[MAC:]
-                if not hmac.compare_digest(proof, _mac(self.secret, b"S", self._nonce)):
-                    self._fail_handshake(AuthenticationError(f"{self.name}: the peer does not hold this cluster's secret"))
-                    return
-                self._become_ready()
+            self._become_ready(self._t, max(self.mode, self._t[4 + NONCE]))
 
     def _fail_handshake(self, exc):
         if not self.ready.done():
             self.ready.set_exception(exc)
         self.transport.close()
 
-    def _become_ready(self):
+    def _become_ready(self, t, mode):
         self._stage = 3
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.guard is not None:
+            self.guard.done(self)
+        if mode != channel.PLAIN:
+            self._tx, self._rx = channel.derive(self.secret, t, mode, self.server)
         rest, self._raw = self._raw, b""
         if not self.ready.done():
             self.ready.set_result(self)
@@ -365,11 +448,16 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         out, self._out = self._out, []
         if out and not self.closed:
+            tx = self._tx
+            if tx is not None:
+                out = tx.seal(out)
             if len(out) == 1:
                 self.transport.write(out[0])
             else:
                 for b in out:
                     self.transport.write(b)
+            if tx is not None:
+                tx.recycle(self.transport.get_write_buffer_size())
 
     def notify(self, method, payload=None):
         self._send([NOTE, method, payload])
@@ -431,7 +519,8 @@ def parse_address(address: str):
 async def connect(address: str, secret: bytes, handlers, name: str = "", timeout: float = 10.0) -> Connection:
     loop = asyncio.get_event_loop()
     kind, where = parse_address(address)
-    factory = lambda: Connection(secret, handlers, server=False, name=name or address)  # noqa: E731
+    mode = channel.tcp_mode() if kind == "tcp" else channel.PLAIN
+    factory = lambda: Connection(secret, handlers, server=False, name=name or address, mode=mode)  # noqa: E731
     if kind == "unix":
         _, conn = await asyncio.wait_for(loop.create_unix_connection(factory, where), timeout)
     else:
@@ -447,9 +536,11 @@ async def serve(address: str, secret: bytes, handlers, on_connect=None, name: st
     """Listen on ``address``; returns (server, bound_address).  ``on_connect(conn)`` runs after auth."""
     loop = asyncio.get_event_loop()
     kind, where = parse_address(address)
+    mode = channel.tcp_mode() if kind == "tcp" else channel.PLAIN
+    guard = channel.Guard(name or address, loop)
 
     def factory():
-        conn = Connection(secret, handlers, server=True, name=name)
+        conn = Connection(secret, handlers, server=True, name=name, mode=mode, guard=guard)
         if on_connect is not None:
             conn.ready.add_done_callback(lambda f: (not f.exception()) and on_connect(conn))
         return conn

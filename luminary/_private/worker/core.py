@@ -75,6 +75,9 @@ class SyncCall:
         return self.value
 
 
+_NM_DEAD = "The local node manager died or the cluster was shut down; call luminary.init() again."
+
+
 class ObjectLocationLost(Exception):
     def __init__(self, oid, node_id, why):
         super().__init__(why)
@@ -114,6 +117,7 @@ class CoreWorker:
         self.current_pg = None      # [pg_id, capture_child_tasks, bundles] of the running task or actor
         self.node_id = None
         self.shutting_down = False
+        self.nm_dead = None          # set once the local node manager is gone: every call fails with it
         self._store_deletes = []
         self.infeasible_warned = set()
         from .submitter import TaskSubmitter
@@ -191,8 +195,12 @@ class CoreWorker:
             if self.mode == WORKER:
                 os._exit(0)  # the node is gone: a worker has nothing left to do
             logger.error("lost the connection to the local node manager")
-            self.submitter.fail_all(exc.LocalRayletDiedError(
-                "The local node manager died or the cluster was shut down; call luminary.init() again."))
+            self.nm_dead = _NM_DEAD
+            self.submitter.fail_all(self.local_raylet_died())
+
+    @staticmethod
+    def local_raylet_died():
+        return exc.LocalRayletDiedError(_NM_DEAD)
 
     def _peer_gone(self, conn):
         borrowed = conn.state.get("borrowed")
@@ -285,6 +293,8 @@ class CoreWorker:
 
     def call_sync(self, target, method, payload, timeout=None):
         """From the main thread: send a request on the I/O thread and wait for the answer."""
+        if target == "nm" and self.nm_dead is not None:
+            raise self.local_raylet_died()
         res = SyncCall()
 
         def send():
@@ -293,7 +303,14 @@ class CoreWorker:
             else:
                 self.with_conn(target, lambda c, e: res(False, e) if c is None else c.request(method, payload, res))
         self.io.post(send)
-        return res.wait(timeout)
+        if target != "nm":
+            return res.wait(timeout)
+        try:
+            return res.wait(timeout)
+        except exc.RaySystemError as e:
+            if isinstance(e.__cause__, protocol.ConnectionLost):
+                raise self.local_raylet_died() from None
+            raise
 
     # --- references (I/O thread) ------------------------------------------------------------------
     def on_increfs(self, items):
@@ -446,6 +463,8 @@ class CoreWorker:
         if isinstance(value, ObjectRef):
             raise TypeError("Calling put() on an ObjectRef is not allowed: put the value itself, "
                             "or pass the ObjectRef directly (it can be nested inside a list or dict).")
+        if self.nm_dead is not None:
+            raise self.local_raylet_died()
         sobj = serialization.serialize(value)
         oid = ids.put_object_id()
         self.store_value(oid, sobj, self.worker_id)

@@ -113,6 +113,9 @@ class TaskSubmitter:
         if self.owner.trace is not None:
             core.events.submitted(task)
         self._do(self.owner.on_submit, task, missing)
+        if core.nm_dead is not None:     # no node manager: nothing can run, fail it at once
+            self.feed(("fail_all", core.local_raylet_died()))
+            return
         tid = task.tid
         for ref in missing:
             core.memory.on_ready(ref.id, lambda o, k, d, tid=tid: self._dep_ready(tid))
