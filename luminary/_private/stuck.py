@@ -100,7 +100,7 @@ def format_rows(rows, threshold) -> str:
         return f"Stuck: nothing pending for more than {threshold:g} s\n"
     lines = [f"Stuck: {len(rows)} task(s)/actor(s) pending for more than {threshold:g} s:"]
     for r in rows[:50]:
-        lines.append(f"  {r['kind']} {r['name']} ({r['id'][:16]}) {r['state']} for {r['pending_s']:.0f} s: {r['reason']}")
+        lines.append(f"  {r['kind']} {r['name']} ({r['id'][:16]}) {r['state']} for {r['pending_s']:.1f} s: {r['reason']}")
     if len(rows) > 50:
         lines.append(f"  ... and {len(rows) - 50} more (luminary.util.diagnostics.stuck() lists them all)")
     return "\n".join(lines) + "\n"
