@@ -155,6 +155,18 @@ class TaskTimeoutError(RayError, TimeoutError):
         return (TaskTimeoutError, (self.task_name, self.timeout_s, str(self)))
 
 
+class DeadlockError(RayError):
+    """(Beyond Ray) A ``get`` in a sync actor method waits on a call that can never run: the actors
+    named in ``cycle`` each wait, through ``get``, on a call queued behind the call they run."""
+
+    def __init__(self, message="", cycle=None):
+        self.cycle = list(cycle or [])    # [{"actor_id", "class_name", "method", "waits_for"}]
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (DeadlockError, (str(self), self.cycle))
+
+
 class ObjectLostError(RayError):
     def __init__(self, object_ref_hex="", owner_address="", call_site="", message=None):
         self.object_ref_hex = object_ref_hex

@@ -5,7 +5,9 @@
                           [--storage PATH | sqlite:PATH | redis://HOST:PORT/DB | memory]
     luminary start --address HOST:PORT [--secret-file PATH] [...same options]
     luminary stop      stops every node this user started on this machine, with all their processes
-    luminary status    nodes (alive or dead), resources used and free, pending and infeasible demand
+    luminary status [--pending-after S]   nodes (alive or dead), resources used and free, pending and
+                       infeasible demand, tasks and actors pending longer than S seconds and why
+    luminary stack [--address HOST:PORT] [--timeout S]   live stacks of every worker, actor and driver
 """
 from __future__ import annotations
 
@@ -195,6 +197,8 @@ def cmd_stop(args):
 
 
 def cmd_status(args):
+    if args.pending_after is not None and not 0 <= args.pending_after < float("inf"):
+        _fail("status", f"--pending-after takes a number of seconds >= 0, got {args.pending_after}")
     from .._private.worker.connect import query_nodes, resolve_address
     try:
         gcs = resolve_address(args.address or "auto")
@@ -233,6 +237,8 @@ def cmd_status(args):
         pass
     if infeasible:
         print(f"Infeasible (no node can ever run these): {infeasible[:5]}")
+    from .debug import print_stuck
+    print_stuck(gcs[4:], args.pending_after)
 
 
 def main(argv=None):
@@ -261,10 +267,14 @@ def main(argv=None):
     sp.add_argument("--force", action="store_true")
     ss = sub.add_parser("status", help="show the cluster's nodes and resources")
     ss.add_argument("--address")
+    ss.add_argument("--pending-after", type=float, metavar="SECONDS",
+                    help="list tasks and actors pending longer than this (default $LUMINARY_WAIT_WARN_S, 60)")
     from .._private.jobs import cli as job_cli
     job_cli.add_parsers(sub)
     from .observe import add_parsers   # list, get, summary, memory, timeline, logs, metrics, report
     observe = add_parsers(sub)
+    from .debug import add_parsers as add_debug_parsers   # stack
+    observe.update(add_debug_parsers(sub))
     args = parser.parse_args(argv)
     {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "job": job_cli.run, **observe}[args.cmd](args)
 

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import pickle
+import time
 
 from ... import exceptions as exc
 from .storage import pack, unpack
@@ -68,6 +69,7 @@ class ActorEntry:
         self.strategy = p.get("strategy")
         self.planned = None
         self.state = PENDING
+        self.pending_since = time.time()      # when it last became PENDING or RESTARTING (luminary status)
         self.address = None
         self.node_id = None
         self.pid = None
@@ -320,6 +322,7 @@ class ActorManager:
             a.num_restarts += 1
             a.incarnation += 1
             a.state = RESTARTING
+            a.pending_since = time.time()
             a.address = None
             self.save(a)
             logger.info("restarting actor %s (restart %d)", a.actor_id.hex(), a.num_restarts)

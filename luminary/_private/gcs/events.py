@@ -205,7 +205,8 @@ class Observer:
                         "is_detached": bool(a.detached), "num_restarts": getattr(a, "num_restarts", 0),
                         "max_restarts": a.max_restarts, "required_resources": dict(a.resources or {}),
                         "death_cause": (getattr(a, "cause_text", "") or None) if a.state == "DEAD" else None,
-                        "repr_name": "", "placement_group_id": None})
+                        "repr_name": "", "placement_group_id": None,
+                        "pending_since_ms": int(getattr(a, "pending_since", 0) * 1000)})
         return out
 
     async def _sample_loop(self):

@@ -33,6 +33,7 @@ import time
 
 from ..config import HEARTBEAT_MISSES, HEARTBEAT_S
 from ..placement import ClusterView, NodeView, ResourceSet
+from .. import stacks
 from ..rpc import messages, protocol
 from .storage import MemoryStorage, StorageError, open_storage, pack, unpack
 
@@ -81,9 +82,13 @@ class GcsServer:
         self.actors = ActorManager(self)
         self.placement_groups = PlacementGroupManager(self)
         handlers["register_owner"] = self.register_owner
+        handlers["cluster_stacks"] = lambda conn, p: stacks.gather_cluster(self, p)
         self.observer = Observer(self, session_dir)     # task events, state queries, metrics, history
+        from .deadlock import DeadlockDetector
+        self.deadlocks = DeadlockDetector(self)          # actors waiting on each other through get
         self.handlers = messages.handlers(messages.GCS, {
-            **handlers, **self.actors.handlers, **self.placement_groups.handlers, **self.observer.handlers})
+            **handlers, **self.actors.handlers, **self.placement_groups.handlers, **self.observer.handlers,
+            **self.deadlocks.handlers})
         self._load()
 
     # --- persistence and recovery --------------------------------------------------------------

@@ -25,7 +25,7 @@ import time
 
 import msgpack
 
-from .. import ids
+from .. import ids, stacks
 from ..config import HEARTBEAT_S, IDLE_WORKER_TIMEOUT_S
 from ..placement import ClusterView, NodeView, Reject, ResourceSet, Spill, TaskPlacer, group_resources
 from ..rpc import messages, protocol
@@ -129,6 +129,7 @@ class NodeManager:
             "cancel_bundle": self.cancel_bundle,
             "ping": lambda c, p: "pong",
             "flush_logs": self.flush_logs,
+            "node_stacks": lambda c, p: stacks.gather_node(self, p),
         })
 
     # --- start and stop ----------------------------------------------------------------------

@@ -370,6 +370,8 @@ MESSAGES = [
     _m("commit_bundle", R, GCS, NM, struct({"pg_id": ID, "index": int_(0, 1 << 20)})),
     _m("cancel_bundle", N, GCS, NM, struct({"pg_id": ID, "index": int_(0, 1 << 20)})),
     _m("ping", R, ANY, (NM, GCS, DRIVER, WORKER), NONE),
+    # live stacks (stacks.py): the GCS asks every node manager, which asks its workers and drivers
+    _m("node_stacks", R, GCS, NM, struct({"timeout": num(0.1, 600.0)})),
     # --- handled by the GCS -------------------------------------------------------------------------
     _m("register_node", R, NM, GCS, struct({
         "node_id": ID, "address": ADDRESS, "ip": str_(1024), "resources": RESOURCES,
@@ -407,6 +409,13 @@ MESSAGES = [
     _m("wait_pg", R, OW, GCS, struct({"pg_id": ID, "timeout": opt(num(-1e12, 1e12))})),
     _m("get_pg", R, OW, GCS, struct({"name": NAME})),
     _m("pg_table", R, OW, GCS, NONE),
+    _m("cluster_stacks", R, OW, GCS, struct({"timeout?": num(0.1, 600.0)})),
+    # deadlock detection (gcs/deadlock.py): a sync actor blocked in get on calls to actors; answered
+    # with the cycle when one closes, or None when the wait ends (actor_wait_end)
+    _m("actor_wait", R, WORKER, GCS, struct({
+        "actor": ID, "task": TASK_ID, "method": NAME,
+        "on": list_(struct({"actor": ID, "task": TASK_ID, "method": NAME}), 1 << 12)})),
+    _m("actor_wait_end", N, WORKER, GCS, struct({"actor": ID, "task": TASK_ID})),
     # observability (gcs/events.py): batched task events and metric deltas, state queries
     _m("task_events", N, OW, GCS, struct({"proc": map_(str_(64), ANYV, 64), "events": list_(ANYV, 1 << 22),
                                           "metrics?": list_(ANYV, 1 << 20), "dropped?": int_()})),
@@ -414,6 +423,7 @@ MESSAGES = [
                                           "limit?": int_(0, 1 << 31), "detail?": BOOL, "id?": str_(256)})),
     # --- handled by core workers (drivers and workers) -------------------------------------------
     _m("list_objects", R, OW + (GCS,), OW, NONE),
+    _m("dump_stacks", R, NM, OW, NONE),
     _m("get_object", R, OW, OW, struct({"oid": ID})),
     _m("reconstruct", R, OW, OW, struct({"oid": ID, "node_id?": opt(ID), "why?": str_()})),
     _m("add_borrower", R, OW, OW, struct({"oids": OIDS, "addr": ADDRESS})),

@@ -40,6 +40,7 @@ class ActorRuntime:
         self.core = executor.core
         self.actor_id = spec["actor_id"]
         self.name = spec.get("name")
+        self.class_name = spec.get("class_name", "actor")
         self.incarnation = spec.get("incarnation", 0)
         self.restarted = self.incarnation > 0
         self.meta = spec["meta"]

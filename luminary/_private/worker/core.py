@@ -24,10 +24,10 @@ import threading
 import time
 
 from ... import exceptions as exc
-from .. import ids, progress, serialization
+from .. import ids, progress, serialization, stacks
 from ..rpc import messages, protocol
 from ..rpc.loop import IOThread
-from . import events
+from . import deadlock, events
 from .mapped import MappedObjects
 from .memory_store import MemoryStore
 from .object_ref import ObjectRef
@@ -149,7 +149,8 @@ class CoreWorker:
                 "add_borrower": self.h_add_borrower, "remove_borrower": self.h_remove_borrower,
                 "infeasible": self.h_infeasible, "ping": lambda c, p: "pong",
                 "gen_item": self.submitter.h_gen_item, "worker_oom": self.submitter.h_worker_oom,
-                "list_objects": lambda c, p: events.list_objects(self)}
+                "list_objects": lambda c, p: events.list_objects(self),
+                "dump_stacks": lambda c, p: stacks.dump_process(self)}
         if role == messages.DRIVER:
             impl["log"] = self.h_log
         executor = getattr(self, "executor", None)
@@ -594,11 +595,17 @@ class CoreWorker:
             blocked = self.mode == WORKER and (self.current_task_id is not None or self.in_actor_init)
             if blocked:
                 self.io.post(self.submitter.on_blocked)
+            self.deadlock_watch = watch = deadlock.begin(self, [r.id for r in missing]) if blocked else None
             try:
                 ok = self._wait_diagnosed(missing, oids, len(oids), timeout, len(oids) > 1, "get")
             finally:
                 if blocked:
                     self.io.post(self.nm.notify, "unblocked", None)
+                if watch is not None:
+                    self.deadlock_watch = None
+                    deadlock.end(self, watch)
+            if watch is not None and watch.cycle is not None and any(o not in values for o in oids):
+                raise deadlock.error(watch)
             if len(oids) > 1:
                 # an object that failed is raised at once, even while others are still pending
                 for r in refs:
@@ -646,6 +653,9 @@ class CoreWorker:
         except Exception as e:  # noqa: BLE001 - diagnostics must never break the wait
             lines = [f"(could not ask the owner: {e})"]
         more = f" (and {len(refs) - 20} more)" if len(refs) > 20 else ""
+        watch = getattr(self, "deadlock_watch", None)
+        if watch is not None and watch.cycle is not None:
+            lines.insert(0, watch.cycle.get("text", "deadlock"))
         text = (f"Warning: {what}() has waited {waited:.0f} s for {len(refs)} object(s){more}:\n  "
                 + "\n  ".join(lines) + "\n(set LUMINARY_WAIT_WARN_S=0 to silence this, or a number of seconds)\n")
         logger.warning("%s", text)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 
 
 class ExecState(enum.IntEnum):
@@ -38,7 +39,7 @@ TRANSITIONS = {
 
 class ExecTask:
     __slots__ = ("spec", "conn", "rid", "lock", "state", "cancel_requested", "answered", "afut", "thread",
-                 "timed_out")
+                 "timed_out", "started")
 
     def __init__(self, spec, conn, rid):
         self.spec = spec
@@ -51,6 +52,7 @@ class ExecTask:
         self.afut = None       # the asyncio task running it (async actors)
         self.thread = None     # ident of the thread running it (threaded actors)
         self.timed_out = False # it ran past its timeout_s
+        self.started = None    # monotonic time it started running (live stacks say for how long)
 
     def _move(self, state):
         assert state in TRANSITIONS[self.state], f"call {self.spec.get('name')}: {self.state.name} -> {state.name}"
@@ -62,6 +64,7 @@ class ExecTask:
             if self.state != E.QUEUED:
                 return False
             self._move(E.RUNNING)
+            self.started = time.monotonic()
             return True
 
     def finish(self):

@@ -105,6 +105,19 @@ class MemoryStore:
                     return True
         return ok
 
+    def wake_waiters(self, oids):
+        """End the waits on ``oids`` that have no value yet (a deadlock was found): their ``wait``
+        returns True, so the waiter must look at why before it reads a value."""
+        wake = []
+        with self._lock:
+            for o in oids:
+                for w in self._waiters.get(o, ()):
+                    if w.remaining > 0:
+                        w.remaining = 0     # a later put does not release it again
+                        wake.append(w)
+        for w in wake:
+            w.lock.release()
+
     def wait_all(self, oids, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
         return self.wait(oids, len(oids), None if deadline is None else deadline - time.monotonic())
