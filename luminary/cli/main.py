@@ -116,6 +116,9 @@ def _start(args, resources):
               f"  Inspect: luminary status    Stop: luminary stop")
         if info.get("job_api"):
             print(f"  Jobs: luminary job submit --address http://{info['job_api']} -- python script.py")
+            from .._private.dashboard import login_url
+            print(f"  Dashboard (one-time login link; `luminary dashboard` prints a fresh one):\n"
+                  f"    {login_url(info['job_api'], secret)}")
         from .observe import metrics_line
         print(metrics_line(info["gcs_address"], secret))
     else:
@@ -235,6 +238,21 @@ def cmd_status(args):
         print(f"Infeasible (no node can ever run these): {infeasible[:5]}")
 
 
+def cmd_dashboard(args):
+    from .._private.dashboard import login_url
+    from .._private.worker.connect import resolve_address
+    try:
+        gcs = resolve_address(args.address or "auto")
+        data = launch.read_cluster_file(launch.cluster_file(gcs))
+        secret = launch.read_secret(gcs)
+    except (ConnectionError, OSError, ValueError) as e:
+        _fail("dashboard", f"no cluster found ({e}); start one with `luminary start --head`.")
+    if not data.get("job_api"):
+        _fail("dashboard", "this cluster's head serves no dashboard (started with --include-dashboard=false, "
+                           "or its port was taken).")
+    print(login_url(data["job_api"], secret))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="luminary", description="Start, stop and inspect Luminary nodes.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -261,12 +279,15 @@ def main(argv=None):
     sp.add_argument("--force", action="store_true")
     ss = sub.add_parser("status", help="show the cluster's nodes and resources")
     ss.add_argument("--address")
+    sd = sub.add_parser("dashboard", help="print a fresh one-time login link to the head's web dashboard")
+    sd.add_argument("--address", help="the cluster (default: the one started on this machine)")
     from .._private.jobs import cli as job_cli
     job_cli.add_parsers(sub)
     from .observe import add_parsers   # list, get, summary, memory, timeline, logs, metrics, report
     observe = add_parsers(sub)
     args = parser.parse_args(argv)
-    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "job": job_cli.run, **observe}[args.cmd](args)
+    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "job": job_cli.run,
+     "dashboard": cmd_dashboard, **observe}[args.cmd](args)
 
 
 if __name__ == "__main__":
