@@ -110,8 +110,15 @@ async function pollStream() {
 }
 
 function drawStream(now) {
-  const win = Number($("stream-window").value), t0 = now - win;
   for (const [tid, t] of state.stream) if (t.end !== null && t.end < now - 300) state.stream.delete(tid);
+  let t1 = now, win = Number($("stream-window").value);
+  if (!win) {                              // "fit": from the first task kept to the last end (or now, while any runs)
+    const all = [...state.stream.values()];
+    t1 = all.some((t) => t.end === null) || !all.length ? now : Math.max(...all.map((t) => t.end));
+    win = Math.max(1, 1.05 * (t1 - Math.min(t1, ...all.map((t) => t.start))));
+    t1 += win * 0.03;                      // room for a failed task's cross at the end
+  }
+  const t0 = t1 - win;
   const tasks = [...state.stream.values()].filter((t) => (t.end === null ? now : t.end) >= t0);
   const workers = [...new Set(tasks.map((t) => t.worker))].sort();
   const cv = $("stream-canvas"), rowH = 22, left = 110, top = 8, bottom = 22;
@@ -119,11 +126,12 @@ function drawStream(now) {
   const ctx = cv.getContext("2d"), W = cv.width - left - 10;
   ctx.clearRect(0, 0, cv.width, cv.height);
   ctx.font = "11px system-ui, sans-serif";
-  ctx.fillStyle = "#6b7385";
-  const x = (t) => left + W * (Math.max(t, t0) - t0) / win;
-  for (let s = 0; s <= win; s += win / 6) {  // time axis
-    ctx.fillRect(x(t0 + s), top, 1, cv.height - top - bottom);
-    ctx.fillText("-" + Math.round(win - s) + " s", x(t0 + s) - 12, cv.height - 6);
+  const x = (t) => left + W * (Math.min(Math.max(t, t0), t1) - t0) / win;
+  for (let i = 0; i <= 6; i++) {           // time axis: seconds before its right end
+    const s = win * i / 6, ago = win - s;
+    ctx.fillStyle = "#e3e7ee"; ctx.fillRect(x(t0 + s), top, 1, cv.height - top - bottom);
+    ctx.fillStyle = "#6b7385";
+    ctx.fillText("-" + (win < 10 ? ago.toFixed(1) : Math.round(ago)) + " s", x(t0 + s) - 12, cv.height - 6);
   }
   const names = new Map();
   workers.forEach((w, i) => {
