@@ -226,3 +226,15 @@ def test_cross_origin_post_with_the_cookie_is_refused(page, head):
     except urllib.error.HTTPError as e:
         status = e.code
     assert status == 403
+
+
+def test_login_tokens_expire_and_cannot_be_forged():
+    from luminary._private.dashboard import check_login_token, login_token
+    secret, now = b"s" * 32, 1_000_000.0
+    tok = login_token(secret, ttl_s=60, now=now)
+    assert check_login_token(secret, tok, now + 59) is not None
+    assert check_login_token(secret, tok, now + 61) is None                  # expired
+    assert check_login_token(b"t" * 32, tok, now) is None                    # another cluster's secret
+    nonce, expiry, mac = tok.split(".")
+    assert check_login_token(secret, f"{nonce}.{int(expiry) + 3600}.{mac}", now) is None   # extended by hand
+    assert check_login_token(secret, "", now) is None
