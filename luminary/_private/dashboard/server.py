@@ -105,8 +105,7 @@ class Dashboard:
         if what == ["tasks"]:
             return 200, await self.tasks(query)
         if len(what) == 2 and what[0] == "tasks":
-            rows = (await self._q({"what": "tasks", "filters": [["task_id", "=", what[1]]], "limit": 1,
-                                   "detail": True, "recent": True}))["rows"]
+            rows = (await self._q({"what": "task", "id": what[1][:256]}))["rows"]
             return (200, rows[0]) if rows else (404, {"error": f"no task {what[1]!r} (or it was dropped)"})
         if what == ["actors"]:
             return 200, {"rows": (await self._q({"what": "actors"}))["rows"]}
