@@ -99,3 +99,22 @@ def test_prometheus_text_parses():
     assert fams["depth"].samples[0].value == 2.0
     assert fams["luminary_tasks"].samples[0].labels == {"State": "FINISHED"}
     assert fams["luminary_object_store_used_bytes"].samples[0].value == 10
+
+
+def test_task_table_stream_and_recent_for_the_dashboard():
+    from luminary._private.gcs.task_table import TaskTable
+    t = TaskTable()
+    proc = {"wid": b"w" * 16, "pid": 7, "node": b"n" * 16}
+    evs = []
+    for i in range(5):
+        tid = bytes([i]) * 12
+        evs.append(["O", tid, ["f" if i % 2 else "g", None, 1, None, {"CPU": 1}, 100.0 + i], [3, 101.0 + i], None,
+                    None, None])
+        evs.append(["W", tid, 100.0 + i, 100.5 + i, "ValueError" if i == 4 else None, "boom" if i == 4 else None])
+    t.apply(proc, evs)
+    rows = t.stream(since=102.0)           # ended at or after 102: tasks 2, 3, 4, newest first
+    assert [r[3] for r in rows] == [104.0, 103.0, 102.0]
+    assert rows[0][0] == (b"w" * 16).hex() and rows[0][1] == 7 and rows[0][5] == "g" and rows[0][6] is True
+    assert [r[6] for r in rows[1:]] == [False, False]
+    assert [r["name"] for r in t.recent(filters=[("name", "=", "f")], limit=5)] == ["f", "f"]
+    assert len(t.recent(limit=2)) == 2 and t.recent(limit=1)[0]["task_id"] == (bytes([4]) * 12).hex()

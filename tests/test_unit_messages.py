@@ -123,11 +123,9 @@ def test_every_message_sent_is_in_the_table_with_its_kind():
         assert name in m.TABLE, f"{where}:{line} sends {name!r}, which the table does not list"
         assert m.TABLE[name].kind == kind, f"{where}:{line} sends {name!r} as a {kind}"
     names = {n for _, _, n, _ in sent} | {"register_worker", "register_driver"}   # core.start(register_as)
-    # handled but sent by nothing in the package today, or sent with a computed name (the state
-    # API's state_query, list_objects to every core worker, the CLI's list_actors, the live stacks'
-    # fan-out through stacks._ask)
-    assert set(m.TABLE) - names == {"kill_worker", "state_query", "list_objects", "list_actors",
-                                    "node_stacks", "dump_stacks"}
+    # handled but sent by nothing in the package today, or sent with a computed name (list_objects
+    # to every core worker, the CLI's list_actors, the live stacks' fan-out through stacks._ask)
+    assert set(m.TABLE) - names == {"kill_worker", "list_objects", "list_actors", "node_stacks", "dump_stacks"}
 
 
 # --- the edge: a bad message fails alone and the connection keeps serving --------------------------

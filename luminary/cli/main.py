@@ -118,6 +118,9 @@ def _start(args, resources):
               f"  Inspect: luminary status    Stop: luminary stop")
         if info.get("job_api"):
             print(f"  Jobs: luminary job submit --address http://{info['job_api']} -- python script.py")
+            from .._private.dashboard import login_url
+            print(f"  Dashboard (one-time login link; `luminary dashboard` prints a fresh one):\n"
+                  f"    {login_url(info['job_api'], secret)}")
         from .observe import metrics_line
         print(metrics_line(info["gcs_address"], secret))
     else:
@@ -241,6 +244,21 @@ def cmd_status(args):
     print_stuck(gcs[4:], args.pending_after)
 
 
+def cmd_dashboard(args):
+    from .._private.dashboard import login_url
+    from .._private.worker.connect import resolve_address
+    try:
+        gcs = resolve_address(args.address or "auto")
+        data = launch.read_cluster_file(launch.cluster_file(gcs))
+        secret = launch.read_secret(gcs)
+    except (ConnectionError, OSError, ValueError) as e:
+        _fail("dashboard", f"no cluster found ({e}); start one with `luminary start --head`.")
+    if not data.get("job_api"):
+        _fail("dashboard", "this cluster's head serves no dashboard (started with --include-dashboard=false, "
+                           "or its port was taken).")
+    print(login_url(data["job_api"], secret))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="luminary", description="Start, stop and inspect Luminary nodes.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -269,6 +287,8 @@ def main(argv=None):
     ss.add_argument("--address")
     ss.add_argument("--pending-after", type=float, metavar="SECONDS",
                     help="list tasks and actors pending longer than this (default $LUMINARY_WAIT_WARN_S, 60)")
+    sd = sub.add_parser("dashboard", help="print a fresh one-time login link to the head's web dashboard")
+    sd.add_argument("--address", help="the cluster (default: the one started on this machine)")
     from .._private.jobs import cli as job_cli
     job_cli.add_parsers(sub)
     from .observe import add_parsers   # list, get, summary, memory, timeline, logs, metrics, report
@@ -276,7 +296,8 @@ def main(argv=None):
     from .debug import add_parsers as add_debug_parsers   # stack
     observe.update(add_debug_parsers(sub))
     args = parser.parse_args(argv)
-    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "job": job_cli.run, **observe}[args.cmd](args)
+    {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "job": job_cli.run,
+     "dashboard": cmd_dashboard, **observe}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,19 @@ class Observer:
         filters = [tuple(f) for f in p.get("filters") or ()]
         limit = p.get("limit")
         detail = p.get("detail", False)
+        if what == "tasks" and p.get("recent"):
+            return {"rows": self.tasks.recent(detail, filters, limit or 100), "total": len(self.tasks.tasks)}
+        if what == "task":          # one task by id, without a scan (the dashboard's detail pane)
+            try:
+                r = self.tasks.tasks.get(bytes.fromhex(p.get("id", "")))
+            except ValueError:
+                r = None
+            return {"rows": [r.row(True)] if r is not None else []}
+        if what == "task_counts":
+            return {"counts": self.tasks.counts(), "total": len(self.tasks.tasks),
+                    "dropped": self.tasks.dropped + self.tasks.dropped_at_source}
+        if what == "stream":
+            return {"rows": self.tasks.stream(p.get("since", 0.0), limit or 5000), "now": time.time()}
         if what == "tasks":
             rows = apply_filters(self.tasks.rows(detail), filters, limit)
             return {"rows": rows, "total": len(self.tasks.tasks),

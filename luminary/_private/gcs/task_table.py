@@ -151,6 +151,31 @@ class TaskTable:
     def rows(self, detail=False):
         return [r.row(detail) for r in self.tasks.values()]
 
+    def recent(self, detail=False, filters=(), limit=100):
+        """The newest ``limit`` rows that pass ``filters``, newest first (without building the rest)."""
+        out = []
+        for r in reversed(self.tasks.values()):
+            row = r.row(detail)
+            if not filters or apply_filters([row], filters):
+                out.append(row)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def stream(self, since, limit=5000, scan=20000):
+        """Tasks that ran at or after ``since`` (seconds), for the dashboard's task stream:
+        [worker, pid, node, started, ended or None, name, failed, task_id], newest first.  Only
+        the newest ``scan`` tasks are looked at, so a poll costs the same with 100,000 kept."""
+        out = []
+        for i, r in enumerate(reversed(self.tasks.values())):
+            if i >= scan or len(out) >= limit:
+                break
+            if r.started is None or (r.ended is not None and r.ended < since):
+                continue
+            out.append([hexid(r.worker), r.pid, hexid(r.node), r.started, r.ended, r.name or "",
+                        r.state == "FAILED" or r.err_type is not None, r.tid.hex()])
+        return out
+
     def counts(self):
         out = {}
         for r in self.tasks.values():

@@ -14,6 +14,10 @@ unless ``luminary start --dashboard-host`` says otherwise.
     GET    /api/packages/<sha>              {"exists": bool}   runtime_env packages (zip)
     PUT    /api/packages/<sha>              upload one (its sha256 must match)
     GET    /api/version
+
+The web dashboard (``luminary/_private/dashboard``) shares this server: ``/login?token=...`` (a
+one-time link) sets a session cookie that is accepted instead of the bearer token; ``/``,
+``/static/*`` and ``/api/dash/*`` are its pages and JSON endpoints.
 """
 from __future__ import annotations
 
@@ -27,12 +31,13 @@ import urllib.parse
 
 from . import job_token
 from .manager import TERMINAL, JobError, JobManager
+from ..dashboard.server import Dashboard, Raw
 from ..runtime_env.packaging import MAX_PACKAGE_BYTES
 
 logger = logging.getLogger(__name__)
 TAIL_WAIT_S = 10.0
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error"}
 
 
 class JobServer:
@@ -41,6 +46,7 @@ class JobServer:
         self.jobs = JobManager(nm)
         self.token = job_token(nm.secret).encode()
         self.address = None
+        self.dash = Dashboard(nm, nm.secret)
 
     async def start(self, host, port):
         self.server = await asyncio.start_server(self._serve, host, port)
@@ -53,7 +59,8 @@ class JobServer:
 
     async def _serve(self, reader, writer):
         try:
-            status, body = await self._handle(reader)
+            res = await self._handle(reader)
+            status, body = (res, None) if not isinstance(res, tuple) else res
         except JobError as e:
             status, body = e.status, {"error": str(e)}
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError) as e:
@@ -61,8 +68,13 @@ class JobServer:
         except Exception as e:  # noqa: BLE001
             logger.exception("job API request failed")
             status, body = 500, {"error": f"{type(e).__name__}: {e}"}
-        data = json.dumps(body).encode()
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: application/json\r\n"
+        if isinstance(status, Raw):
+            raw, status = status, status.status
+            data, extra = raw.body, "".join(f"{k}: {v}\r\n" for k, v in raw.headers.items())
+            ctype = raw.ctype
+        else:
+            data, extra, ctype = json.dumps(body).encode(), "Cache-Control: no-store\r\n", "application/json"
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n{extra}"
                 f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
         try:
             writer.write(head + data)
@@ -84,7 +96,21 @@ class JobServer:
                 headers[k.strip().lower()] = v.strip()
         auth = headers.get("authorization", "")
         given = auth[7:].strip().encode() if auth.lower().startswith("bearer ") else b""
-        if not hmac.compare_digest(given, self.token):
+        url = urllib.parse.urlsplit(target)
+        parts = [p for p in url.path.split("/") if p]
+        query = dict(urllib.parse.parse_qsl(url.query))
+        dash = self.dash
+        if parts == ["login"] and method == "GET":
+            return dash.login(query)
+        bearer = hmac.compare_digest(given, self.token)
+        if not bearer and dash.session_ok(headers):
+            # the cookie is SameSite=Strict; a state-changing request must also come from our own page
+            if method not in ("GET", "HEAD") and not _same_origin(headers):
+                return 403, {"error": "cross-origin request refused"}
+        elif not bearer:
+            page = dash.unauthorized(parts)
+            if page is not None:
+                return page
             return 401, {"error": "missing or wrong token: send 'Authorization: Bearer <token>' (the token is "
                                   "printed by `luminary job token` on the head, or computed from the cluster's "
                                   "secret file by the luminary client)"}
@@ -92,9 +118,8 @@ class JobServer:
         if n > MAX_PACKAGE_BYTES + (1 << 20):
             return 413, {"error": f"request body over {MAX_PACKAGE_BYTES >> 20} MiB"}
         raw = await asyncio.wait_for(reader.readexactly(n), 300) if n else b""
-        url = urllib.parse.urlsplit(target)
-        parts = [p for p in url.path.split("/") if p]
-        query = dict(urllib.parse.parse_qsl(url.query))
+        if dash.owns(parts):
+            return await dash.route(method, parts, query, headers)
         return await self._route(method, parts, query, raw)
 
     async def _route(self, method, parts, query, raw):
@@ -165,6 +190,13 @@ class JobServer:
             await self.nm.gcs.call("kv_put", dict(key, value=raw, overwrite=False))
             return 200, {"stored": True}
         return 405, {"error": f"{method} not allowed here"}
+
+
+def _same_origin(headers):
+    origin = headers.get("origin")
+    if origin is None:      # browsers send Origin on every cross-origin POST; its absence is same-origin
+        return headers.get("x-luminary-dashboard") == "1"
+    return urllib.parse.urlsplit(origin).netloc == headers.get("host", "")
 
 
 def _read_from(path, offset):

@@ -381,7 +381,7 @@ MESSAGES = [
         "bundles?": list_(struct({"pg_id": ID, "index": int_(0, 1 << 20), "committed": BOOL}), 1 << 16)})),
     _m("heartbeat", R, NM, GCS, struct({"node_id": ID, "available": AMOUNTS, "total?": AMOUNTS,
                                         "pending?": list_(RESOURCES, 1 << 12)})),
-    _m("get_nodes", R, OW, GCS, NONE),
+    _m("get_nodes", R, OW + (NM,), GCS, NONE),
     _m("cluster_resources", R, OW, GCS, NONE),
     _m("next_job_id", R, DRIVER, GCS, NONE),
     _m("kv_put", R, OW + (NM,), GCS, struct({"key": bytes_(maxlen=1 << 16), "value": bytes_(), "ns?": opt(NAME),
@@ -419,8 +419,9 @@ MESSAGES = [
     # observability (gcs/events.py): batched task events and metric deltas, state queries
     _m("task_events", N, OW, GCS, struct({"proc": map_(str_(64), ANYV, 64), "events": list_(ANYV, 1 << 22),
                                           "metrics?": list_(ANYV, 1 << 20), "dropped?": int_()})),
-    _m("state_query", R, OW, GCS, struct({"what": str_(64), "filters?": list_(list_(ANYV, 3), 64),
-                                          "limit?": int_(0, 1 << 31), "detail?": BOOL, "id?": str_(256)})),
+    _m("state_query", R, OW + (NM,), GCS, struct({"what": str_(64), "filters?": list_(list_(ANYV, 3), 64),
+                                                 "limit?": int_(0, 1 << 31), "detail?": BOOL, "id?": str_(256),
+                                                 "recent?": BOOL, "since?": num(0, 1e12)})),
     # --- handled by core workers (drivers and workers) -------------------------------------------
     _m("list_objects", R, OW + (GCS,), OW, NONE),
     _m("dump_stacks", R, NM, OW, NONE),

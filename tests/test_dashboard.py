@@ -1,0 +1,249 @@
+"""The web dashboard on a CLI-started head, driven in a real headless Chromium (Playwright pointed
+at the system browser; no browser download).  Screenshots of the main pages are written to
+$LUMINARY_DASHBOARD_SCREENSHOTS (default: a pytest temp dir) as test artifacts."""
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from _backend import IS_RAY
+from test_jobs import CLI, _free_port, _stop_head
+
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.skipif(IS_RAY, reason="Luminary's dashboard and command-line tool")]
+
+
+def _browser():
+    for name in (os.environ.get("LUMINARY_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        path = name and shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def head():
+    port, api = _free_port(), _free_port()
+    out = subprocess.run(CLI + ["start", "--head", "--port", str(port), "--dashboard-port", str(api),
+                                "--num-cpus", "2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    link = [ln.strip() for ln in out.stdout.splitlines() if "/login?token=" in ln]
+    assert link and link[0].startswith(f"http://127.0.0.1:{api}/login?token="), out.stdout
+    try:
+        yield {"url": f"http://127.0.0.1:{api}", "link": link[0], "gcs": f"127.0.0.1:{port}"}
+    finally:
+        _stop_head(port)
+
+
+def _fresh_link(head):
+    out = subprocess.run(CLI + ["dashboard", "--address", head["gcs"]], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    d = os.environ.get("LUMINARY_DASHBOARD_SCREENSHOTS") or str(tmp_path_factory.mktemp("dashboard-screenshots"))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = _browser()
+    if path is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs the 'chromium' package when it can)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, head):
+    """One logged-in tab for the module; console errors and page errors fail the test that saw them."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    pg.errors = []
+    pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.goto(head["link"])
+    yield pg
+    ctx.close()
+
+
+@pytest.fixture(autouse=True)
+def no_console_errors(request):
+    yield
+    if "page" in request.fixturenames:
+        errors = request.getfixturevalue("page").errors
+        assert not errors, f"browser console errors: {errors}"
+
+
+def _get(url, headers=None):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_unauthenticated_requests_get_401(head):
+    for path in ("/", "/index.html", "/static/app.js", "/api/dash/overview", "/api/dash/tasks", "/api/jobs/"):
+        assert _get(head["url"] + path)[0] == 401, path
+    assert _get(head["url"] + "/api/dash/overview", {"Cookie": "luminary_session=" + "0" * 64})[0] == 401
+    assert _get(head["url"] + "/login?token=abc.1.def")[0] == 401
+    # the job API's bearer token opens the dashboard's endpoints too
+    from luminary.job_submission import _find_token
+    status, _ = _get(head["url"] + "/api/dash/overview", {"Authorization": "Bearer " + _find_token(head["url"])})
+    assert status == 200
+
+
+def test_login_link_is_one_time_and_sets_a_strict_httponly_cookie(browser, head):
+    link = _fresh_link(head)
+    ctx = browser.new_context()
+    try:
+        pg = ctx.new_page()
+        pg.goto(link)
+        assert pg.url == head["url"] + "/"
+        cookie, = [c for c in ctx.cookies() if c["name"] == "luminary_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert _get(link)[0] == 401                         # spent
+    finally:
+        ctx.close()
+
+
+def test_overview_shows_the_nodes(page, head, shots):
+    page.wait_for_selector(".card.node[data-node-id]")
+    text = page.inner_text("#nodes")
+    assert "head" in text and "alive" in text and "Object store" in text and "Memory" in text
+    page.wait_for_selector("#status:has-text('live')")
+    page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
+
+
+WORKLOAD = """
+import time, luminary as ray
+from luminary.util.state import list_tasks
+ray.init(address="{gcs}")
+@ray.remote
+def crunch(i):
+    time.sleep(0.05)
+    return i
+@ray.remote
+def load_table(i):
+    time.sleep(0.1)
+    return i
+@ray.remote
+def explode():
+    raise ValueError("the dashboard test's failure")
+refs = [crunch.remote(i) for i in range(30)] + [load_table.remote(i) for i in range(10)]
+ray.get(refs)
+try:
+    ray.get(explode.remote())
+except Exception:
+    pass
+# workers still leased when a driver exits are killed, losing their last <= 100 ms of task events:
+# stay until the head has every worker's report (a readiness poll, not a timed sleep)
+deadline = time.monotonic() + 60
+while True:
+    rows = list_tasks(filters=[("job_id", "=", ray.get_runtime_context().get_job_id())], detail=True, limit=1000)
+    if len([t for t in rows if t.start_time_ms]) >= 41 and any(t.error_message for t in rows):
+        break
+    assert time.monotonic() < deadline, rows
+    time.sleep(0.05)
+print("done", flush=True)
+"""
+
+
+_WORKLOAD_RAN = []
+
+
+def test_workload_updates_counts_and_task_stream_live(page, head, shots, tmp_path):
+    page.goto(head["url"] + "/#overview")
+    page.wait_for_selector("#task-total[data-total]")
+    before = int(page.get_attribute("#task-total", "data-total"))
+    page.evaluate("window.__notReloaded = true")
+    script = tmp_path / "workload.py"
+    script.write_text(WORKLOAD.format(gcs=head["gcs"]))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "done" in out.stdout, out.stderr
+    _WORKLOAD_RAN.append(True)
+    page.wait_for_function(f"() => Number(document.getElementById('task-total').dataset.total) >= {before + 41}",
+                           timeout=20_000)
+    page.wait_for_selector("#task-states tr[data-state='FAILED']")
+    page.screenshot(path=os.path.join(shots, "overview-busy.png"), full_page=True)
+    page.click("#nav a[data-page='stream']")
+    page.wait_for_function("() => Number(document.getElementById('stream-count').dataset.count) >= 41 && "
+                           "Number(document.getElementById('stream-count').dataset.failed) >= 1", timeout=20_000)
+    legend = page.inner_text("#stream-legend")
+    assert "crunch × 30" in legend and "load_table × 10" in legend and "explode × 1 (1 failed)" in legend
+    assert page.evaluate("window.__notReloaded") is True
+    page.screenshot(path=os.path.join(shots, "task-stream.png"), full_page=True)
+    page.click("#nav a[data-page='metrics']")
+    page.wait_for_selector("#page-metrics.active")
+    page.screenshot(path=os.path.join(shots, "metrics.png"), full_page=True)
+
+
+def test_failed_task_shows_its_traceback(page, head, shots, tmp_path):
+    if not _WORKLOAD_RAN:
+        script = tmp_path / "workload.py"      # this test alone: make the failed task it reads
+        script.write_text(WORKLOAD.format(gcs=head["gcs"]))
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "done" in out.stdout, out.stderr
+    page.click("#nav a[data-page='tasks']")
+    page.select_option("#task-filter-state", "FAILED")
+    row = page.wait_for_selector("#tasks-table tr[data-id]:has-text('explode')", timeout=60_000)
+    row.click()
+    page.wait_for_selector("#task-error")
+    err = page.inner_text("#task-error")
+    assert "ValueError: the dashboard test's failure" in err, err
+    assert 'raise ValueError("the dashboard test' in err and "in explode" in err, err      # the traceback
+    assert "explode" in page.inner_text("#task-detail")
+    page.screenshot(path=os.path.join(shots, "task-detail.png"), full_page=True)
+
+
+def test_stop_a_job_from_its_page(page, head, shots, tmp_path):
+    from luminary.job_submission import JobStatus, JobSubmissionClient
+    (tmp_path / "loop.py").write_text("import time\nprint('looping', flush=True)\nwhile True:\n    time.sleep(0.1)\n")
+    client = JobSubmissionClient(head["url"])
+    sid = client.submit_job(entrypoint="python loop.py", runtime_env={"working_dir": str(tmp_path)})
+    page.click("#nav a[data-page='jobs']")
+    page.click(f"#jobs-table tr[data-id='{sid}']")
+    page.wait_for_selector("#job-logs:has-text('looping')", timeout=30_000)
+    page.screenshot(path=os.path.join(shots, "jobs.png"), full_page=True)
+    page.click(f"button[data-stop='{sid}']")
+    page.wait_for_selector(f"#jobs-table tr[data-id='{sid}'] td.state-STOPPED", timeout=30_000)
+    assert client.get_job_status(sid) == JobStatus.STOPPED
+    page.click("#nav a[data-page='actors']")
+    page.wait_for_selector("#page-actors.active #actors-table tr")
+
+
+def test_cross_origin_post_with_the_cookie_is_refused(page, head):
+    sid_cookie = [c for c in page.context.cookies() if c["name"] == "luminary_session"][0]["value"]
+    req = urllib.request.Request(head["url"] + "/api/jobs/nope/stop", method="POST", data=b"",
+                                 headers={"Cookie": "luminary_session=" + sid_cookie, "Origin": "http://evil.example"})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        status = 200
+    except urllib.error.HTTPError as e:
+        status = e.code
+    assert status == 403
+
+
+def test_login_tokens_expire_and_cannot_be_forged():
+    from luminary._private.dashboard import check_login_token, login_token
+    secret, now = b"s" * 32, 1_000_000.0
+    tok = login_token(secret, ttl_s=60, now=now)
+    assert check_login_token(secret, tok, now + 59) is not None
+    assert check_login_token(secret, tok, now + 61) is None                  # expired
+    assert check_login_token(b"t" * 32, tok, now) is None                    # another cluster's secret
+    nonce, expiry, mac = tok.split(".")
+    assert check_login_token(secret, f"{nonce}.{int(expiry) + 3600}.{mac}", now) is None   # extended by hand
+    assert check_login_token(secret, "", now) is None
