@@ -203,3 +203,27 @@ def test_pip_env_from_a_local_wheel(ray_start, tmp_path):
         shutil.rmtree(venv, ignore_errors=True)
         if os.path.exists(venv + ".lock"):
             os.unlink(venv + ".lock")
+
+
+@SHIPS_LOCAL_CODE
+@pytest.mark.timeout(180)
+def test_working_dir_and_py_modules_reach_every_node(shutdown_only, code_dirs):
+    """A multi-node cluster (separate node processes): the env is set up on each node from the
+    GCS, and a task on the other node imports code that exists only in the driver's directories."""
+    from luminary.cluster_utils import Cluster
+    from luminary.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    wd, pkg = code_dirs
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        other = cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address)
+        env = {"working_dir": str(wd), "py_modules": [str(pkg)], "env_vars": {"LUM_T_A": "everywhere"}}
+        here = probe.options(runtime_env=env).remote()
+        there = probe.options(runtime_env=env, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            other.node_id, soft=False)).remote()
+        for out in ray.get([here, there], timeout=120):
+            assert out["only_in_wd_mod"] == "from the working dir"
+            assert out["shipped_pkg_lum"] == 42 and out["A"] == "everywhere" and out["data"] == "relative file"
+        ray.shutdown()
+    finally:
+        cluster.shutdown()
