@@ -345,6 +345,11 @@ class NodeManager:
 
     # --- leases ----------------------------------------------------------------------------------
     def request_lease(self, conn, p):
+        lid = p["lease_id"]
+        if lid in self.lease_waiters or lid in self.scheduler.leases or lid in self.env_setups:
+            # a lease id names one request: a second one (a confused or hostile peer) must not
+            # orphan the first's resources
+            raise ValueError(f"lease id {lid.hex()} is already in use on this node")
         need = ResourceSet.request(p["resources"])      # floats become exact units once, here
         target = self._choose_node(need, p)
         if target is not None:
