@@ -382,7 +382,8 @@ def test_gpu_actors_and_fractional_gpus(ray_start_fresh):
         def where(self):
             return [int(g) for g in ray.get_gpu_ids()]
 
-    ids, visible = ray.get(GpuActor.remote().where.remote())
+    whole = GpuActor.remote()            # kept alive: it holds its GPU while the halves are placed
+    ids, visible = ray.get(whole.where.remote())
     assert len(ids) == 1 and visible == str(int(ids[0]))
     halves = [Half.remote() for _ in range(2)]
     got = ray.get([h.where.remote() for h in halves])
