@@ -175,18 +175,7 @@ class GcsClient:
             self.conn.notify(method, payload)
 
     def call(self, method, payload=None):
-        from ..rpc import messages
-        fut = asyncio.get_event_loop().create_future()
-
-        def done(ok, res):
-            if fut.done():
-                return
-            if ok:
-                fut.set_result(res)
-            else:
-                fut.set_exception(res if isinstance(res, BaseException) else messages.error_from_wire(res))
-        self.request(method, payload, done)
-        return fut
+        return protocol.call_with(self.request, asyncio.get_event_loop(), method, payload)
 
     def close(self):
         self.closed = True

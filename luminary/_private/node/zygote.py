@@ -92,24 +92,8 @@ def run_zygote(sock: socket.socket, worker_config: dict, close_fds=()):
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     signal.signal(signal.SIGINT, signal.SIG_DFL)
                     sock.close()
-                    code = 1
-                    try:
-                        from ..worker.worker_main import main
-                        main(dict(worker_config, **req))
-                        code = 0
-                    except SystemExit as e:
-                        code = e.code if isinstance(e.code, int) else 0
-                    except BaseException:
-                        import traceback
-                        traceback.print_exc()
-                    finally:
-                        try:
-                            import sys
-                            sys.stdout.flush()
-                            sys.stderr.flush()
-                        except Exception:
-                            pass
-                        os._exit(code)
+                    from ..worker.worker_main import run_and_exit
+                    run_and_exit(dict(worker_config, **req))
                 children.add(pid)
                 out.append({"forked": req["worker_id"], "pid": pid})
         if out:

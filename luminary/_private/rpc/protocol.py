@@ -489,17 +489,7 @@ class Connection(asyncio.Protocol):
 
     def call(self, method, payload=None):
         """Awaitable request; raises RemoteError or ConnectionLost."""
-        fut = self.loop.create_future()
-
-        def done(ok, res):
-            if fut.done():
-                return
-            if ok:
-                fut.set_result(res)
-            else:
-                fut.set_exception(res if isinstance(res, BaseException) else messages.error_from_wire(res))
-        self.request(method, payload, done)
-        return fut
+        return call_with(self.request, self.loop, method, payload)
 
     def close(self):
         if self.transport is not None and not self.closed:
@@ -551,3 +541,19 @@ async def serve(address: str, secret: bytes, handlers, on_connect=None, name: st
     server = await loop.create_server(factory, where[0], where[1], reuse_address=True)
     port = server.sockets[0].getsockname()[1]
     return server, f"tcp:{where[0]}:{port}"
+
+
+def call_with(request, loop, method, payload):
+    """An awaitable over a callback-style ``request(method, payload, callback)``: the result, or
+    the error rebuilt from the wire (shared by connections and the reconnecting GCS client)."""
+    fut = loop.create_future()
+
+    def done(ok, res):
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(res)
+        else:
+            fut.set_exception(res if isinstance(res, BaseException) else messages.error_from_wire(res))
+    request(method, payload, done)
+    return fut

@@ -67,20 +67,5 @@ def exec_main(fd):
     for p in reversed(ctx.get("paths") or ()):
         if p not in sys.path:
             sys.path.insert(0, p)
-    from ..worker.worker_main import main
-    code = 1
-    try:
-        main(cfg)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0
-    except BaseException:
-        import traceback
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:
-            pass
-        os._exit(code)
+    from ..worker.worker_main import run_and_exit
+    run_and_exit(cfg)

@@ -18,11 +18,12 @@ import collections
 import concurrent.futures
 import inspect
 import os
-import sys
 import threading
 import time
 
 import cloudpickle
+
+from .. import procutil
 
 from .actor import ActorHandle, _ActorExit
 
@@ -166,12 +167,7 @@ class ActorRuntime:
         except Exception:
             pass
         self.run_shutdown_hooks()
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:
-            pass
-        os._exit(0)
+        procutil.flush_and_exit(0)
 
     # --- threaded actors ----------------------------------------------------------------------------
     def pool_for(self, group):

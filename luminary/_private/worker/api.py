@@ -298,15 +298,20 @@ def put(value, *, _owner=None):
 
 
 def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
-    """Return (ready, not_ready): the first ``num_returns`` refs ready, in input order."""
+    """Return (ready, not_ready): the first ``num_returns`` refs ready, in input order.
+    An ObjectRefGenerator counts as ready when its next item (or its end or error) is there."""
     core = _core()
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}.")
-    if any(type(r) is ObjectRefGenerator for r in object_refs):
-        return _wait_with_generators(core, list(object_refs), num_returns, timeout, fetch_local)
+    items = object_refs
+    has_gens = any(type(r) is ObjectRefGenerator for r in items)
+    if has_gens:   # wait on each generator's next item instead
+        object_refs = [ObjectRef(r._tid + r._next.to_bytes(4, "big"), r._owner, _register=False)
+                       if type(r) is ObjectRefGenerator else r for r in items]
     if set(map(type, object_refs)) - {ObjectRef}:
         bad = next(r for r in object_refs if not isinstance(r, ObjectRef))
-        raise TypeError(f"wait() expects a list of ObjectRefs, but it contains {type(bad).__name__}.")
+        raise TypeError(f"wait() expects a list of ObjectRefs or ObjectRefGenerators, but it contains "
+                        f"{type(bad).__name__}.")
     if not object_refs:
         return [], []
     if len(set(map(_ref_id, object_refs))) != len(object_refs):
@@ -318,37 +323,17 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
                          f"{num_returns} > {len(object_refs)}.")
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be None or non-negative")
-    return core.wait_objects(list(object_refs), num_returns, timeout, fetch_local)
+    ready, not_ready = core.wait_objects(list(object_refs), num_returns, timeout, fetch_local)
+    if not has_gens:
+        return ready, not_ready
+    ready_ids = {id(p) for p in ready}
+    out_ready, out_rest = [], []
+    for item, probe in zip(items, object_refs):
+        (out_ready if id(probe) in ready_ids else out_rest).append(item)
+    return out_ready, out_rest
 
 
 _ref_id = __import__("operator").attrgetter("id")
-
-
-def _wait_with_generators(core, items, num_returns, timeout, fetch_local):
-    """wait() over ObjectRefs and ObjectRefGenerators (as Ray allows): a generator is ready when
-    its next item (or its end, or its error) is there to take."""
-    probes = []
-    for r in items:
-        if type(r) is ObjectRefGenerator:
-            probes.append(ObjectRef(r._tid + r._next.to_bytes(4, "big"), r._owner, _register=False))
-        elif type(r) is ObjectRef:
-            probes.append(r)
-        else:
-            raise TypeError(f"wait() expects a list of ObjectRefs or ObjectRefGenerators, but it contains "
-                            f"{type(r).__name__}.")
-    if len(set(p.id for p in probes)) != len(probes):
-        raise ValueError("Wait requires a list of unique object refs.")
-    if not isinstance(num_returns, int) or num_returns <= 0 or num_returns > len(items):
-        raise ValueError(f"Invalid number of objects to return {num_returns!r}: it must be a positive int "
-                         f"no greater than the number of objects provided ({len(items)}).")
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be None or non-negative")
-    ready, _ = core.wait_objects(probes, num_returns, timeout, fetch_local)
-    ready_ids = {id(p) for p in ready}
-    out_ready, out_rest = [], []
-    for item, probe in zip(items, probes):
-        (out_ready if id(probe) in ready_ids else out_rest).append(item)
-    return out_ready, out_rest
 
 
 def cancel(object_ref, *, force=False, recursive=True):

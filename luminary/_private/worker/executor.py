@@ -138,11 +138,7 @@ class Executor:
             # the tasks this call submitted (and, through their workers, theirs) are cancelled too
             self.core.submitter.feed(("cancel_children", p["tid"], bool(p.get("force"))))
         if p.get("force") and t.afut is None:
-            try:
-                sys.stdout.flush()
-            except Exception:
-                pass
-            os._exit(1)
+            procutil.flush_and_exit(1)
         self._interrupt(t, TaskCancelled)
 
     def _interrupt(self, t, exc_type):
@@ -176,12 +172,7 @@ class Executor:
         reply["exiting"] = True
         self._reply(t, reply)
         t.conn._flush()
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:
-            pass
-        os._exit(1)
+        procutil.flush_and_exit(1)
 
     @staticmethod
     def _timeout_error(spec, interrupted):

@@ -462,10 +462,8 @@ class Owner:
             # budget (its max_retries are for crashes); the others fail with OutOfMemoryError
             if call.retries_left > 0 and call.oom_retries_left > 0 and not self.closing:
                 call.oom_retries_left -= 1
-                self.out.append(("log", "warning", f"{call.name} was ended for memory; retrying "
-                                                   f"({call.oom_retries_left} memory retries left)"))
-                self._to(call, S.QUEUED)
-                kq.queue.appendleft(call)
+                self._retry_first(call, kq, "warning", f"{call.name} was ended for memory; retrying "
+                                                       f"({call.oom_retries_left} memory retries left)")
             else:
                 self._fail(call, exc.OutOfMemoryError(lease.oom))
             return
@@ -473,12 +471,16 @@ class Owner:
             self._fail(call, exc.TaskCancelledError(call.tid.hex()))
         elif call.retries_left > 0 and not self.closing:
             call.retries_left -= 1
-            self.out.append(("log", "info", f"worker running {call.name} died; retrying "
-                                            f"({call.retries_left} retries left)"))
-            self._to(call, S.QUEUED)
-            kq.queue.appendleft(call)
+            self._retry_first(call, kq, "info", f"worker running {call.name} died; retrying "
+                                                f"({call.retries_left} retries left)")
         else:
             self._fail(call, _dead_worker_error(call, self.where))
+
+    def _retry_first(self, call, kq, level, why):
+        """Queue a call that lost its worker again, ahead of the rest (it was first in line)."""
+        self.out.append(("log", level, why))
+        self._to(call, S.QUEUED)
+        kq.queue.appendleft(call)
 
     def _complete(self, call, reply):
         rets = reply.get("rets", ())

@@ -93,3 +93,19 @@ def main(cfg):
     sys.stdout = _LogStream(core, raw_out, False)
     sys.stderr = _LogStream(core, raw_err, True)
     executor.run_forever()
+
+
+def run_and_exit(cfg):
+    """Run a worker to its end in this (forked or exec'd) process and exit with its status,
+    never returning into the caller's code (the zygote's loop, the env launcher)."""
+    code = 1
+    try:
+        main(cfg)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    finally:
+        procutil.flush_and_exit(code)
