@@ -199,8 +199,9 @@ def test_failed_task_shows_its_traceback(page, head, shots, tmp_path):
         assert out.returncode == 0 and "done" in out.stdout, out.stderr
     page.click("#nav a[data-page='tasks']")
     page.select_option("#task-filter-state", "FAILED")
-    row = page.wait_for_selector("#tasks-table tr[data-id]:has-text('explode')", timeout=60_000)
-    row.click()
+    sel = "#tasks-table tr[data-id]:has-text('explode')"
+    page.wait_for_selector(sel, timeout=60_000)
+    page.locator(sel).first.click()       # re-found at click time: the table redraws every second
     page.wait_for_selector("#task-error")
     err = page.inner_text("#task-error")
     assert "ValueError: the dashboard test's failure" in err, err

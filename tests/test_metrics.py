@@ -1,4 +1,5 @@
 """User metrics (``util.metrics``) and the head's Prometheus endpoint: what a user scrapes."""
+import urllib.error
 import urllib.request
 
 import pytest
@@ -18,7 +19,10 @@ if not IS_RAY:
 def _scrape():
     url = state.cluster_info()["metrics_url"]
     assert url.startswith("http://127.0.0.1:")      # loopback by default
-    with urllib.request.urlopen(url, timeout=10) as r:
+    from luminary._private.jobs import job_token
+    from luminary._private.worker import state as wstate
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {job_token(wstate.core.secret)}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
         text = r.read().decode()
     return {f.name: f for f in text_string_to_metric_families(text)}
 
@@ -96,3 +100,11 @@ def test_metrics_cli_prints_the_url(ray_start, capsys):
     from luminary.cli.main import main
     main(["metrics"])
     assert capsys.readouterr().out.strip() == state.cluster_info()["metrics_url"]
+
+
+def test_metrics_endpoint_refuses_requests_without_the_token(ray_start):
+    url = state.cluster_info()["metrics_url"]
+    for headers in ({}, {"Authorization": "Bearer " + "0" * 64}):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
+        assert info.value.code == 401

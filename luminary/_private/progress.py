@@ -50,6 +50,9 @@ class BarManager:
         self.bars: dict = {}
         self.lock = threading.Lock()
         self.drawn = 0               # lines of bars currently on the terminal
+        self.partial = False         # the program wrote part of a line below the bars
+        self.finished = []           # bars closed since the last redraw
+        self.terminal = []           # other streams writing to the same terminal (the driver's stdout)
         self.min_interval_s = min_interval_s
         self.last_print = {}
 
@@ -67,16 +70,20 @@ class BarManager:
             else:
                 self.bars[key] = state
             if self._tty():
-                self._redraw(final=state if state.get("closed") else None)
+                if state.get("closed"):
+                    self.finished.append(state)
+                if not self.partial:      # never draw over a line the program is still writing
+                    self._redraw()
             else:
                 self._line(key, state)
 
-    def _redraw(self, final=None):
+    def _redraw(self):
         out = self.out
         if self.drawn:
             out.write(f"\x1b[{self.drawn}F\x1b[J")      # back to the first bar line, clear below
-        if final is not None:
+        for final in self.finished:
             out.write(render(final) + "\n")            # a finished bar stays, above the live ones
+        self.finished = []
         lines = [render(s) for s in sorted(self.bars.values(), key=lambda s: (s.get("pos", 0), s.get("uuid", "")))]
         for line in lines:
             out.write(line + "\n")
@@ -93,15 +100,37 @@ class BarManager:
             self.last_print.pop(key, None)
 
     def write_above(self, text, stream):
-        """Worker output while bars are drawn: print it above them, then redraw them."""
+        """Output while bars are drawn: print it above them, then redraw them (once the line it
+        writes is complete)."""
         with self.lock:
-            if self.drawn and self._tty() and stream is self.out:
-                self.out.write(f"\x1b[{self.drawn}F\x1b[J")
-                self.drawn = 0
+            if self._tty() and (stream is self.out or stream in self.terminal) and \
+                    (self.drawn or self.partial or self.finished):
+                if self.drawn and not self.partial:
+                    self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+                    self.out.flush()
+                    self.drawn = 0
                 stream.write(text)
-                self._redraw()
+                stream.flush()
+                self.partial = bool(text) and not text.endswith("\n")
+                if not self.partial:
+                    self._redraw()
                 return
         stream.write(text)
+
+
+class _AboveBars:
+    """The driver's stdout/stderr on a terminal while bars may be drawn: writes go above them."""
+
+    def __init__(self, raw, mgr):
+        self._raw = raw
+        self._mgr = mgr
+
+    def write(self, s):
+        self._mgr.write_above(s, self._raw)
+        return len(s)
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
 
 
 _manager = None
@@ -111,6 +140,18 @@ def manager():
     global _manager
     if _manager is None:
         _manager = BarManager()
+        if _manager._tty() and sys.stderr is _manager.out:
+            # the program's own prints share the terminal with the bars: route them above
+            out = sys.stdout
+            try:
+                same = out.isatty()
+            except Exception:
+                same = False
+            if same:
+                _manager.terminal.append(out)
+                sys.stdout = _AboveBars(out, _manager)
+            _manager.out = sys.stderr
+            sys.stderr = _AboveBars(sys.stderr, _manager)
     return _manager
 
 

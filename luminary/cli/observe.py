@@ -249,7 +249,7 @@ def metrics_line(gcs_address, secret):
         url = query_gcs(gcs_address, secret, "state_query", {"what": "info"}).get("metrics_url")
     except (ConnectionError, OSError):
         url = None
-    return f"  Metrics (Prometheus): {url}" if url else "  Metrics: the endpoint is not listening (see logs/node.log)"
+    return f"  Metrics (Prometheus): {url}  (bearer token: `luminary job token`)" if url else "  Metrics: the endpoint is not listening (see logs/node.log)"
 
 
 def cmd_report(args):

@@ -254,11 +254,26 @@ class Observer:
         return render(self.metrics, self.tasks.counts(), self.actor_rows(), await self.node_stats(),
                       self.gcs.nodes, self.tasks.dropped + self.tasks.dropped_at_source)
 
+    def _authorized(self, head):
+        """The endpoint answers scrapers holding the cluster's bearer token (the job API's: an
+        HMAC of the secret; ``luminary job token`` prints it), as every other port does."""
+        import hmac
+        from ..jobs import job_token
+        want = b"bearer " + job_token(self.gcs.secret).encode()
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"authorization":
+                return hmac.compare_digest(value.strip().lower(), want)
+        return False
+
     async def _http(self, reader, writer):
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"/"
-            if path.split(b"?")[0] in (b"/metrics", b"/"):
+            if not self._authorized(head):
+                body, status = b"unauthorized: send 'Authorization: Bearer <luminary job token>'\n", \
+                    b"401 Unauthorized"
+            elif path.split(b"?")[0] in (b"/metrics", b"/"):
                 body = (await self.prometheus_text()).encode()
                 status = b"200 OK"
             else:
