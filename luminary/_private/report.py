@@ -30,7 +30,10 @@ def load_history(path, since=None):
     for kind, ts, p in history.read(path):
         if since is not None and ts < since:
             continue
-        if kind == "ev":
+        if kind == "evb":
+            if p.get("blob"):
+                table.add(p["proc"], p["blob"], 0, 0)
+        elif kind == "ev":      # the older form: records decoded in the log itself
             table.apply(p["proc"], p.get("events") or ())
         elif kind == "proc":
             procs[p["wid"].hex()] = p

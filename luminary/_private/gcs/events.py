@@ -91,12 +91,14 @@ class Observer:
             if self.history is not None:
                 self.history.write("proc", time.time(), proc)
         known.update(proc)
-        if p["events"] or p.get("dropped"):
-            self.tasks.apply(proc, p["events"], p.get("dropped", 0))
+        blob = p.get("blob")
+        if blob or p.get("dropped"):
+            # kept as the bytes it came in: decoded only when someone asks (TaskTable.sync)
+            self.tasks.add(known, blob or b"\x90", p.get("n", 0), p.get("new", 0), p.get("dropped", 0))
         if p.get("metrics"):
             self.metrics.apply(p["metrics"])
-        if self.history is not None and (p["events"] or p.get("metrics")):
-            self.history.write("ev", time.time(), {"proc": proc, "events": p["events"], "metrics": p.get("metrics")})
+        if self.history is not None and (blob or p.get("metrics")):
+            self.history.write("evb", time.time(), {"proc": proc, "blob": blob, "metrics": p.get("metrics")})
 
     def _proc_gone(self, wid):
         p = self.procs.get(wid)

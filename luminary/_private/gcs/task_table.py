@@ -7,8 +7,18 @@ is dropped (and counted) to make room, so a million tasks never exhaust the head
 Owners report submission and their state changes in order; the worker that runs a task
 reports when it started and ended.  The two streams arrive in any order, so a worker's
 RUNNING never overrides a state the owner already reported as final.
+
+Ingest is lazy: ``add`` keeps each batch as the msgpack bytes it arrived in (no per-task
+object, nothing for the garbage collector to scan) and the batches are decoded and merged
+into ``TaskRecord``s only when someone asks (``sync``, called by every query).  While nobody
+asks, at most ``3 * cap`` records wait; older batches are dropped and their tasks counted.
 """
 from __future__ import annotations
+
+import collections
+import gc
+
+import msgpack
 
 # owner.State -> Ray's task states
 OWNER_STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "FINISHED", "FAILED")
@@ -74,14 +84,56 @@ def _ms(t):
 class TaskTable:
     def __init__(self, cap=DEFAULT_CAP):
         self.cap = max(1, int(cap))
-        self.tasks: dict[bytes, TaskRecord] = {}
+        self._tasks: dict[bytes, TaskRecord] = {}
         self.dropped = 0
         self.dropped_at_source = 0
+        self.bad_batches = 0
+        self.pending = collections.deque()     # (proc, msgpack bytes, records, new tasks) not merged yet
+        self.pending_records = 0
+        self.pending_cap = 3 * self.cap
+
+    # --- ingest ---------------------------------------------------------------------------------------
+    def add(self, proc, blob, records, new_tasks, dropped=0):
+        """One batch from the process ``proc`` as the bytes it arrived in: ``records`` records,
+        ``new_tasks`` of them submissions.  Costs a deque append; merged at the next query."""
+        self.dropped_at_source += dropped
+        self.pending.append((proc, blob, records, new_tasks))
+        self.pending_records += records
+        while self.pending_records > self.pending_cap and len(self.pending) > 1:
+            _, _, n, new = self.pending.popleft()
+            self.pending_records -= n
+            self.dropped += new
+
+    @property
+    def tasks(self):
+        """tid -> TaskRecord, every batch received merged in."""
+        if self.pending:
+            self.sync()
+        return self._tasks
+
+    def sync(self):
+        pending = self.pending
+        enabled = gc.isenabled()
+        gc.disable()          # decoding makes many small containers and none of them are cycles
+        try:
+            while pending:
+                proc, blob, n, _ = pending.popleft()
+                self.pending_records -= n
+                try:
+                    events = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+                    if not isinstance(events, list):
+                        raise ValueError("not a list")
+                    self.apply(proc, events)
+                except Exception:  # noqa: BLE001 - a malformed batch loses only itself
+                    self.bad_batches += 1
+        finally:
+            if enabled:
+                gc.enable()
 
     def _get(self, tid):
-        r = self.tasks.get(tid)
+        r = self._tasks.get(tid)
         if r is None:
-            tasks = self.tasks
+            tasks = self._tasks
             if len(tasks) >= self.cap:
                 del tasks[next(iter(tasks))]
                 self.dropped += 1

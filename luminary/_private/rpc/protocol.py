@@ -37,6 +37,7 @@ import inspect
 import logging
 import os
 import socket
+import threading
 
 import msgpack
 
@@ -122,6 +123,9 @@ class Connection(asyncio.Protocol):
         self._pending = {}
         self._out = []
         self._flush_scheduled = False
+        self._wlock = threading.Lock()   # every write to the socket (the loop's and reply_from_thread's)
+        self._wfd = None          # our own dup of the socket, for reply_from_thread (never a reused number)
+        self._head = None         # sealed bytes a reply_from_thread could not write: the loop writes them first
         self.peer = None
         self._sinks = {}          # request id -> writable memoryview for a RAW answer
         self._bulk = None         # [dest, received, total, callback] while raw bytes stream in
@@ -256,7 +260,11 @@ class Connection(asyncio.Protocol):
             cb(True, n)
 
     def connection_lost(self, exc):
-        self.closed = True
+        with self._wlock:
+            self.closed = True
+            if self._wfd is not None:
+                os.close(self._wfd)
+                self._wfd = None
         if self._deadline is not None:
             self._deadline.cancel()
         if self.guard is not None:
@@ -445,19 +453,69 @@ class Connection(asyncio.Protocol):
             self.loop.call_soon(self._flush)
 
     def _flush(self):
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        if out and not self.closed:
-            tx = self._tx
-            if tx is not None:
-                out = tx.seal(out)
-            if len(out) == 1:
-                self.transport.write(out[0])
+        with self._wlock:
+            self._flush_scheduled = False
+            out, self._out = self._out, []
+            if self._head is not None:
+                head, self._head = self._head, None
+                if not self.closed:
+                    self.transport.write(head)
+            if out and not self.closed:
+                tx = self._tx
+                if tx is not None:
+                    out = tx.seal(out)
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    for b in out:
+                        self.transport.write(b)
+                if tx is not None:
+                    tx.recycle(self.transport.get_write_buffer_size())
+
+    def reply_from_thread(self, rid, value):
+        """Answer request ``rid`` (ok) from a thread other than the loop's, such as a worker's
+        main thread finishing a call.  When nothing else waits to be written on this connection
+        the answer is written to the socket here and now, which saves the hand-off to the loop
+        thread (and its wake-up) on every short call; otherwise the loop writes it after what is
+        queued.  Every write to the socket happens under ``_wlock``, and only while the
+        transport's own buffer is empty, so records never interleave."""
+        try:
+            data = msgpack.packb([RESP, rid, True, value], use_bin_type=True)
+        except Exception:  # noqa: BLE001 - the loop's path reports what cannot be encoded
+            self.loop.call_soon_threadsafe(self.reply, rid, True, value)
+            return
+        with self._wlock:
+            if (self.closed or self._out or self._flush_scheduled or self._stage < 3
+                    or self.transport.get_write_buffer_size()):
+                direct = False
             else:
-                for b in out:
-                    self.transport.write(b)
-            if tx is not None:
-                tx.recycle(self.transport.get_write_buffer_size())
+                direct = True
+                fd = self._wfd
+                if fd is None:
+                    fd = self._wfd = os.dup(self.transport.get_extra_info("socket").fileno())
+                tx = self._tx
+                out = tx.seal([data]) if tx is not None else [data]
+                payload = out[0] if len(out) == 1 else b"".join(out)
+                try:
+                    n = os.write(fd, payload)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    n = 0                  # a broken socket: the loop's write finds out and closes
+                if n < len(payload):
+                    self._head = bytes(memoryview(payload)[n:])
+                    self._flush_scheduled = True
+                    self.loop.call_soon_threadsafe(self._flush)
+        if not direct:
+            self.loop.call_soon_threadsafe(self._queue_packed, data)
+
+    def _queue_packed(self, data):
+        if self.closed:
+            return
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
     def notify(self, method, payload=None):
         self._send([NOTE, method, payload])

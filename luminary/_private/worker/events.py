@@ -24,6 +24,10 @@ import pickle
 import threading
 import time
 
+import msgpack
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
 FLUSH_S = 0.1
 MAX_BUFFER = 200_000     # events held between flushes; beyond that they are dropped and counted
 ENABLED = os.environ.get("LUMINARY_TASK_EVENTS", "1") not in ("0", "false", "False", "")
@@ -100,13 +104,19 @@ REGISTRY = Registry()
 
 
 class Recorder:
-    """One per core worker; ``core.events``."""
+    """One per core worker; ``core.events``.
+
+    The owner's changes of one ``handle`` are folded into one record per task with one clock
+    read (``owner_trace``); a call that starts running appends ``(tid, ts)`` and one that ends
+    ``(tid, ts, error)``.  Records are packed once per flush, and the GCS keeps the packed bytes
+    until someone asks (gcs/task_table.py)."""
 
     def __init__(self, core, kind):
         self.core = core
         self.kind = kind
-        self.recs = {}          # tid -> owner-side record (see the module docstring)
-        self.wrecs = {}         # tid -> worker-side record (I/O thread)
+        self.recs = {}          # tid -> owner-side record (I/O thread)
+        self.new = 0            # submissions among them
+        self.ends = collections.deque()     # (tid, ts, error blob | None) of answered calls (any thread)
         self.starts = collections.deque()   # (tid, ts) of calls that started running (any thread)
         self.dropped = 0
         self.armed = False
@@ -131,7 +141,7 @@ class Recorder:
             ts = self._started = time.time()
         return ts
 
-    # --- recording (any thread) ----------------------------------------------------------------
+    # --- recording -----------------------------------------------------------------------------
     def _arm(self):
         self.armed = True
         io = self.core.io
@@ -140,51 +150,39 @@ class Recorder:
         else:
             io.post(lambda: io.loop.call_later(FLUSH_S, self._flush))
 
-    def _owner_rec(self, tid):
-        recs = self.recs
-        r = recs.get(tid)
-        if r is None:
-            if len(recs) >= MAX_BUFFER:
-                self.dropped += 1
-                return None
-            r = recs[tid] = ["O", tid, None, [], None, None, None]
-            if not self.armed:
-                self._arm()
-        return r
-
     def submitted(self, call):
-        """A new task or actor call (I/O thread)."""
-        r = self._owner_rec(call.tid)
-        if r is not None:
-            r[2] = [call.name, call.actor, call.spec.get("job"), call.parent, call.resources, time.time()]
+        """A new task or actor call (I/O thread, before the owner handles it): noted in the
+        owner's trace, so it shares that handle's timestamp."""
+        trace = self.core.submitter.owner.trace
+        if trace is not None:
+            trace.append((call, None))
 
     def owner_trace(self, trace):
-        """The owner's state changes of one ``handle`` (I/O thread)."""
+        """The owner's state changes of one ``handle`` (I/O thread), folded into one record per
+        task with this handle's timestamp; returns the (emptied) list the owner traces into."""
         ts = time.time()
-        get = self._owner_rec
+        recs = self.recs
+        get = recs.get
         for call, x in trace:
             r = get(call.tid)
             if r is None:
-                continue
-            if x.__class__ is bytes:
+                if len(recs) >= MAX_BUFFER:
+                    self.dropped += 1
+                    continue
+                r = recs[call.tid] = ["O", call.tid, None, [], None, None, None]
+            if x is None:                                 # submitted
+                r[2] = [call.name, call.actor, call.spec.get("job"), call.parent, call.resources, ts]
+                self.new += 1
+            elif x.__class__ is bytes:
                 r[5] = x                                  # the error it failed with (decoded at flush)
-                continue
-            r[3] += (int(x), ts)
-            if x == 2 and call.lease is not None:        # PUSHED: on a leased worker of node N
-                r[4] = call.lease.grant.get("node_id")
+            else:
+                r[3] += (x, ts)                           # an owner.State (an int on the wire)
+                if x == 2 and call.lease is not None:     # PUSHED: on a leased worker of node N
+                    r[4] = call.lease.grant.get("node_id")
         trace.clear()
-
-    def _worker_rec(self, tid):
-        recs = self.wrecs
-        r = recs.get(tid)
-        if r is None:
-            if len(recs) >= MAX_BUFFER:
-                self.dropped += 1
-                return None
-            r = recs[tid] = ["W", tid, None, None, None, None]
-            if not self.armed:
-                self._arm()
-        return r
+        if not self.armed:
+            self._arm()
+        return trace
 
     def running(self, tid):
         """The executor starts running ``tid`` (on the thread that runs it: a deque, which the
@@ -195,23 +193,44 @@ class Recorder:
                 self._arm()
 
     def ended(self, tid, reply):
-        """The executor answers ``tid`` (I/O thread)."""
+        """The executor answers ``tid`` (any thread)."""
         if self.enabled:
-            r = self._worker_rec(tid)
-            if r is not None:
-                r[3] = time.time()
-                if reply.get("app_error") and reply.get("rets"):
-                    r[4] = reply["rets"][0][1]
+            ends = self.ends
+            if len(ends) >= MAX_BUFFER:
+                self.dropped += 1
+                return
+            ends.append((tid, time.time(), reply["rets"][0][1] if reply.get("app_error") and reply.get("rets") else None))
 
     # --- flushing (I/O thread) -----------------------------------------------------------------
-    @staticmethod
-    def _encode(recs, err_at):
-        out = list(recs)
+    def _owner_records(self):
+        """["O", tid, info, [state, ts, ...], node, error type, error message] per task, and how
+        many of them are new submissions."""
+        recs, self.recs = self.recs, {}
+        new, self.new = self.new, 0
+        out = list(recs.values())
         for r in out:
-            blob = r[err_at]
-            if blob is not None:
-                r[err_at], r[err_at + 1] = error_fields(blob)
-        return out
+            if r[5] is not None:
+                r[5], r[6] = error_fields(r[5])
+        return out, new
+
+    def _worker_records(self):
+        """["W", tid, started_ts, ended_ts, error type, error message] per task."""
+        recs = {}
+        starts = self.starts
+        while starts:
+            tid, ts = starts.popleft()
+            recs[tid] = ["W", tid, ts, None, None, None]
+        ends = self.ends
+        while ends:
+            tid, ts, err = ends.popleft()
+            r = recs.get(tid)
+            if r is None:
+                r = recs[tid] = ["W", tid, None, ts, None, None]
+            else:
+                r[3] = ts
+            if err is not None:
+                r[4], r[5] = error_fields(err)
+        return list(recs.values())
 
     def _flush(self):
         self.armed = False
@@ -219,18 +238,13 @@ class Recorder:
         gcs = getattr(core, "gcs", None)
         if gcs is None or gcs.closed:
             return
-        starts = self.starts
-        while starts:
-            tid, ts = starts.popleft()
-            r = self._worker_rec(tid)
-            if r is not None:
-                r[2] = ts
-        recs, self.recs = self.recs, {}
-        wrecs, self.wrecs = self.wrecs, {}
-        events = self._encode(recs.values(), 5) if recs else []
-        if wrecs:
-            events += self._encode(wrecs.values(), 4)
-        payload = {"proc": self.proc(), "events": events}
+        events, new = self._owner_records() if self.recs else ([], 0)
+        if self.starts or self.ends:
+            events += self._worker_records()
+        payload = {"proc": self.proc()}
+        if events:
+            payload["blob"] = _packb(events)
+            payload["n"], payload["new"] = len(events), new
         metrics = REGISTRY.take()
         if metrics:
             payload["metrics"] = metrics

@@ -71,6 +71,14 @@ class ExecTask:
         with self.lock:
             self._move(E.FINISHED)
 
+    def take_answer(self) -> bool:
+        """True for the one caller (of any thread) that gets to send this call's answer."""
+        with self.lock:
+            if self.answered:
+                return False
+            self.answered = True
+            return True
+
     def cancel(self):
         """From the I/O thread.  Returns "answer" (it never ran: reply cancelled now),
         "interrupt" (it runs: stop it), or None (already over)."""

@@ -120,8 +120,7 @@ class Executor:
         self.pending.pop(t.spec["tid"], None)
         if t.state == ExecState.FINISHED:
             self.core.events.ended(t.spec["tid"], reply)
-        if not t.answered:
-            t.answered = True
+        if t.take_answer():
             t.conn.reply(t.rid, True, reply)
 
     def h_cancel_task(self, conn, p):
@@ -262,17 +261,27 @@ class Executor:
             rt.run_async_forever(self.queue)
 
     def _reply_create(self, t, reply):
-        if not t.answered:
-            t.answered = True
+        if t.take_answer():
             t.conn.reply(t.rid, True, reply)
 
     def finish(self, t, reply):
-        """Send the reply once the owners of refs we return know the caller holds them."""
+        """Send the reply once the owners of refs we return know the caller holds them.
+
+        A call that finished with values held in the reply itself is answered from this thread
+        straight onto the socket when the connection is idle (``reply_from_thread``): no
+        hand-off to the I/O thread.  Values in the store, generators and third-party borrowers
+        go through the I/O thread, which keeps their messages in order."""
         third = reply.pop("_register", None)
-        if not third:
-            self.core.io.post(self._reply, t, reply)
+        if third:
+            self.core.io.post(self._register_then_reply, t, reply, third)
             return
-        self.core.io.post(self._register_then_reply, t, reply, third)
+        if DIRECT_REPLY and t.state == ExecState.FINISHED and _inline(t.spec, reply) and t.take_answer():
+            tid = t.spec["tid"]
+            self.pending.pop(tid, None)
+            self.core.events.ended(tid, reply)
+            t.conn.reply_from_thread(t.rid, reply)
+            return
+        self.core.io.post(self._reply, t, reply)
 
     def _register_then_reply(self, t, reply, third):
         owner_addr = t.spec["owner"]
@@ -522,3 +531,18 @@ class Executor:
             self._emit_error(t, idx, e)
             idx += 1
         return self._generator_reply(nret, idx - first, start)
+
+
+DIRECT_REPLY = os.environ.get("LUMINARY_DIRECT_REPLY", "1") != "0"
+
+
+def _inline(spec, reply):
+    """Every return value travels in the reply itself (no store object, not a generator, whose
+    items the I/O thread sends before the answer)."""
+    rets = reply.get("rets")
+    if rets is None or spec["nret"].__class__ is not int:
+        return False
+    for r in rets:
+        if r[0] != "v" and r[0] != "e":
+            return False
+    return True

@@ -94,8 +94,9 @@ class TaskSubmitter:
                                  "not the I/O thread that owns it")
 
     def _run(self, actions):
-        if self.owner.trace:
-            self.core.events.owner_trace(self.owner.trace)
+        owner = self.owner
+        if owner.trace:
+            owner.trace = self.core.events.owner_trace(owner.trace)
         table = self._actions
         for a in actions:
             table[a[0]](*a[1:])
@@ -110,8 +111,9 @@ class TaskSubmitter:
         values = core.memory.values
         missing = [ref for _, ref in task.arg_refs if ref.id not in values]
         self.owner.closing = core.shutting_down
-        if self.owner.trace is not None:
-            core.events.submitted(task)
+        trace = self.owner.trace
+        if trace is not None:
+            trace.append((task, None))        # submitted (task events: worker/events.py)
         self._do(self.owner.on_submit, task, missing)
         if core.nm_dead is not None:     # no node manager: nothing can run, fail it at once
             self.feed(("fail_all", core.local_raylet_died()))
