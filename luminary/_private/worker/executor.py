@@ -267,15 +267,17 @@ class Executor:
     def finish(self, t, reply):
         """Send the reply once the owners of refs we return know the caller holds them.
 
-        A call that finished with values held in the reply itself is answered from this thread
-        straight onto the socket when the connection is idle (``reply_from_thread``): no
-        hand-off to the I/O thread.  Values in the store, generators and third-party borrowers
+        A call that finished with values held in the reply itself, with nothing queued behind it,
+        is answered from this thread straight onto the socket when the connection is idle
+        (``reply_from_thread``): no hand-off to the I/O thread.  With calls queued, the I/O
+        thread writes the answers, several per write.  Values in the store, generators and third-party borrowers
         go through the I/O thread, which keeps their messages in order."""
         third = reply.pop("_register", None)
         if third:
             self.core.io.post(self._register_then_reply, t, reply, third)
             return
-        if DIRECT_REPLY and t.state == ExecState.FINISHED and _inline(t.spec, reply) and t.take_answer():
+        if (DIRECT_REPLY and t.state == ExecState.FINISHED and self.queue.empty() and _inline(t.spec, reply)
+                and t.take_answer()):
             tid = t.spec["tid"]
             self.pending.pop(tid, None)
             self.core.events.ended(tid, reply)
