@@ -309,3 +309,34 @@ def test_batches_of_short_tasks_use_every_node(cluster):
     for _ in range(4):   # back to back, as a driver loop would: no batch may leave a node idle
         used = set(ray.get([short.remote() for _ in range(1000)]))
         assert len(used) == 3
+
+
+def test_placement_group_bundles_lost_with_a_node_are_placed_again(cluster):
+    if IS_RAY:
+        from ray.util.placement_group import placement_group, placement_group_table
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    else:
+        from luminary.util.placement_group import placement_group, placement_group_table
+        from luminary.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.connect()
+    pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+    assert pg.wait(30)
+
+    @ray.remote(num_cpus=1)
+    def where():
+        return node_id()
+
+    def run_in_each_bundle():
+        return ray.get([where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=i)).remote() for i in range(2)], timeout=60)
+
+    assert doomed.node_id in run_in_each_bundle()
+    cluster.remove_node(doomed, allow_graceful=False)
+    fresh = cluster.add_node(num_cpus=1)
+    # the lost bundle moves to the new node; the one on the head stays where it was
+    poll_for(lambda: placement_group_table(pg)["state"] == "CREATED"
+             and fresh.node_id in placement_group_table(pg)["bundles_to_node_id"].values(),
+             timeout=60, desc="the lost bundle placed on the new node")
+    nodes = run_in_each_bundle()
+    assert sorted(nodes) == sorted([cluster.head_node.node_id, fresh.node_id])

@@ -119,6 +119,16 @@ def _actor(aid, **kw):
     return p
 
 
+def _alive(gcs, aid, lease_id, address, nid=b"n" * 16):
+    """Drive the actor table as a creation would: a lease on ``nid``, then the constructor ran."""
+    a = gcs.actors.actors[aid]
+    gcs.actors.feed("leased", aid, a.attempt, nid, lease_id, {"worker_id": b"w" * 16, "address": address})
+    gcs.actors._opening[(aid, a.attempt)] = FakeConn()
+    gcs.actors.feed("created", aid, a.attempt, address, 1234)
+    assert a.state == "ALIVE" and a.lease == (nid, lease_id)
+    return a
+
+
 def test_restarted_gcs_reads_every_table(tmp_path, loop):
     path = str(tmp_path / "gcs.sqlite")
     gcs = GcsServer(SECRET, SqliteStorage(path))
@@ -131,19 +141,17 @@ def test_restarted_gcs_reads_every_table(tmp_path, loop):
                               "resources": {"CPU": 2.0}, "head": True})
     named = gcs.actors.register_actor(conn, _actor(b"a" * 16, name="keeper", detached=True, max_restarts=-1))
     assert named == {"existing": False, "actor_id": b"a" * 16}
-    a = gcs.actors.actors[b"a" * 16]
-    a.state, a.address, a.node_id, a.lease = "ALIVE", "tcp:w:1", b"n" * 16, (b"n" * 16, b"lease-a")
-    gcs.actors.save(a)
+    _alive(gcs, b"a" * 16, b"lease-a", "tcp:w:1")
     gcs.actors.actor_checkpoint(conn, {"actor_id": b"a" * 16, "state": b"ckpt"})
     gcs.actors.register_actor(conn, _actor(b"b" * 16))          # owned by tcp:o:1, not detached
-    b = gcs.actors.actors[b"b" * 16]
-    b.state, b.address, b.node_id, b.lease = "ALIVE", "tcp:w:2", b"n" * 16, (b"n" * 16, b"lease-b")
-    gcs.actors.save(b)
+    _alive(gcs, b"b" * 16, b"lease-b", "tcp:w:2")
     gcs.placement_groups.create_pg(conn, {"pg_id": b"p" * 16, "bundles": [{"CPU": 1.0}], "strategy": "PACK",
                                           "name": "grp", "lifetime": "detached"})
     pg = gcs.placement_groups.groups[b"p" * 16]
-    pg.state, pg.nodes = "CREATED", [b"n" * 16]
-    gcs.placement_groups.save(pg)
+    gcs.placement_groups.feed("plan", pg.pg_id, pg.attempt, {b"n" * 16: {"CPU": 2.0}})
+    gcs.placement_groups.feed("prepared", pg.pg_id, pg.attempt, [(0, b"n" * 16)], True)
+    gcs.placement_groups.feed("committed", pg.pg_id, pg.attempt, set())
+    assert pg.state == "CREATED" and pg.nodes == [b"n" * 16]
     gcs.storage.close()       # the GCS process dies here
 
     again = GcsServer(SECRET, SqliteStorage(path), reconcile_s=5)

@@ -1,64 +1,44 @@
-"""Placement groups in the GCS: bundles of resources reserved atomically across nodes.
+"""Placement groups in the GCS: the I/O shell around the pure group table (``pg_state.py``).
 
-    create ─▶ PENDING ─ plan (strategy) ─▶ prepare on every chosen node ─┬─ all yes ─▶ commit ─▶ CREATED
-                 ▲                                                    └─ any no ─▶ cancel prepared,
-                 └──────────── retry when the GCS's cluster view changes ◀───────── retry
-    remove ─▶ bundles cancelled on their nodes ─▶ REMOVED
+    create_pg / remove_pg / wait_pg, owners leaving ──┐
+    the cluster view (plan), node deaths and returns ──┼─▶ GroupTable.handle(event) ─▶ actions
+    prepare_bundle / commit_bundle answers           ──┘                                │
+        storage writes, replies, prepare/commit/cancel_bundle to node managers ◀────────┘
 
 A committed bundle appears on its node as renamed resources (``CPU_group_<i>_<pg>`` and
 ``CPU_group_<pg>``); tasks and actors scheduled into the group ask for those, so the ordinary
 scheduler and spillback place them on the right node.  The plan itself is
-``placement.plan_bundles`` (pure, exact arithmetic).
+``placement.plan_bundles`` (pure, exact arithmetic), run inside the table on the view the shell
+hands it; when nothing fits the shell waits for the GCS's next view change (no polling).
 
 Each group is a storage row (bundles, strategy, name, lifetime, owner's address, state, the node
-of each bundle), written when it is created, placed and removed.  After a GCS restart the bundles
-stay on their node managers, which report them when they re-register (``node_back``): bundles of
-groups the GCS does not hold as CREATED there are cancelled; PENDING groups are planned again.
+of each bundle), written when it is created, placed, loses bundles and is removed.  After a GCS
+restart the bundles stay on their node managers, which report them when they re-register
+(``node_back``): bundles of groups the GCS does not hold there are cancelled; groups still being
+placed are planned again.  A node that dies with bundles of a CREATED group sends the group to
+RESCHEDULING: its other bundles stay where they are and the lost ones are placed again.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from .actors import Request
+from .pg_state import GroupTable, PgState
 from .storage import pack, unpack
 from ..placement import STRATEGIES, plan_bundles
 
 logger = logging.getLogger(__name__)
 
 plan = plan_bundles   # the planner's old name here (tests import it)
-__all__ = ["STRATEGIES", "plan", "PlacementGroup", "PlacementGroupManager"]
-
-
-class PlacementGroup:
-    def __init__(self, p, owner):
-        self.pg_id = p["pg_id"]
-        self.bundles = p["bundles"]
-        self.strategy = p["strategy"]
-        self.name = p.get("name") or ""
-        self.detached = p.get("lifetime") == "detached"
-        self.owner = owner          # the creator's address (None: known only by its connection)
-        self.state = "PENDING"
-        self.nodes = None
-        self.waiters = []
-
-    def to_row(self):
-        return {"pg_id": self.pg_id, "bundles": self.bundles, "strategy": self.strategy, "name": self.name,
-                "lifetime": "detached" if self.detached else None, "owner": self.owner, "state": self.state,
-                "nodes": self.nodes}
-
-    @classmethod
-    def from_row(cls, row):
-        pg = cls(row, row.get("owner"))
-        pg.state = row["state"]
-        pg.nodes = row.get("nodes")
-        return pg
+__all__ = ["STRATEGIES", "plan", "PlacementGroupManager", "PgState"]
 
 
 class PlacementGroupManager:
     def __init__(self, gcs):
         self.gcs = gcs
-        self.groups: dict[bytes, PlacementGroup] = {}
-        self.expected_owners = set()
+        self.table = GroupTable()
+        self.groups = self.table.groups       # read by tests and state queries
         self.handlers = {     # registered by GcsServer with its own
             "create_pg": self.create_pg,
             "remove_pg": self.remove_pg,
@@ -67,146 +47,126 @@ class PlacementGroupManager:
             "pg_table": self.pg_table,
         }
 
+    @property
+    def expected_owners(self):
+        return self.table.expected_owners
+
+    # --- the shell ---------------------------------------------------------------------------------
+    def feed(self, *event):
+        for action in self.table.handle(event):
+            getattr(self, "_do_" + action[0])(*action[1:])
+
+    def _do_persist(self, pg_id):
+        self.save(self.groups[pg_id])
+
+    def _do_reply(self, req, value):
+        req.answer(value)
+
+    def _do_fail(self, req, error):
+        req.answer(error=error)
+
+    def _do_watch_owner(self, req, pg_id):
+        req.conn.close_callbacks.append(lambda c, pg_id=pg_id: self.feed("remove", pg_id))
+
+    def _do_plan(self, pg_id, attempt, after_change):
+        asyncio.ensure_future(self._plan(pg_id, attempt, after_change))
+
+    def _do_prepare(self, pg_id, attempt, items):
+        asyncio.ensure_future(self._prepare(pg_id, attempt, items))
+
+    def _do_commit(self, pg_id, attempt, items):
+        asyncio.ensure_future(self._commit(pg_id, attempt, items))
+
+    def _do_cancel_bundle(self, nid, pg_id, index):
+        c = self.gcs.node_conns.get(nid)
+        if c is not None and not c.closed:
+            c.notify("cancel_bundle", {"pg_id": pg_id, "index": index})
+
+    def _do_capacity_changed(self):
+        self.gcs.view_changed(capacity=True)
+
+    def _do_wait_timer(self, req, pg_id, timeout):
+        asyncio.get_event_loop().call_later(max(0.0, timeout), lambda: self.feed("wait_timeout", req, pg_id))
+
+    def _do_log(self, level, text):
+        getattr(logger, level)("%s", text)
+
+    # --- waiting work -------------------------------------------------------------------------------
+    async def _plan(self, pg_id, attempt, after_change):
+        seen = self.gcs.view_version
+        if after_change:
+            await self.gcs.wait_view_change(seen)
+        self.feed("plan", pg_id, attempt, {n.node_id: n.available for n in self.gcs.placeable().alive()})
+
+    async def _prepare(self, pg_id, attempt, items):
+        prepared = []
+        for i, nid, bundle in items:
+            try:
+                ok = await self.gcs.node_conns[nid].call("prepare_bundle", {"pg_id": pg_id, "index": i,
+                                                                             "resources": bundle})
+            except Exception:  # noqa: BLE001 - the node went away: a no
+                ok = False
+            if not ok:
+                self.feed("prepared", pg_id, attempt, prepared, False)
+                return
+            prepared.append((i, nid))
+        self.feed("prepared", pg_id, attempt, prepared, True)
+
+    async def _commit(self, pg_id, attempt, items):
+        failed = set()
+        for i, nid in items:
+            try:
+                ok = await self.gcs.node_conns[nid].call("commit_bundle", {"pg_id": pg_id, "index": i})
+            except Exception:  # noqa: BLE001 - the node went away
+                ok = False
+            if not ok:
+                failed.add(nid)
+        self.feed("committed", pg_id, attempt, failed)
+
+    # --- persistence and recovery --------------------------------------------------------------------
     def save(self, pg):
         self.gcs.storage.put("pgs", pg.pg_id, pack(pg.to_row()))
 
     def load(self) -> bool:
-        for pid, blob in self.gcs.storage.items("pgs").items():
-            pg = PlacementGroup.from_row(unpack(blob))
-            self.groups[pid] = pg
-            if pg.state == "REMOVED":
-                continue
-            if pg.owner and not pg.detached:
-                self.expected_owners.add(pg.owner)
-            if pg.state == "PENDING":
-                asyncio.ensure_future(self._schedule(pg))
-        return any(pg.state != "REMOVED" for pg in self.groups.values())
+        self.feed("load", [unpack(b) for b in self.gcs.storage.items("pgs").values()])
+        return any(pg.state != PgState.REMOVED for pg in self.groups.values())
 
     def node_back(self, nid, nconn, bundles):
-        for b in bundles:
-            pg = self.groups.get(b["pg_id"])
-            i = b["index"]
-            if pg is None or pg.state != "CREATED" or not pg.nodes or i >= len(pg.nodes) or pg.nodes[i] != nid:
-                nconn.notify("cancel_bundle", {"pg_id": b["pg_id"], "index": i})
+        self.feed("node_back", nid, [(b["pg_id"], b["index"]) for b in bundles])
+
+    def node_alive(self, nid):
+        self.feed("node_alive", nid)
+
+    def node_dead(self, nid):
+        self.feed("node_dead", nid)
 
     def owner_back(self, owner, conn):
-        for pg in self.groups.values():
-            if pg.owner == owner and not pg.detached and pg.state != "REMOVED":
-                conn.close_callbacks.append(lambda c, pg=pg: asyncio.ensure_future(self._remove(pg)))
+        for pg_id in self.table.owned_by(owner):
+            conn.close_callbacks.append(lambda c, pg_id=pg_id: self.feed("remove", pg_id))
 
     def owner_died(self, owner):
-        for pg in list(self.groups.values()):
-            if pg.owner == owner and not pg.detached and pg.state != "REMOVED":
-                asyncio.ensure_future(self._remove(pg))
+        self.feed("owner_died", owner)
 
     def recovery_ended(self, owners):
-        for owner in self.expected_owners - set(owners):
-            self.owner_died(owner)
-        self.expected_owners = set()
+        self.feed("recovery_ended", set(owners))
 
+    # --- requests -------------------------------------------------------------------------------------
     def create_pg(self, conn, p):
-        if p["strategy"] not in STRATEGIES:
-            raise ValueError(f"unknown strategy {p['strategy']!r}")
-        if p["pg_id"] in self.groups:    # sent again after a GCS restart: it was created
-            return True
-        pg = PlacementGroup(p, conn.state.get("owner_of"))
-        self.groups[pg.pg_id] = pg
-        self.save(pg)
-        if not pg.detached:
-            conn.close_callbacks.append(lambda c, pg=pg: asyncio.ensure_future(self._remove(pg)))
-        asyncio.ensure_future(self._schedule(pg))
-        return True
-
-    async def _schedule(self, pg):
-        warned = False
-        while pg.state == "PENDING":
-            seen = self.gcs.view_version
-            nodes = {n.node_id: n.available for n in self.gcs.placeable().alive()}
-            choice = plan_bundles(pg.bundles, pg.strategy, nodes)
-            if choice is None:
-                if not warned:
-                    warned = True
-                    logger.info("placement group %s cannot be placed yet (%s %s)", pg.pg_id.hex(), pg.strategy, pg.bundles)
-                await self.gcs.wait_view_change(seen)    # room freed, a node joined, bundles released
-                continue
-            prepared = []
-            ok = True
-            for i, (nid, b) in enumerate(zip(choice, pg.bundles)):
-                try:
-                    res = await self.gcs.node_conns[nid].call("prepare_bundle", {"pg_id": pg.pg_id, "index": i, "resources": b})
-                except Exception:
-                    res = False
-                if not res:
-                    ok = False
-                    break
-                prepared.append((nid, i))
-            if not ok or pg.state != "PENDING":
-                for nid, i in prepared:
-                    c = self.gcs.node_conns.get(nid)
-                    if c is not None and not c.closed:
-                        c.notify("cancel_bundle", {"pg_id": pg.pg_id, "index": i})
-                if pg.state == "PENDING":
-                    # a node refused: our view of it was stale; plan again once a fresher report is in
-                    await self.gcs.wait_view_change(seen)
-                continue
-            for nid, i in prepared:
-                await self.gcs.node_conns[nid].call("commit_bundle", {"pg_id": pg.pg_id, "index": i})
-            pg.nodes = choice
-            pg.state = "CREATED"
-            self.save(pg)
-            self._wake(pg)
-
-    def _wake(self, pg):
-        waiters, pg.waiters = pg.waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(pg.state)
-
-    async def _remove(self, pg):
-        if pg.state == "REMOVED":
-            return
-        nodes = pg.nodes
-        pg.state = "REMOVED"
-        self.save(pg)
-        if nodes:
-            for i, nid in enumerate(nodes):
-                c = self.gcs.node_conns.get(nid)
-                if c is not None and not c.closed:
-                    c.notify("cancel_bundle", {"pg_id": pg.pg_id, "index": i})
-            self.gcs.view_changed(capacity=True)   # bundles released: waiting groups and actors look again
-        self._wake(pg)
+        req = Request(conn)
+        self.feed("create", req, p, conn.state.get("owner_of"))
+        return req.result()
 
     def remove_pg(self, conn, p):
-        pg = self.groups.get(p["pg_id"])
-        if pg is not None:
-            asyncio.ensure_future(self._remove(pg))
+        self.feed("remove", p["pg_id"])
         return True
 
     def wait_pg(self, conn, p):
-        pg = self.groups.get(p["pg_id"])
-        if pg is None:
-            return "REMOVED"
-        if pg.state != "PENDING":
-            return pg.state
-        fut = asyncio.get_event_loop().create_future()
-        pg.waiters.append(fut)
-        timeout = p.get("timeout")
-
-        async def bounded():
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except asyncio.TimeoutError:
-                return pg.state
-        return bounded()
+        req = Request(conn)
+        self.feed("wait", req, p["pg_id"], p.get("timeout"))
+        return req.result()
 
     def get_pg(self, conn, p):
-        for pg in self.groups.values():
-            if pg.name == p["name"] and pg.state != "REMOVED":
-                return {"pg_id": pg.pg_id, "bundles": pg.bundles, "strategy": pg.strategy}
-        return None
+        return self.table.named(p["name"])
 
     def pg_table(self, conn, p):
-        return {pg.pg_id.hex(): {"placement_group_id": pg.pg_id.hex(), "name": pg.name, "strategy": pg.strategy,
-                                 "state": pg.state, "bundles": dict(enumerate(pg.bundles)),
-                                 "bundles_to_node_id": {i: n.hex() for i, n in enumerate(pg.nodes or [])}}
-                for pg in self.groups.values()}
+        return self.table.table()

@@ -62,6 +62,7 @@ class GcsServer:
         self.capacity_version = 0      # changes to what nodes could ever hold: joins, deaths, totals
         self._view_waiters: list = []
         self.node_conns: dict[bytes, protocol.Connection] = {}
+        self.connect = protocol.connect     # opens connections to workers (tests pass an in-memory one)
         self.next_job = int.from_bytes(self.storage.get("meta", b"job") or b"\x00", "big")
         handlers = {
             "register_node": self.register_node,
@@ -184,6 +185,7 @@ class GcsServer:
         self.save_node(nid)
         self.view_changed(capacity=True)
         conn.close_callbacks.append(lambda c, nid=nid: self._conn_lost(nid, c))
+        self.placement_groups.node_alive(nid)
         if "leases" in p or "bundles" in p:     # a node manager coming back after a GCS restart
             self.actors.node_back(nid, conn, p.get("leases") or [])
             self.placement_groups.node_back(nid, conn, p.get("bundles") or [])
@@ -238,6 +240,7 @@ class GcsServer:
             self.cluster.mark_dead(nid)
             self.save_node(nid)
             self.actors.node_dead(nid)
+            self.placement_groups.node_dead(nid)
             self.view_changed(capacity=True)
             self.broadcast_view(exclude=nid)
 
