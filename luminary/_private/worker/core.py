@@ -706,7 +706,7 @@ class CoreWorker:
                 self.memory.put(ref.id, "e", pickle.dumps(exc.OwnerDiedError(ref.id.hex(), ref.owner)))
                 return
             self.io.post(self._fetch_if_missing, ref.id, ref.owner)
-        self._wait_diagnosed([ref], [ref.id], 1, None, False, "get (rebuilding a lost object)")
+        self._wait_diagnosed([ref], [ref.id], 1, None, False, "get")
 
     def h_reconstruct(self, conn, p):
         return self.submitter.reconstruct(p["oid"], p.get("node_id"), p.get("why", ""))
@@ -812,7 +812,7 @@ class CoreWorker:
                 self.io.post(self.submitter.on_blocked)
             try:
                 ok = self._wait_diagnosed([_Pending(oid, owner)], [oid], 1, timeout, False,
-                                          "next() on a generator")
+                                          "generator next")
             finally:
                 if blocked:
                     self.io.post(self.nm.notify, "unblocked", None)
