@@ -89,6 +89,21 @@ def test_cli_stack_shows_the_busy_function_the_task_name_and_the_driver(driver, 
     assert ray.get(ref, timeout=30) == "released"
 
 
+def test_stack_also_shows_the_gcs_and_each_node_managers_own_threads_and_tasks(driver):
+    text = diagnostics.stack(timeout=5)
+    gcs = re.search(r"^=== GCS pid (\d+)$", text, re.M)
+    assert gcs, text
+    nm_pid = ray.nodes()[0]["pid"]
+    assert f"--- node manager pid {nm_pid}\n" in text
+    section = text.split(f"--- node manager pid {nm_pid}\n", 1)[1].split("\n---", 1)[0]
+    assert "Thread MainThread (event loop) (main)" in section
+    assert "_heartbeat_loop" in section                  # a labelled asyncio task of the node manager
+    gcs_section = text[gcs.end():].split("\n===", 1)[0]
+    assert "_health_loop" in gcs_section
+    report = diagnostics.stacks(timeout=5)
+    assert report["gcs"]["role"] == "GCS" and report["nodes"][0]["manager"]["pid"] == nm_pid
+
+
 def test_a_stopped_process_is_reported_as_not_answering_within_the_timeout(driver):
     @ray.remote
     class Sleeper:
