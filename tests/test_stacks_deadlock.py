@@ -227,3 +227,68 @@ def test_an_async_actor_calling_back_into_its_caller_does_not_raise(driver):
     assert ray.get(a.ping.remote(), timeout=60) == "served while ping waited"
     ray.kill(a)
     ray.kill(b)
+
+
+def _all_running(name, n):
+    from luminary.util import state
+    return sum(1 for t in state.list_tasks(limit=1000) if t.name.endswith(name) and t.state == "RUNNING") >= n
+
+
+def test_threaded_actors_with_every_thread_blocked_on_each_other_raise_deadlock_error(driver, tmp_path):
+    marker = str(tmp_path / "all-running")
+
+    @ray.remote(max_concurrency=2)
+    class Pool:
+        def set(self, other):
+            self.other = other
+
+        def outer_call(self, marker):
+            _spin_until(marker)                       # until every thread of both actors runs one
+            return ray.get(self.other.inner.remote())
+
+        def inner(self):
+            return "inner"
+    a, b = Pool.remote(), Pool.remote()
+    ray.get([a.set.remote(b), b.set.remote(a)], timeout=30)
+    refs = [x.outer_call.remote(marker) for x in (a, b, a, b)]
+    poll_for(lambda: _all_running("outer_call", 4), timeout=30, desc="four outer calls running")
+    open(marker, "w").close()
+    for r in refs:
+        with pytest.raises(DeadlockError) as info:
+            ray.get(r, timeout=60)
+    assert {(c["class_name"], c["method"]) for c in info.value.cycle} == {("Pool", "outer_call")}
+    assert "max_concurrency" in str(info.value)
+    assert ray.get([a.inner.remote(), b.inner.remote()], timeout=30) == ["inner", "inner"]
+    ray.kill(a)
+    ray.kill(b)
+
+
+def test_a_task_and_the_actor_waiting_on_its_result_raise_deadlock_error(driver, tmp_path):
+    marker = str(tmp_path / "holder-waits")
+
+    @ray.remote
+    class Holder:
+        def wait_on(self, refs):                      # in a list: the ref is passed, not its value
+            return ray.get(refs[0])
+
+        def ping(self):
+            return "pong"
+
+    @ray.remote
+    def calls_back(holder, marker):
+        _spin_until(marker)
+        return ray.get(holder.ping.remote())
+    h = Holder.remote()
+    t = calls_back.remote(h, marker)
+    w = h.wait_on.remote([t])
+    poll_for(lambda: _running("wait_on") and _running("calls_back"), timeout=30, desc="both running")
+    open(marker, "w").close()
+    with pytest.raises(DeadlockError) as info:
+        ray.get(t, timeout=60)
+    text = str(info.value)
+    assert "task calls_back(" in text and "Holder(" in text and ".wait_on" in text
+    assert {c["method"].rsplit(".", 1)[-1] for c in info.value.cycle} == {"calls_back", "wait_on"}
+    with pytest.raises(DeadlockError):
+        ray.get(w, timeout=60)
+    assert ray.get(h.ping.remote(), timeout=30) == "pong"
+    ray.kill(h)
