@@ -160,7 +160,8 @@ class DeadlockError(RayError):
     ``cycle`` each wait, through ``get`` in every slot they have, on calls queued behind blocked ones."""
 
     def __init__(self, message="", cycle=None):
-        self.cycle = list(cycle or [])    # [{"actor_id" (a task's id for a task), "class_name" ("task"), "method", "waits_for"}]
+        # [{"actor_id" (a task's id for a task), "class_name" ("task" for a task), "method", "waits_for"}]
+        self.cycle = list(cycle or [])
         super().__init__(message)
 
     def __reduce__(self):
