@@ -156,11 +156,12 @@ class TaskTimeoutError(RayError, TimeoutError):
 
 
 class DeadlockError(RayError):
-    """(Beyond Ray) A ``get`` in a sync actor method waits on a call that can never run: the actors
-    named in ``cycle`` each wait, through ``get``, on a call queued behind the call they run."""
+    """(Beyond Ray) A ``get`` waits on a call that can never run: the actors and tasks named in
+    ``cycle`` each wait, through ``get`` in every slot they have, on calls queued behind blocked ones."""
 
     def __init__(self, message="", cycle=None):
-        self.cycle = list(cycle or [])    # [{"actor_id", "class_name", "method", "waits_for"}]
+        # [{"actor_id" (a task's id for a task), "class_name" ("task" for a task), "method", "waits_for"}]
+        self.cycle = list(cycle or [])
         super().__init__(message)
 
     def __reduce__(self):

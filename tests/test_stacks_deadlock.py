@@ -89,6 +89,21 @@ def test_cli_stack_shows_the_busy_function_the_task_name_and_the_driver(driver, 
     assert ray.get(ref, timeout=30) == "released"
 
 
+def test_stack_also_shows_the_gcs_and_each_node_managers_own_threads_and_tasks(driver):
+    text = diagnostics.stack(timeout=5)
+    gcs = re.search(r"^=== GCS pid (\d+)$", text, re.M)
+    assert gcs, text
+    nm_pid = ray.nodes()[0]["pid"]
+    assert f"--- node manager pid {nm_pid}\n" in text
+    section = text.split(f"--- node manager pid {nm_pid}\n", 1)[1].split("\n---", 1)[0]
+    assert "Thread MainThread (event loop) (main)" in section
+    assert "_heartbeat_loop" in section                  # a labelled asyncio task of the node manager
+    gcs_section = text[gcs.end():].split("\n===", 1)[0]
+    assert "_health_loop" in gcs_section
+    report = diagnostics.stacks(timeout=5)
+    assert report["gcs"]["role"] == "GCS" and report["nodes"][0]["manager"]["pid"] == nm_pid
+
+
 def test_a_stopped_process_is_reported_as_not_answering_within_the_timeout(driver):
     @ray.remote
     class Sleeper:
@@ -212,3 +227,76 @@ def test_an_async_actor_calling_back_into_its_caller_does_not_raise(driver):
     assert ray.get(a.ping.remote(), timeout=60) == "served while ping waited"
     ray.kill(a)
     ray.kill(b)
+
+
+def _all_running(name, n):
+    from luminary.util import state
+    return sum(1 for t in state.list_tasks(limit=1000) if t.name.endswith(name) and t.state == "RUNNING") >= n
+
+
+def test_threaded_actors_with_every_thread_blocked_on_each_other_raise_deadlock_error(driver, tmp_path):
+    marker = str(tmp_path / "all-running")
+
+    @ray.remote(max_concurrency=2)
+    class Pool:
+        def set(self, other):
+            self.other = other
+
+        def outer_call(self, marker):
+            _spin_until(marker)                       # until every thread of both actors runs one
+            return ray.get(self.other.inner.remote())
+
+        def inner(self):
+            return "inner"
+    a, b = Pool.remote(), Pool.remote()
+    ray.get([a.set.remote(b), b.set.remote(a)], timeout=30)
+    refs = [x.outer_call.remote(marker) for x in (a, b, a, b)]
+    poll_for(lambda: _all_running("outer_call", 4), timeout=30, desc="four outer calls running")
+    open(marker, "w").close()
+    errors = []           # every waiter is told; one raising may let another finish first
+    for r in refs:
+        try:
+            assert ray.get(r, timeout=60) == "inner"
+        except DeadlockError as e:
+            errors.append(e)
+    assert errors, "no outer call was told of the deadlock"
+    assert {(c["class_name"], c["method"]) for c in errors[0].cycle} == {("Pool", "outer_call")}
+    assert "max_concurrency" in str(errors[0])
+    assert ray.get([a.inner.remote(), b.inner.remote()], timeout=30) == ["inner", "inner"]
+    ray.kill(a)
+    ray.kill(b)
+
+
+def test_a_task_and_the_actor_waiting_on_its_result_raise_deadlock_error(driver, tmp_path):
+    marker = str(tmp_path / "holder-waits")
+
+    @ray.remote
+    class Holder:
+        def wait_on(self, refs):                      # in a list: the ref is passed, not its value
+            return ray.get(refs[0])
+
+        def ping(self):
+            return "pong"
+
+    @ray.remote
+    def calls_back(holder, marker):
+        _spin_until(marker)
+        return ray.get(holder.ping.remote())
+    h = Holder.remote()
+    t = calls_back.remote(h, marker)
+    w = h.wait_on.remote([t])
+    poll_for(lambda: _running("wait_on") and _running("calls_back"), timeout=30, desc="both running")
+    open(marker, "w").close()
+    # both waiters are told; the first to raise breaks the cycle, so the other may finish instead
+    errors = []
+    for ref in (t, w):
+        try:
+            assert ray.get(ref, timeout=60) == "pong"
+        except DeadlockError as e:
+            errors.append(e)
+    assert errors, "neither side was told of the deadlock"
+    text = str(errors[0])
+    assert "task calls_back(" in text and "Holder(" in text and ".wait_on" in text
+    assert {c["method"].rsplit(".", 1)[-1] for c in errors[0].cycle} == {"calls_back", "wait_on"}
+    assert ray.get(h.ping.remote(), timeout=30) == "pong"
+    ray.kill(h)

@@ -31,6 +31,9 @@ def object_id(task_id: bytes, index: int) -> bytes:
     return task_id + struct.pack(">I", index)
 
 
+PUT_BIT = 0x80000000     # in index_of(oid): a put object (no call makes it)
+
+
 def put_object_id() -> bytes:
     return new_task_id() + b"\x80\x00\x00\x00"
 

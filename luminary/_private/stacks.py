@@ -3,6 +3,9 @@
     CLI / driver ──cluster_stacks──▶ GCS ──node_stacks──▶ every node manager (in parallel)
                                                           └──dump_stacks──▶ its workers and drivers
 
+The GCS and each node manager add their own threads and the stack of each asyncio task on their
+event loop (``dump_service``): a request stuck awaiting a peer shows where it awaits.
+
 Each core worker answers ``dump_stacks`` on its I/O thread with ``sys._current_frames()``
 formatted there, so a process whose main thread is busy in user code (or blocked in ``get``)
 still answers.  Each level waits ``timeout`` seconds at most: a process that does not answer in
@@ -26,8 +29,7 @@ def dump_process(core) -> dict:
     import os
     from .worker.execution import ExecState
     frames = sys._current_frames()
-    names = {t.ident: t.name for t in threading.enumerate()}
-    main, me = threading.main_thread().ident, threading.get_ident()
+    main = threading.main_thread().ident
     now = time.monotonic()
     ex = getattr(core, "executor", None)
     actor = getattr(ex, "actor", None) if ex is not None else None
@@ -48,19 +50,47 @@ def dump_process(core) -> dict:
                 coroutines.append({"name": t.spec.get("name", "?"), "stack": stack})
     if not calls and getattr(core, "current_task_name", None):     # an actor's constructor
         calls.append({"name": core.current_task_name, "task_id": None, "thread": main, "for_s": None})
-    threads = []
-    for ident, frame in frames.items():
-        label = names.get(ident, f"thread {ident}")
-        if ident == me:
-            label += " (Luminary I/O thread)"
-        stack = "    (answering this request)\n" if ident == me else "".join(traceback.format_stack(frame))
-        threads.append({"ident": ident, "name": label, "main": ident == main, "stack": stack})
-    threads.sort(key=lambda t: (not t["main"], t["name"]))
+    threads = thread_stacks(frames, " (Luminary I/O thread)")
     role = "driver" if core.mode != "worker" else ("actor" if actor is not None else "worker")
     return {"pid": os.getpid(), "worker_id": core.worker_id.hex(), "role": role,
             "actor": getattr(actor, "class_name", None) if actor is not None else None,
             "actor_id": actor.actor_id.hex() if actor is not None else None,
             "calls": calls, "threads": threads, "coroutines": coroutines}
+
+
+def thread_stacks(frames=None, answering=""):
+    """Every thread's stack ({ident, name, main, stack}), the main thread first; the thread
+    answering (this one) is marked with ``answering`` and shown as such."""
+    frames = sys._current_frames() if frames is None else frames
+    names = {t.ident: t.name for t in threading.enumerate()}
+    main, me = threading.main_thread().ident, threading.get_ident()
+    threads = []
+    for ident, frame in frames.items():
+        label = names.get(ident, f"thread {ident}") + (answering if ident == me else "")
+        stack = "    (answering this request)\n" if ident == me else "".join(traceback.format_stack(frame))
+        threads.append({"ident": ident, "name": label, "main": ident == main, "stack": stack})
+    threads.sort(key=lambda t: (not t["main"], t["name"]))
+    return threads
+
+
+MAX_LOOP_TASKS = 40      # asyncio tasks listed per node manager / GCS (most are long-lived loops)
+
+
+def dump_service(role) -> dict:
+    """(on a service's event loop: a node manager or the GCS) its threads, and the stack of each
+    asyncio task it is running, the ones it awaits in (a request waiting on a peer) included."""
+    import os
+    me = asyncio.current_task()
+    coroutines = []
+    tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for t in tasks[:MAX_LOOP_TASKS]:
+        try:
+            stack = "".join(traceback.StackSummary.extract((f, f.f_lineno) for f in t.get_stack()).format())
+        except Exception as e:  # noqa: BLE001 - a task finishing meanwhile
+            stack = f"(could not read: {e})\n"
+        coroutines.append({"name": f"{t.get_name()} ({getattr(t.get_coro(), '__qualname__', '?')})", "stack": stack})
+    return {"role": role, "pid": os.getpid(), "threads": thread_stacks(answering=" (event loop)"),
+            "coroutines": coroutines, "more_tasks": max(0, len(tasks) - MAX_LOOP_TASKS)}
 
 
 async def _ask(conn, method, payload, timeout):
@@ -95,7 +125,8 @@ async def gather_node(nm, p) -> dict:
         if lease is not None and "error" in ans:
             ans["leased"] = True
         out.append(ans)
-    return {"node_id": nm.node_id.hex(), "ip": nm.cfg.get("node_ip"), "processes": out}
+    return {"node_id": nm.node_id.hex(), "ip": nm.cfg.get("node_ip"), "processes": out,
+            "manager": dump_service("node manager")}
 
 
 # --- in the GCS ------------------------------------------------------------------------------------
@@ -111,28 +142,34 @@ async def gather_cluster(gcs, p) -> dict:
             err = ans.get("error") if isinstance(ans, dict) else "no answer"
             ans = {"node_id": nid.hex(), "ip": gcs.nodes[nid].get("NodeManagerAddress"), "error": err, "processes": []}
         out.append(ans)
-    return {"nodes": out, "timeout": timeout}
+    return {"nodes": out, "timeout": timeout, "gcs": dump_service("GCS")}
 
 
 # --- text ------------------------------------------------------------------------------------------
 def format_report(report: dict) -> str:
     lines = []
+    if report.get("gcs"):
+        lines.extend(_format_process(report["gcs"], "==="))
     for node in report.get("nodes", []):
         head = f"=== node {node['node_id'][:12]} ({node.get('ip') or '?'})"
         if node.get("error"):
             lines.append(f"{head}: the node manager {node['error']}")
             continue
         lines.append(f"{head}: {len(node['processes'])} process(es)")
+        if node.get("manager"):
+            lines.extend(_format_process(node["manager"]))
         for proc in node["processes"]:
             lines.extend(_format_process(proc))
     return "\n".join(lines) + "\n"
 
 
-def _format_process(proc):
+def _format_process(proc, mark="---"):
     who = proc.get("role", "?")
     if proc.get("actor"):
         who = f"actor {proc['actor']} ({proc['actor_id'][:12]})"
-    label = f"--- {who} pid {proc.get('pid')} worker {str(proc.get('worker_id', ''))[:12]}"
+    label = f"{mark} {who} pid {proc.get('pid')}"
+    if proc.get("worker_id"):
+        label += f" worker {proc['worker_id'][:12]}"
     if proc.get("error"):
         return [f"{label}: NOT ANSWERING: {proc['error']}", ""]
     calls = proc.get("calls") or []
@@ -149,7 +186,9 @@ def _format_process(proc):
         out.append(f"  Thread {t['name']}{' (main)' if t['main'] else ''}{what}:")
         out.extend("  " + ln for ln in t["stack"].rstrip("\n").split("\n"))
     for co in proc.get("coroutines", []):
-        out.append(f"  Coroutine {co['name']}:")
+        out.append(f"  {'Task' if 'more_tasks' in proc else 'Coroutine'} {co['name']}:")
         out.extend("  " + ln for ln in co["stack"].rstrip("\n").split("\n"))
+    if proc.get("more_tasks"):
+        out.append(f"  ... and {proc['more_tasks']} more task(s)")
     out.append("")
     return out

@@ -35,7 +35,7 @@ def stacks(address=None, timeout=_stacks.DEFAULT_TIMEOUT_S) -> dict:
     from .._private.node import launch
     from .._private.worker.connect import query_gcs, resolve_address
     gcs = resolve_address(address or "auto")
-    return query_gcs(gcs, launch.read_secret(gcs), "cluster_stacks", payload)
+    return query_gcs(gcs, launch.read_secret(gcs), "cluster_stacks", payload, timeout=timeout + 30)
 
 
 def stack(address=None, timeout=_stacks.DEFAULT_TIMEOUT_S) -> str:

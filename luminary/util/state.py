@@ -40,7 +40,7 @@ def _call(method, payload=None, address=None, timeout=DEFAULT_TIMEOUT):
     from .._private.node import launch
     from .._private.worker.connect import query_gcs, resolve_address
     gcs = resolve_address(address or "auto")
-    return query_gcs(gcs, launch.read_secret(gcs), method, payload)
+    return query_gcs(gcs, launch.read_secret(gcs), method, payload, timeout=timeout)
 
 
 def _query(what, address=None, filters=None, limit=None, detail=False, timeout=DEFAULT_TIMEOUT):

@@ -412,10 +412,11 @@ MESSAGES = [
     _m("cluster_stacks", R, OW, GCS, struct({"timeout?": num(0.1, 600.0)})),
     # deadlock detection (gcs/deadlock.py): a sync actor blocked in get on calls to actors; answered
     # with the cycle when one closes, or None when the wait ends (actor_wait_end)
+    # (a plain task sends no actor; "slots": the calls the actor runs at once, all blocked = stuck)
     _m("actor_wait", R, WORKER, GCS, struct({
-        "actor": ID, "task": TASK_ID, "method": NAME,
-        "on": list_(struct({"actor": ID, "task": TASK_ID, "method": NAME}), 1 << 12)})),
-    _m("actor_wait_end", N, WORKER, GCS, struct({"actor": ID, "task": TASK_ID})),
+        "actor?": ID, "task": TASK_ID, "method": NAME, "slots?": int_(1, 1 << 20),
+        "on": list_(struct({"actor?": ID, "task": TASK_ID, "method?": NAME}), 1 << 12)})),
+    _m("actor_wait_end", N, WORKER, GCS, struct({"actor?": ID, "task": TASK_ID})),
     # observability (gcs/events.py): batched task events and metric deltas, state queries
     _m("task_events", N, OW, GCS, struct({"proc": map_(str_(64), ANYV, 64), "blob?": bytes_(maxlen=1 << 28),
                                           "n?": int_(0, 1 << 31), "new?": int_(0, 1 << 31),

@@ -52,26 +52,39 @@ def _is_local(ip):
         return False
 
 
-async def _ask(gcs_address, secret, method, payload=None):
+class _NoAnswer(Exception):
+    pass
+
+
+async def _ask(gcs_address, secret, method, payload, timeout):
     conn = await protocol.connect(gcs_address, secret, {}, name="gcs", timeout=5)
     try:
-        return await conn.call(method, payload)
+        return await asyncio.wait_for(conn.call(method, payload), timeout)
+    except asyncio.TimeoutError:
+        raise _NoAnswer(f"The GCS at {gcs_address[4:]} accepted the connection but did not answer "
+                           f"{method!r} within {timeout:g} s; it may be stopped (SIGSTOP) or overloaded") from None
     finally:
         conn.close()
+
+
+QUERY_TIMEOUT_S = 60.0    # one CLI request to the GCS (a handler answers in milliseconds unless stuck)
 
 
 def query_nodes(gcs_address, secret):
     return query_gcs(gcs_address, secret, "get_nodes")
 
 
-def query_gcs(gcs_address, secret, method, payload=None):
-    """One request to a cluster's GCS from outside a driver (the CLI, start-up checks)."""
+def query_gcs(gcs_address, secret, method, payload=None, timeout=QUERY_TIMEOUT_S):
+    """One request to a cluster's GCS from outside a driver (the CLI, start-up checks); the answer
+    within ``timeout`` seconds, else TimeoutError naming the GCS."""
     loop = new_event_loop()
     try:
-        return loop.run_until_complete(_ask(gcs_address, secret, method, payload))
+        return loop.run_until_complete(_ask(gcs_address, secret, method, payload, timeout))
     except protocol.AuthenticationError as e:
         raise ConnectionError(f"The cluster at {gcs_address[4:]} refused this secret ({e}). Use the secret "
                               "file of that cluster (LUMINARY_SECRET_FILE).") from None
+    except _NoAnswer as e:
+        raise TimeoutError(str(e)) from None
     except (OSError, asyncio.TimeoutError, protocol.ConnectionLost) as e:
         raise ConnectionError(f"Could not reach a Luminary cluster at {gcs_address[4:]} ({type(e).__name__}: {e}). "
                               "Check the address (HOST:PORT of the head node's GCS) and that "

@@ -14,6 +14,8 @@ I/O thread, so an owner busy in user code still serves its objects.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import logging
 import mmap
 import operator
@@ -35,9 +37,11 @@ from .refs import ReferenceTable
 
 logger = logging.getLogger(__name__)
 _owner_of = operator.attrgetter("owner")
+_Pending = collections.namedtuple("_Pending", "id owner")     # a ref to describe, without counting it
 
 DRIVER, WORKER = "driver", "worker"
 WAIT_WARN_S = float(os.environ.get("LUMINARY_WAIT_WARN_S", "60") or 0)   # see _wait_diagnosed
+START_TIMEOUT_S = 30.0    # registering with the node manager and connecting to the GCS
 
 
 def _map_file(path, size, writable):
@@ -64,15 +68,36 @@ class SyncCall:
         self.ok, self.value = ok, value
         self.lock.release()
 
-    def wait(self, timeout=None):
-        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise exc.GetTimeoutError("timed out waiting for the node manager")
+    def wait(self, timeout=None, what="this process's I/O thread"):
+        """The answer.  ``what`` names who answers, for the error when ``timeout`` passes and, with
+        no timeout, for a warning after $LUMINARY_WAIT_WARN_S then at doubling intervals."""
+        if timeout is None and WAIT_WARN_S:
+            waited, step = 0.0, WAIT_WARN_S
+            while not self.lock.acquire(timeout=step):
+                waited += step
+                _warn(f"Warning: still waiting after {waited:.0f} s for {what}; it may be stopped "
+                      "(SIGSTOP), overloaded or stuck: `luminary stack` shows its threads. "
+                      "(LUMINARY_WAIT_WARN_S=0 silences this)\n")
+                step *= 2
+        elif not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise exc.GetTimeoutError(f"{what} did not answer within {timeout:g} s; it may be stopped "
+                                      "(SIGSTOP), overloaded or stuck: `luminary stack` shows its threads.")
         if not self.ok:
             v = self.value
             if isinstance(v, protocol.ConnectionLost):    # internal: users see the RayError tree only
                 raise exc.RaySystemError(f"lost the connection to a Luminary process: {v}") from v
             raise v if isinstance(v, BaseException) else exc.RaySystemError(str(v))
         return self.value
+
+
+def _warn(text):
+    """A wait diagnostic: to the log and to stderr (where a user watching a stuck program looks)."""
+    logger.warning("%s", text.rstrip("\n"))
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - diagnostics must never break the wait
+        pass
 
 
 _NM_DEAD = "The local node manager died or the cluster was shut down; call luminary.init() again."
@@ -138,7 +163,11 @@ class CoreWorker:
     # --- start / stop -------------------------------------------------------------------------
     def start(self, register_as):
         self.refs = None
-        info = self.io.run_coro(self._start(register_as), timeout=30)
+        try:
+            info = self.io.run_coro(self._start(register_as), timeout=START_TIMEOUT_S)
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            raise TimeoutError(f"the node manager at {self.cfg['nm_address']} (or the GCS) did not answer "
+                               f"within {START_TIMEOUT_S:g} s; it may be stopped (SIGSTOP) or overloaded") from None
         self.events.start()
         return info
 
@@ -171,6 +200,7 @@ class CoreWorker:
                    "log_to_driver": self.cfg.get("log_to_driver", True)}
         info = await self.nm.call(register_as, payload)
         self.node_id = info["node_id"]
+        self.nm_pid = info.get("arena_pid")
         if "arena_fd" not in self.cfg:   # a driver: open the node's memfd through /proc
             self.cfg["arena_fd"] = os.open(f"/proc/{info['arena_pid']}/fd/{info['arena_fd']}", os.O_RDWR)
             self.cfg["capacity"] = info["capacity"]
@@ -285,12 +315,13 @@ class CoreWorker:
         gcs = self.gcs
         seen = gcs.reconnects
         self.io.post(lambda: gcs.request(method, payload, res))
+        what = f"the GCS at {gcs.address} (request {method!r})"
         try:
-            return res.wait(timeout)
+            return res.wait(timeout, what)
         except exc.GetTimeoutError:
             if gcs.outage_since is None and gcs.reconnects == seen:
                 raise
-        return res.wait(gcs.window + 10)
+        return res.wait(gcs.window + 10, what + " while it restarts")
 
     def call_sync(self, target, method, payload, timeout=None):
         """From the main thread: send a request on the I/O thread and wait for the answer."""
@@ -305,9 +336,9 @@ class CoreWorker:
                 self.with_conn(target, lambda c, e: res(False, e) if c is None else c.request(method, payload, res))
         self.io.post(send)
         if target != "nm":
-            return res.wait(timeout)
+            return res.wait(timeout, f"the process at {target} (request {method!r})")
         try:
-            return res.wait(timeout)
+            return res.wait(timeout, f"the local node manager (pid {self.nm_pid}, request {method!r})")
         except exc.RaySystemError as e:
             if isinstance(e.__cause__, protocol.ConnectionLost):
                 raise self.local_raylet_died() from None
@@ -366,7 +397,7 @@ class CoreWorker:
             return              # all ours: nobody to tell
         res = SyncCall()
         self.io.post(self._register_borrowed, refs, res)
-        res.wait(30)
+        res.wait(30, "the owners of the objects just received (add_borrower)")
 
     def _register_borrowed(self, refs, done):
         by_owner = self.refs.take_unregistered(refs)
@@ -658,12 +689,7 @@ class CoreWorker:
             lines.insert(0, watch.cycle.get("text", "deadlock"))
         text = (f"Warning: {what}() has waited {waited:.0f} s for {len(refs)} object(s){more}:\n  "
                 + "\n  ".join(lines) + "\n(set LUMINARY_WAIT_WARN_S=0 to silence this, or a number of seconds)\n")
-        logger.warning("%s", text)
-        try:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-        except Exception:
-            pass
+        _warn(text)
 
     def recover(self, ref, lost):
         """A stored copy is gone: ask the owner to rebuild it from lineage, then wait again."""
@@ -680,7 +706,7 @@ class CoreWorker:
                 self.memory.put(ref.id, "e", pickle.dumps(exc.OwnerDiedError(ref.id.hex(), ref.owner)))
                 return
             self.io.post(self._fetch_if_missing, ref.id, ref.owner)
-        self.memory.wait([ref.id], 1, None)
+        self._wait_diagnosed([ref], [ref.id], 1, None, False, "get")
 
     def h_reconstruct(self, conn, p):
         return self.submitter.reconstruct(p["oid"], p.get("node_id"), p.get("why", ""))
@@ -778,14 +804,15 @@ class CoreWorker:
                 not_ready.append(r)
         return ready, not_ready
 
-    def wait_generator_item(self, oid, timeout):
+    def wait_generator_item(self, oid, owner, timeout):
         values = self.memory.values
         if oid not in values:
             blocked = self.mode == WORKER and (self.current_task_id is not None or self.in_actor_init)
             if blocked:
                 self.io.post(self.submitter.on_blocked)
             try:
-                ok = self.memory.wait([oid], 1, timeout)
+                ok = self._wait_diagnosed([_Pending(oid, owner)], [oid], 1, timeout, False,
+                                          "generator next")
             finally:
                 if blocked:
                     self.io.post(self.nm.notify, "unblocked", None)

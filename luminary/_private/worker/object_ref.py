@@ -168,7 +168,7 @@ class ObjectRefGenerator:
             return None
         cw = state.require_core()
         oid = self._tid + self._next.to_bytes(4, "big")
-        kind = cw.wait_generator_item(oid, timeout)
+        kind = cw.wait_generator_item(oid, self._owner, timeout)
         if kind == "end":
             self._done = True
             return None
