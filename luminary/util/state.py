@@ -9,8 +9,8 @@ with Ray's state-schema field names that also allow attribute access (``t.state`
 from __future__ import annotations
 
 import os
-import time
 
+from .._private import logfiles
 from .._private.gcs.task_table import apply_filters
 
 DEFAULT_LIMIT = 100
@@ -274,16 +274,14 @@ def get_log(address=None, node_id=None, node_ip=None, filename=None, actor_id=No
     path = _find_log(dirs, filename, pid)
     if path is None:
         raise FileNotFoundError(f"no log for {filename or actor_id or task_id or pid} on this machine")
-    with open(path, "r", errors="replace") as f:
-        lines = f.readlines()
-        for line in (lines if tail is None or tail < 0 else lines[-tail:] if tail else []):
-            yield line
-        while follow:
-            line = f.readline()
-            if line:
-                yield line
-            else:
-                time.sleep(0.2)
+    # the tail reads back through rotated files (name.1, name.2, ...); follow goes on across rotations
+    f = open(path, "r", errors="replace")
+    try:
+        yield from logfiles.read_tail(path, tail, f)
+        if follow:
+            yield from logfiles.follow(path, f)
+    finally:
+        f.close()
 
 
 # --- cluster info ------------------------------------------------------------------------------------------------
