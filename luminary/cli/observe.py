@@ -126,17 +126,23 @@ def cmd_list(args):
     what = RESOURCES.get(args.resource)
     if what is None:
         _fail("list", f"unknown resource {args.resource!r}; one of {sorted(set(RESOURCES))}")
+    res = None
     try:
-        rows = getattr(st, f"list_{what}")(address=args.address, filters=_parse_filters(args.filter),
-                                            limit=args.limit, detail=args.detail)
+        if what == "tasks":      # one query: the rows, and how many the table holds and dropped
+            res = st._query("tasks", args.address, _parse_filters(args.filter), args.limit, args.detail)
+            rows = res["rows"]
+        else:
+            rows = getattr(st, f"list_{what}")(address=args.address, filters=_parse_filters(args.filter),
+                                                limit=args.limit, detail=args.detail)
     except (ConnectionError, OSError, ValueError) as e:
         _fail("list", str(e))
     cols = None if args.detail else BRIEF.get(what)
     _out([dict(r) for r in rows], args.format, cols)
-    if what == "tasks" and args.format == "table":
-        info = st.summarize_tasks(address=args.address)["cluster"]
-        if info.get("dropped"):
-            print(f"({info['dropped']} older task records were dropped to keep the table bounded)", file=sys.stderr)
+    if res is not None and args.format == "table":
+        if not args.filter and len(rows) < res.get("total", 0):
+            print(f"({len(rows)} of {res['total']} tasks shown: use --limit or --filter)", file=sys.stderr)
+        if res.get("dropped"):
+            print(f"({res['dropped']} older task records were dropped to keep the table bounded)", file=sys.stderr)
 
 
 def cmd_get(args):
