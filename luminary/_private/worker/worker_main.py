@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 
 from .. import ids, logfiles, procutil
 from . import state
@@ -23,6 +24,7 @@ class _LogStream(io.TextIOBase):
         self.rotator = rotator
         self.partial = ""
         self.pending = []       # [name, [lines]]: a new batch whenever the name changes
+        self.lock = threading.Lock()
         self.meta = {"pid": os.getpid(), "ip": core.cfg.get("node_ip") or "127.0.0.1", "err": err}
 
     def writable(self):
@@ -38,11 +40,13 @@ class _LogStream(io.TextIOBase):
             return len(s)
         *lines, self.partial = text.split("\n")
         name = self._name()
-        first = not self.pending
-        if first or self.pending[-1][0] != name:
-            self.pending.append([name, lines])
-        else:
-            self.pending[-1][1].extend(lines)
+        with self.lock:         # the I/O thread takes the batches away under it
+            pending = self.pending
+            first = not pending
+            if first or pending[-1][0] != name:
+                pending.append([name, lines])
+            else:
+                pending[-1][1].extend(lines)
         if first:
             self.core.io.post(self._flush_lines)
         return len(s)
@@ -64,7 +68,8 @@ class _LogStream(io.TextIOBase):
         return name[:-9] if name.endswith(".__init__") else name
 
     def _flush_lines(self):
-        batches, self.pending = self.pending, []
+        with self.lock:
+            batches, self.pending = self.pending, []
         if self.core.nm.closed:
             return
         for name, lines in batches:
