@@ -1,6 +1,7 @@
 """History that outlives the cluster (beyond Ray): the event log, ``luminary report`` on a
 finished session, ``luminary.util.report`` for a block, and a log that survives a SIGKILLed
 driver."""
+import json
 import os
 import signal
 import subprocess
@@ -73,18 +74,22 @@ DRIVER = textwrap.dedent("""
     @ray.remote
     def rp_killed_driver_fn(x):
         return x
+    @ray.remote(max_retries=0)
+    def rp_killed_bad():
+        raise ValueError("rp bad input")
     ray.init(num_cpus=1)
     ray.get([rp_killed_driver_fn.remote(i) for i in range(3)])
+    ray.wait([rp_killed_bad.remote()])
     import time
     while len([t for t in state.list_tasks(filters=[("name", "=", "rp_killed_driver_fn")])
-               if t["state"] == "FINISHED"]) < 3:
+               if t["state"] == "FINISHED"]) < 3 or not state.list_tasks(filters=[("state", "=", "FAILED")]):
         time.sleep(0.05)
     print(st.core.session_dir, flush=True)
     time.sleep(120)
 """)
 
 
-def test_event_log_survives_a_sigkilled_driver(shutdown_only, tmp_path):
+def test_event_log_survives_a_sigkilled_driver(shutdown_only, tmp_path, capsys):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
@@ -102,3 +107,15 @@ def test_event_log_survives_a_sigkilled_driver(shutdown_only, tmp_path):
     snap = report.load_history(history.find(session))
     names = [t["name"] for t in snap.tasks if t["state"] == "FINISHED"]
     assert names.count("rp_killed_driver_fn") == 3
+    # the CLI reads the ended cluster's tasks: the failed one with its error, the summary
+    from luminary.cli.main import main
+    capsys.readouterr()
+    main(["list", "tasks", "--session", os.path.basename(session), "--filter", "state=FAILED", "--detail",
+          "--format", "json"])
+    failed = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in failed] == ["rp_killed_bad"] and "rp bad input" in failed[0]["error_message"]
+    main(["get", "tasks", failed[0]["task_id"], "--session", os.path.basename(session), "--format", "json"])
+    assert json.loads(capsys.readouterr().out)["error_type"] == "TASK_EXECUTION_EXCEPTION"
+    main(["summary", "tasks", "--session", os.path.basename(session)])
+    out = capsys.readouterr().out
+    assert "rp_killed_driver_fn" in out and "FAILED:1" in out

@@ -202,3 +202,22 @@ def test_logs_of_an_actor(ray_start, capsys):
     poll_for(lambda: any("hello-from-sa-talker" in ln for ln in state.get_log(actor_id=aid, tail=100)))
     assert "hello-from-sa-talker" in _cli(capsys, "logs", "--actor-id", aid)
     assert "worker_out:" in _cli(capsys, "logs")
+
+
+@luminary_only
+def test_the_event_cap_bounds_the_table_and_counts_drops(shutdown_only, monkeypatch, capsys):
+    monkeypatch.setenv("LUMINARY_TASK_EVENTS_MAX", "50")
+    ray.init(num_cpus=2)
+    ray.get([sa_many.remote(i) for i in range(200)])
+
+    def settled():
+        s = state.summarize_tasks()["cluster"]
+        return s if s["total_tasks"] + s["dropped"] >= 200 else None
+    s = poll_for(settled, timeout=30, desc="the task events of 200 tasks")
+    assert s["total_tasks"] == 50 and s["dropped"] >= 150
+    assert len(state.list_tasks(limit=None)) == 50
+    capsys.readouterr()
+    from luminary.cli.main import main
+    main(["list", "tasks", "--limit", "10"])
+    err = capsys.readouterr().err
+    assert "10 of 50 tasks shown" in err and "older task records were dropped" in err, err

@@ -118,3 +118,29 @@ def test_task_table_stream_and_recent_for_the_dashboard():
     assert [r[6] for r in rows[1:]] == [False, False]
     assert [r["name"] for r in t.recent(filters=[("name", "=", "f")], limit=5)] == ["f", "f"]
     assert len(t.recent(limit=2)) == 2 and t.recent(limit=1)[0]["task_id"] == (bytes([4]) * 12).hex()
+
+
+def test_select_stops_at_the_limit_and_summary_is_summed_in_place():
+    table = TaskTable(cap=100)
+    table.apply(OWNER, [_submitted(i, name="f" if i % 2 else "g", states=(0, 1, 2, 3 if i % 3 else 4))
+                        for i in range(30)])
+    table.apply(WORKER, [["W", _tid(i), 2.0, 2.5, None, None] for i in range(30)])
+    assert [r["task_id"] for r in table.select(limit=2)] == [_tid(0).hex(), _tid(1).hex()]
+    failed = table.select([("state", "=", "FAILED")], limit=None, detail=True)
+    assert len(failed) == 10 and all(r["state"] == "FAILED" and "events" in r for r in failed)
+    assert [e["state"] for e in failed[0]["events"]] == ["PENDING_ARGS_AVAIL", "PENDING_ARGS_AVAIL",
+                                                         "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER",
+                                                         "FAILED", "RUNNING"]
+    assert table.select([("error_message", "!=", "x")], limit=3, detail=True)[0]["events"]
+    s = table.summary()
+    assert s["total_tasks"] == 30 and s["total_actor_tasks"] == 0
+    assert s["summary"]["f"]["state_counts"] == {"FINISHED": 10, "FAILED": 5}
+    assert s["summary"]["g"]["duration_n"] == 15 and s["summary"]["g"]["duration_s_total"] == pytest.approx(7.5)
+
+
+def test_records_share_repeated_names_ids_and_resource_shapes():
+    table = TaskTable(cap=10)
+    table.apply(dict(OWNER), [_submitted(1, name="fn" * 20, node=b"x" * 16)])
+    table.apply(dict(OWNER, wid=bytes(b"o" * 16)), [_submitted(2, name="".join(["fn"] * 20), node=bytes(b"x" * 16))])
+    a, b = table.tasks[_tid(1)], table.tasks[_tid(2)]
+    assert a.name is b.name and a.node is b.node and a.owner is b.owner and a.resources is b.resources

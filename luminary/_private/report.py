@@ -23,8 +23,9 @@ class Snapshot:
         self.title, self.dropped = title, dropped
 
 
-def load_history(path, since=None):
-    """A Snapshot of the history directory ``path`` (records at or after ``since`` only)."""
+def load_tables(path, since=None):
+    """(task table, {actor id: row}, {node id: row}, samples, procs) read back from the history
+    directory ``path`` (records at or after ``since`` only)."""
     table = TaskTable(cap=10_000_000)
     actors, nodes, samples, procs = {}, {}, [], {}
     for kind, ts, p in history.read(path):
@@ -43,6 +44,12 @@ def load_history(path, since=None):
             nodes[p["node_id"]] = p
         elif kind == "sample":
             samples.append((ts, p))
+    return table, actors, nodes, samples, procs
+
+
+def load_history(path, since=None):
+    """A Snapshot of the history directory ``path`` (records at or after ``since`` only)."""
+    table, actors, nodes, samples, procs = load_tables(path, since)
     return Snapshot(table.rows(detail=True), actors.values(), nodes.values(), samples, procs=procs, title=path)
 
 

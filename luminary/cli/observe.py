@@ -4,7 +4,9 @@ metrics, report); registered by main.py with ``add_parsers``.
     luminary list tasks|actors|objects|nodes|workers|jobs|placement-groups
                   [--filter KEY=VALUE ...] [--limit N] [--detail] [--format table|json|yaml]
     luminary get tasks|actors|nodes|workers|placement-groups ID
-    luminary summary tasks|actors|objects
+    luminary summary tasks|actors|objects      (summary tasks: the slowest functions first)
+    luminary list|get|summary tasks|actors --session [SESSION]   the same from a cluster's event
+                                        log, also after the cluster ended
     luminary memory                     every live object: size, owner, where, why referenced
     luminary timeline [-o FILE]         Chrome trace JSON (chrome://tracing, ui.perfetto.dev)
     luminary logs [FILE] [--actor-id ID | --task-id ID | --pid PID] [--tail N] [--follow]
@@ -121,22 +123,57 @@ BRIEF = {"tasks": ["task_id", "attempt_number", "name", "state", "type", "node_i
          "workers": ["worker_id", "worker_type", "is_alive", "pid", "node_id", "job_id"]}
 
 
+def _history(args, cmd, what):
+    """The task table and actor rows of a cluster's event log (``--session``: it may have ended)."""
+    from .._private import report
+    from .._private.gcs import history
+    if what not in ("tasks", "actors"):
+        _fail(cmd, f"--session reads tasks and actors from a cluster's event log, not {what}")
+    try:
+        path = history.find(None if args.session == "latest" else args.session)
+        table, actors, _, _, _ = report.load_tables(path)
+    except (OSError, ValueError) as e:
+        _fail(cmd, str(e))
+    print(f"(from the event log {path})", file=sys.stderr)
+    return table, list(actors.values())
+
+
 def cmd_list(args):
     st = _state()
     what = RESOURCES.get(args.resource)
     if what is None:
         _fail("list", f"unknown resource {args.resource!r}; one of {sorted(set(RESOURCES))}")
+    res = None
+    if args.session:
+        table, actors = _history(args, "list", what)
+        try:
+            filters = st._check_filters(_parse_filters(args.filter))
+            if what == "tasks":
+                res = {"rows": table.select(filters, args.limit, args.detail), "total": len(table.tasks)}
+            else:
+                res = {"rows": st.apply_filters(actors, filters, args.limit)}
+        except ValueError as e:
+            _fail("list", str(e))
+        _out(res["rows"], args.format, None if args.detail else BRIEF.get(what))
+        if not args.filter and len(res["rows"]) < res.get("total", 0):
+            print(f"({len(res['rows'])} of {res['total']} tasks shown: use --limit or --filter)", file=sys.stderr)
+        return
     try:
-        rows = getattr(st, f"list_{what}")(address=args.address, filters=_parse_filters(args.filter),
-                                            limit=args.limit, detail=args.detail)
+        if what == "tasks":      # one query: the rows, and how many the table holds and dropped
+            res = st._query("tasks", args.address, _parse_filters(args.filter), args.limit, args.detail)
+            rows = res["rows"]
+        else:
+            rows = getattr(st, f"list_{what}")(address=args.address, filters=_parse_filters(args.filter),
+                                                limit=args.limit, detail=args.detail)
     except (ConnectionError, OSError, ValueError) as e:
         _fail("list", str(e))
     cols = None if args.detail else BRIEF.get(what)
     _out([dict(r) for r in rows], args.format, cols)
-    if what == "tasks" and args.format == "table":
-        info = st.summarize_tasks(address=args.address)["cluster"]
-        if info.get("dropped"):
-            print(f"({info['dropped']} older task records were dropped to keep the table bounded)", file=sys.stderr)
+    if res is not None and args.format == "table":
+        if not args.filter and len(rows) < res.get("total", 0):
+            print(f"({len(rows)} of {res['total']} tasks shown: use --limit or --filter)", file=sys.stderr)
+        if res.get("dropped"):
+            print(f"({res['dropped']} older task records were dropped to keep the table bounded)", file=sys.stderr)
 
 
 def cmd_get(args):
@@ -145,10 +182,17 @@ def cmd_get(args):
     fn = GETTERS.get(what)
     if fn is None:
         _fail("get", f"cannot get {args.resource!r}; one of {sorted(GETTERS)}")
-    try:
-        row = getattr(st, fn)(args.id, address=args.address)
-    except (ConnectionError, OSError, ValueError) as e:
-        _fail("get", str(e))
+    if args.session:
+        table, actors = _history(args, "get", what)
+        key = "task_id" if what == "tasks" else "actor_id"
+        rows = table.select([(key, "=", args.id)], 1, True) if what == "tasks" else \
+            st.apply_filters(actors, [(key, "=", args.id)], 1)
+        row = rows[0] if rows else None
+    else:
+        try:
+            row = getattr(st, fn)(args.id, address=args.address)
+        except (ConnectionError, OSError, ValueError) as e:
+            _fail("get", str(e))
     if row is None:
         _fail("get", f"no {args.resource} with id {args.id}")
     _out(dict(row), args.format)
@@ -159,14 +203,26 @@ def cmd_summary(args):
     fn = {"tasks": st.summarize_tasks, "actors": st.summarize_actors, "objects": st.summarize_objects}.get(args.resource)
     if fn is None:
         _fail("summary", "summary of tasks, actors or objects")
-    res = fn(address=args.address)["cluster"]
+    if args.session:
+        table, actors = _history(args, "summary", args.resource)
+        if args.resource == "tasks":
+            res = dict(table.summary(), dropped=0)
+        else:
+            counts = {}
+            for a in actors:
+                c = counts.setdefault(a["class_name"], {"class_name": a["class_name"], "state_counts": {}})
+                c["state_counts"][a["state"]] = c["state_counts"].get(a["state"], 0) + 1
+            res = {"summary": counts, "total_actors": len(actors), "summary_by": "class"}
+    else:
+        res = fn(address=args.address)["cluster"]
     if args.format != "table":
         return _out(res, args.format)
     if args.resource == "tasks":
         rows = [{"func_or_class_name": k, "type": v["type"], **{"count": sum(v["state_counts"].values())},
-                 "state_counts": v["state_counts"],
+                 "state_counts": v["state_counts"], "total_s": round(v["duration_s_total"], 6),
                  "mean_s": round(v["duration_s_total"] / v["duration_n"], 6) if v["duration_n"] else None}
                 for k, v in res["summary"].items()]
+        rows.sort(key=lambda r: -(r["mean_s"] or 0))      # the slowest functions first
         print(f"Tasks: {res['total_tasks']} ({res['total_actor_tasks']} actor calls)"
               + (f", {res['dropped']} dropped" if res.get("dropped") else ""))
     elif args.resource == "actors":
@@ -271,20 +327,27 @@ def add_parsers(sub):
         p.add_argument("--address", help="the cluster (HOST:PORT; default: the one on this machine or in this process)")
         if fmt:
             p.add_argument("--format", choices=("table", "json", "yaml"), default="table")
+    def session(p):
+        p.add_argument("--session", nargs="?", const="latest", metavar="SESSION",
+                       help="tasks and actors from a cluster's event log, also after it ended "
+                            "(default: the most recent cluster; as for `luminary report`)")
     p = sub.add_parser("list", help="list tasks, actors, objects, nodes, workers, jobs or placement groups")
     p.add_argument("resource")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--detail", action="store_true")
     common(p)
+    session(p)
     p = sub.add_parser("get", help="one task, actor, node, worker or placement group")
     p.add_argument("resource")
     p.add_argument("id")
     common(p)
+    session(p)
     p.set_defaults(format="yaml")
     p = sub.add_parser("summary", help="summarize tasks, actors or objects")
     p.add_argument("resource")
     common(p)
+    session(p)
     p = sub.add_parser("memory", help="every live object: size, owner, where it lives, why referenced")
     common(p)
     p = sub.add_parser("timeline", help="write a Chrome trace of task execution")

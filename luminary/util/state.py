@@ -9,8 +9,8 @@ with Ray's state-schema field names that also allow attribute access (``t.state`
 from __future__ import annotations
 
 import os
-import time
 
+from .._private import logfiles
 from .._private.gcs.task_table import apply_filters
 
 DEFAULT_LIMIT = 100
@@ -167,20 +167,12 @@ def list_objects(address=None, filters=None, limit=DEFAULT_LIMIT, timeout=DEFAUL
 
 # --- summaries ---------------------------------------------------------------------------------------------
 def summarize_tasks(address=None, timeout=DEFAULT_TIMEOUT, raise_on_missing_output=True, _explain=False):
-    res = _query("tasks", address, detail=True, timeout=timeout)
-    summary, total, actor_tasks = {}, 0, 0
-    for t in res["rows"]:
-        key = t["func_or_class_name"]
-        s = summary.setdefault(key, {"func_or_class_name": key, "type": t["type"], "state_counts": {},
-                                     "duration_s_total": 0.0, "duration_n": 0})
-        s["state_counts"][t["state"]] = s["state_counts"].get(t["state"], 0) + 1
-        if t.get("start_time_ms") and t.get("end_time_ms"):
-            s["duration_s_total"] += (t["end_time_ms"] - t["start_time_ms"]) / 1000
-            s["duration_n"] += 1
-        total += 1
-        actor_tasks += t["type"] == "ACTOR_TASK"
-    return {"cluster": {"summary": summary, "total_tasks": total, "total_actor_tasks": actor_tasks,
-                        "total_actor_scheduled": 0, "summary_by": "func_name", "dropped": res.get("dropped", 0)}}
+    """Tasks per function: type, counts by state, total and count of run times (the GCS sums
+    its table: the answer stays small however many tasks it holds)."""
+    res = _query("task_summary", address, timeout=timeout)
+    return {"cluster": {"summary": res["summary"], "total_tasks": res["total_tasks"],
+                        "total_actor_tasks": res["total_actor_tasks"], "total_actor_scheduled": 0,
+                        "summary_by": "func_name", "dropped": res.get("dropped", 0)}}
 
 
 def summarize_actors(address=None, timeout=DEFAULT_TIMEOUT, raise_on_missing_output=True, _explain=False):
@@ -274,16 +266,14 @@ def get_log(address=None, node_id=None, node_ip=None, filename=None, actor_id=No
     path = _find_log(dirs, filename, pid)
     if path is None:
         raise FileNotFoundError(f"no log for {filename or actor_id or task_id or pid} on this machine")
-    with open(path, "r", errors="replace") as f:
-        lines = f.readlines()
-        for line in (lines if tail is None or tail < 0 else lines[-tail:] if tail else []):
-            yield line
-        while follow:
-            line = f.readline()
-            if line:
-                yield line
-            else:
-                time.sleep(0.2)
+    # the tail reads back through rotated files (name.1, name.2, ...); follow goes on across rotations
+    f = open(path, "r", errors="replace")
+    try:
+        yield from logfiles.read_tail(path, tail, f)
+        if follow:
+            yield from logfiles.follow(path, f)
+    finally:
+        f.close()
 
 
 # --- cluster info ------------------------------------------------------------------------------------------------

@@ -126,8 +126,10 @@ class Observer:
                     "dropped": self.tasks.dropped + self.tasks.dropped_at_source}
         if what == "stream":
             return {"rows": self.tasks.stream(p.get("since", 0.0), limit or 5000), "now": time.time()}
+        if what == "task_summary":
+            return dict(self.tasks.summary(), dropped=self.tasks.dropped + self.tasks.dropped_at_source)
         if what == "tasks":
-            rows = apply_filters(self.tasks.rows(detail), filters, limit)
+            rows = self.tasks.select(filters, limit, detail)
             return {"rows": rows, "total": len(self.tasks.tasks),
                     "dropped": self.tasks.dropped + self.tasks.dropped_at_source}
         if what == "actors":

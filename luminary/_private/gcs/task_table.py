@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import gc
+from array import array
 
 import msgpack
 
@@ -24,6 +25,12 @@ import msgpack
 OWNER_STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "FINISHED", "FAILED")
 FINAL = ("FINISHED", "FAILED")
 DEFAULT_CAP = 100_000
+# a record's state changes are kept as one flat array of (code, time) pairs, codes into STATES:
+# about 100 bytes a task instead of 500 for a list of tuples
+STATES = OWNER_STATES + ("RUNNING",)
+_CODE = {s: i for i, s in enumerate(STATES)}
+_RUNNING = _CODE["RUNNING"]
+_ARGS = _CODE["PENDING_ARGS_AVAIL"]
 
 
 def job_hex(job):
@@ -56,7 +63,7 @@ class TaskRecord:
         self.started = None
         self.ended = None
         self.resources = None
-        self.events = []
+        self.events = array("d")     # code, time, code, time, ...
         self.owner = None
         self.ostate = -1          # the owner's last reported state (owner.State)
         self.ran = False          # a worker reported this attempt running
@@ -73,8 +80,16 @@ class TaskRecord:
             r.update({"required_resources": dict(self.resources or {}), "error_message": self.err_msg,
                       "creation_time_ms": _ms(self.created), "start_time_ms": _ms(self.started),
                       "end_time_ms": _ms(self.ended), "owner_worker_id": hexid(self.owner),
-                      "events": [{"state": s, "created_ms": _ms(t)} for s, t in sorted(self.events, key=lambda e: e[1])]})
+                      "events": [{"state": STATES[int(c)], "created_ms": _ms(t)} for c, t in self.state_changes()]})
         return r
+
+    def state_changes(self):
+        """[(state code, time)], oldest first."""
+        ev = self.events
+        return sorted(zip(ev[0::2], ev[1::2]), key=lambda e: e[1])
+
+
+_BRIEF_KEYS = frozenset(TaskRecord(b"").row())
 
 
 def _ms(t):
@@ -87,6 +102,7 @@ class TaskTable:
         self._tasks: dict[bytes, TaskRecord] = {}
         self.dropped = 0
         self.dropped_at_source = 0
+        self._shared = {}      # one object per distinct name, id and resource shape (they repeat)
         self.bad_batches = 0
         self.pending = collections.deque()     # (proc, msgpack bytes, records, new tasks) not merged yet
         self.pending_records = 0
@@ -130,6 +146,22 @@ class TaskTable:
             if enabled:
                 gc.enable()
 
+    def _intern(self, v):
+        """``v`` or an equal object already held: names, node and worker ids and resource dicts
+        repeat across tasks, and each batch decodes fresh copies."""
+        if v is None:
+            return None
+        key = tuple(sorted(v.items())) if type(v) is dict else v
+        try:
+            got = self._shared.get(key)
+        except TypeError:
+            return v
+        if got is None:
+            if len(self._shared) >= 4 * self.cap:      # many distinct values: start over
+                self._shared.clear()
+            got = self._shared[key] = v
+        return got
+
     def _get(self, tid):
         r = self._tasks.get(tid)
         if r is None:
@@ -143,6 +175,8 @@ class TaskTable:
     def apply(self, proc, events, dropped=0):
         """One batch from the process ``proc`` ({wid, pid, node, ...})."""
         self.dropped_at_source += dropped
+        intern = self._intern
+        proc = {"wid": intern(proc.get("wid")), "node": intern(proc.get("node")), "pid": proc.get("pid")}
         for ev in events:
             r = self._get(ev[1])
             if ev[0] == "O":
@@ -150,19 +184,19 @@ class TaskTable:
             else:
                 self._worker(r, ev, proc)
 
-    @staticmethod
-    def _owner(r, ev, proc):
+    def _owner(self, r, ev, proc):
         info = ev[2]
         if info is not None:
-            r.name, r.actor, r.job, r.parent, r.resources, ts = info
+            name, r.actor, r.job, r.parent, resources, ts = info
+            r.name, r.resources = self._intern(name), self._intern(resources)
             r.created = ts
             r.owner = proc.get("wid")
             if r.state == "NIL":
                 r.state = "PENDING_ARGS_AVAIL"
-            r.events.append(("PENDING_ARGS_AVAIL", ts))
+            r.events.extend((_ARGS, ts))
         trans = ev[3]
         if ev[4] is not None:
-            r.node = ev[4]
+            r.node = self._intern(ev[4])
         if ev[5] is not None:
             r.err_type, r.err_msg = ev[5], ev[6]
         for i in range(0, len(trans), 2):
@@ -182,17 +216,16 @@ class TaskTable:
                 r.state = state
             elif not r.ran:
                 r.state = state
-            r.events.append((state, ts))
+            r.events.extend((code, ts))
 
-    @staticmethod
-    def _worker(r, ev, proc):
+    def _worker(self, r, ev, proc):
         if ev[2] is not None:
             r.started = ev[2]
             r.ran = True
             r.node, r.worker, r.pid = proc.get("node"), proc.get("wid"), proc.get("pid")
             if r.state not in FINAL:
                 r.state = "RUNNING"
-            r.events.append(("RUNNING", ev[2]))
+            r.events.extend((_RUNNING, ev[2]))
         if ev[3] is not None:
             r.ended = ev[3]
             if r.worker is None:
@@ -202,6 +235,43 @@ class TaskTable:
 
     def rows(self, detail=False):
         return [r.row(detail) for r in self.tasks.values()]
+
+    def select(self, filters=(), limit=None, detail=False):
+        """The rows that pass ``filters``, oldest first, at most ``limit``: rows are built only
+        until the limit is reached, and filters on the brief fields test brief rows."""
+        out = []
+        brief = not detail or all(k in _BRIEF_KEYS for k, _, _ in filters)
+        for r in self.tasks.values():
+            if filters:
+                row = r.row(not brief)
+                if not apply_filters([row], filters):
+                    continue
+                if detail and brief:
+                    row = r.row(True)
+            else:
+                row = r.row(detail)
+            out.append(row)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def summary(self):
+        """Ray's ``summarize_tasks`` figures, per function: type, counts by state, run time."""
+        by = {}
+        actor_tasks = 0
+        for r in self.tasks.values():
+            name = r.name or ""
+            s = by.get(name)
+            if s is None:
+                s = by[name] = {"func_or_class_name": name, "type": "ACTOR_TASK" if r.actor else "NORMAL_TASK",
+                                "state_counts": {}, "duration_s_total": 0.0, "duration_n": 0}
+            counts = s["state_counts"]
+            counts[r.state] = counts.get(r.state, 0) + 1
+            if r.started is not None and r.ended is not None:
+                s["duration_s_total"] += r.ended - r.started
+                s["duration_n"] += 1
+            actor_tasks += r.actor is not None
+        return {"summary": by, "total_tasks": len(self.tasks), "total_actor_tasks": actor_tasks}
 
     def recent(self, detail=False, filters=(), limit=100):
         """The newest ``limit`` rows that pass ``filters``, newest first (without building the rest)."""

@@ -53,6 +53,8 @@ def start_node(*, secret, session_dir, head, gcs_address=None, node_ip="127.0.0.
     """Start one node process; returns (Popen, info dict from its ready line)."""
     from ..worker.options import check_node_resources
     check_node_resources(num_cpus, num_gpus, resources, memory, object_store_memory)
+    from ..logfiles import rotation_from_env
+    log_rotation = rotation_from_env(os.environ)      # workers' log files (bad values raise here)
     if object_store_memory is None:
         object_store_memory = int(total_memory() * DEFAULT_STORE_FRACTION)
     object_store_memory = int(object_store_memory) // 4096 * 4096
@@ -68,7 +70,8 @@ def start_node(*, secret, session_dir, head, gcs_address=None, node_ip="127.0.0.
            "num_cpus": os.cpu_count() if num_cpus is None else num_cpus, "num_gpus": num_gpus or 0,
            "resources": resources or {}, "object_store_memory": object_store_memory,
            "memory": memory or int(total_memory() * 0.7), "exit_with_driver": exit_with_driver,
-           "watch_stdin": watch_stdin, "remove_session_dir": True, "system": dict(system or {})}
+           "watch_stdin": watch_stdin, "remove_session_dir": True, "system": dict(system or {}),
+           "log_rotation": log_rotation}
     if gcs_address:
         cfg["gcs_address"] = gcs_address
     if gcs_port is not None:

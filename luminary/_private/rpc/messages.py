@@ -253,7 +253,9 @@ NAME = str_(1 << 16)
 RESOURCES = map_(str_(1024), num(0.0, 1e15), 1 << 16)       # requested amounts
 AMOUNTS = map_(str_(1024), num(-1e15, 1e15), 1 << 16)       # totals and availability (may dip)
 OIDS = list_(ID, 1 << 22)
-LOG = struct({"lines": list_(str_(1 << 26), 1 << 22), "err?": BOOL})
+# worker output: the lines (no newline), stderr or not, and who printed them (Ray's prefix)
+LOG = struct({"lines": list_(str_(1 << 26), 1 << 22), "err?": BOOL, "name?": str_(1 << 16),
+              "pid?": int_(1, 1 << 31), "ip?": str_(256)})
 STRATEGY = opt(struct({"type": str_(64), "node_id?": ID, "soft?": BOOL}))
 NRET = one_of(int_(0, 1 << 20), str_(values=("streaming", "dynamic")))
 JOB = opt(int_(0, (1 << 32) - 1))

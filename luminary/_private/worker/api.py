@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from .. import ids
+from .. import ids, logdedup
 from . import state
 from .core import DRIVER, CoreWorker
 from .object_ref import ObjectRef, ObjectRefGenerator
@@ -74,6 +74,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                            "by passing in 'ignore_reinit_error=True' or by calling 'luminary.shutdown()' "
                            "prior to 'luminary.init()'.")
     from .options import check_node_resources
+    log_settings = logdedup.settings_from_env(os.environ)    # worker output on this driver (bad values raise)
     check_node_resources(num_cpus, num_gpus, resources, kwargs.get("_memory"), object_store_memory)
     if kwargs.get("local_mode"):
         logger.warning("local_mode is deprecated in Ray and not supported by Luminary; starting a normal local cluster.")
@@ -97,6 +98,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
         raise ValueError("_system_config['infeasible_tasks'] must be 'wait' (the default, as in Ray: wait for a "
                          "node with the resources to join) or 'fail' (raise TaskUnschedulableError at get)")
     cfg["infeasible_tasks"] = mode
+    cfg["log_settings"] = log_settings
     core = CoreWorker(DRIVER, cfg)
     try:
         core.start("register_driver")
@@ -248,6 +250,8 @@ def shutdown(_exiting_interpreter=False):
                 core.call_sync("nm", "shutdown", None, timeout=5)
             except Exception:
                 pass
+        if core.log_output is not None:     # repeats deduplication still holds back
+            core.log_output.flush()
         core.stop()
     state.core = None
     _session = None

@@ -26,7 +26,7 @@ import threading
 import time
 
 from ... import exceptions as exc
-from .. import ids, progress, serialization, stacks
+from .. import ids, serialization, stacks
 from ..rpc import messages, protocol
 from ..rpc.loop import IOThread
 from . import deadlock, events
@@ -145,6 +145,7 @@ class CoreWorker:
         self.nm_dead = None          # set once the local node manager is gone: every call fails with it
         self._store_deletes = []
         self.infeasible_warned = set()
+        self.log_output = None       # a driver's printer of worker output (log_output.py), made on first use
         from .submitter import TaskSubmitter
         from .actor import ActorSubmitter
         self.submitter = TaskSubmitter(self)
@@ -458,21 +459,13 @@ class CoreWorker:
             self.run_actions(actions)
 
     def h_log(self, conn, p):
-        out = sys.stderr if p.get("err") else sys.stdout
-        lines = p["lines"]
-        try:
-            if any(progress.MARK in line for line in lines):    # tqdm_ray bars from tasks
-                bars, lines = progress.split_bar_lines(lines)
-                for st in bars:
-                    progress.manager().update(st)
-            if lines:
-                if progress._manager is not None and progress._manager.bars:
-                    progress._manager.write_above("".join(lines), out)
-                else:
-                    out.write("".join(lines))
-                out.flush()
-        except Exception:
-            pass
+        out = self.log_output
+        if out is None:
+            from .. import logdedup
+            from .log_output import DriverLogOutput
+            settings = self.cfg.get("log_settings") or logdedup.settings_from_env({})
+            out = self.log_output = DriverLogOutput(self.io.loop, self.cfg.get("node_ip"), settings)
+        out.handle(p)
 
     def h_infeasible(self, conn, p):
         if self.cfg.get("infeasible_tasks") == "fail" and self.submitter.fail_infeasible(p):

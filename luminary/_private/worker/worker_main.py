@@ -4,37 +4,49 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 
-from .. import ids, procutil
+from .. import ids, logfiles, procutil
 from . import state
 from .core import WORKER, CoreWorker
 from .executor import Executor
 
 
 class _LogStream(io.TextIOBase):
-    """sys.stdout/sys.stderr of a worker: lines go to the log file and, prefixed with the task
-    name and pid, to the drivers (through the node manager), batched per I/O-thread wake-up."""
+    """sys.stdout/sys.stderr of a worker: text goes to the log file and, line by line, to the
+    drivers (through the node manager), batched per I/O-thread wake-up; each batch names the
+    task or actor that printed it, the pid and the node's ip (the driver writes Ray's prefix)."""
 
-    def __init__(self, core, raw, err):
+    def __init__(self, core, raw, err, rotator=None):
         self.core = core
         self.raw = raw
         self.err = err
+        self.rotator = rotator
         self.partial = ""
-        self.pending = []
+        self.pending = []       # [name, [lines]]: a new batch whenever the name changes
+        self.lock = threading.Lock()
+        self.meta = {"pid": os.getpid(), "ip": core.cfg.get("node_ip") or "127.0.0.1", "err": err}
 
     def writable(self):
         return True
 
     def write(self, s):
         self.raw.write(s)
+        if self.rotator is not None:
+            self.rotator.wrote(len(s))
         text = self.partial + s
         if "\n" not in text:
             self.partial = text
             return len(s)
         *lines, self.partial = text.split("\n")
-        prefix = f"({self._name()} pid={os.getpid()}) "
-        first = not self.pending
-        self.pending.extend(prefix + line + "\n" for line in lines)
+        name = self._name()
+        with self.lock:         # the I/O thread takes the batches away under it
+            pending = self.pending
+            first = not pending
+            if first or pending[-1][0] != name:
+                pending.append([name, lines])
+            else:
+                pending[-1][1].extend(lines)
         if first:
             self.core.io.post(self._flush_lines)
         return len(s)
@@ -56,9 +68,12 @@ class _LogStream(io.TextIOBase):
         return name[:-9] if name.endswith(".__init__") else name
 
     def _flush_lines(self):
-        lines, self.pending = self.pending, []
-        if lines and not self.core.nm.closed:
-            self.core.nm.notify("log", {"lines": lines, "err": self.err})
+        with self.lock:
+            batches, self.pending = self.pending, []
+        if self.core.nm.closed:
+            return
+        for name, lines in batches:
+            self.core.nm.notify("log", dict(self.meta, lines=lines, name=name))
 
     def flush(self):
         self.raw.flush()
@@ -86,12 +101,15 @@ def main(cfg):
         packaging.set_default(cfg["renv_ctx"]["renv"])   # tasks it submits inherit its env
     raw_out = open(1, "w", buffering=1, closefd=False)
     raw_err = open(2, "w", buffering=1, closefd=False)
+    max_bytes, backup_count = cfg.get("log_rotation") or (0, 0)
+    rotator = logfiles.Rotator(log_path, max_bytes, backup_count, (raw_out, raw_err))
+    rotator = rotator if rotator.active else None
     core = CoreWorker(WORKER, cfg)
     state.core = core
     executor = Executor(core)
     core.start("register_worker")
-    sys.stdout = _LogStream(core, raw_out, False)
-    sys.stderr = _LogStream(core, raw_err, True)
+    sys.stdout = _LogStream(core, raw_out, False, rotator)
+    sys.stderr = _LogStream(core, raw_err, True, rotator)
     executor.run_forever()
 
 
