@@ -71,6 +71,30 @@ def test_increments_queued_during_a_drain_are_applied_before_later_decrements():
         io.stop()
 
 
+def test_increments_queued_during_a_drain_are_applied_before_later_callbacks():
+    """put(value containing refs) queues the new ref's increment and then posts set_contains;
+    if the loop is mid-batch, the increment must still land before set_contains runs (it was
+    skipped for an unknown outer ref, and the inner objects were freed under the caller)."""
+    io, events = _io_recording()
+    try:
+        gate = threading.Event()
+        io.post(gate.wait, 10)              # the loop is busy with this batch
+        io.post(events.append, "earlier")
+
+        def main_thread_put():
+            io.add_incref((b"outer", ME))
+            io.post(events.append, "set_contains")
+        threading.Thread(target=main_thread_put).start()
+        poll_for(lambda: len(io._queue) == 2, timeout=10, desc="the put's callback queued behind the batch")
+        gate.set()
+        _sync(io)
+        inc = ("inc", [(b"outer", ME)])
+        assert inc in events and "set_contains" in events and "earlier" in events
+        assert events.index(inc) < events.index("set_contains")    # early is allowed, late is not
+    finally:
+        io.stop()
+
+
 # --- reference table batch operations -----------------------------------------------------------
 def test_batch_increments_and_decrements_match_single_ones():
     t = ReferenceTable(ME)

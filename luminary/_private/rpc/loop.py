@@ -112,6 +112,11 @@ class IOThread:
                     self._apply_increfs()
             else:
                 fn, args = item
+                if self._increfs:
+                    # increments queued while this batch ran come before any later callback: a
+                    # callback may rely on a ref created before it was posted (set_contains on a
+                    # just-put object, for one) being counted already
+                    self._apply_increfs()
             try:
                 fn(*args)
             except Exception:
