@@ -27,7 +27,7 @@ def hexid(b):
 class TaskRecord:
     __slots__ = ("tid", "attempt", "name", "state", "job", "actor", "parent", "node", "worker", "pid",
                  "err_type", "err_msg", "created", "started", "ended", "resources", "events", "owner",
-                 "ostate", "ran")
+                 "ostate", "ran", "args")
 
     def __init__(self, tid):
         self.tid = tid
@@ -50,6 +50,7 @@ class TaskRecord:
         self.owner = None
         self.ostate = -1          # the owner's last reported state (owner.State)
         self.ran = False          # a worker reported this attempt running
+        self.args = None          # serialized args' bytes << 16 | number of ObjectRef args, as submitted
 
     def row(self, detail=False):
         name = self.name or ""
@@ -63,6 +64,8 @@ class TaskRecord:
             r.update({"required_resources": dict(self.resources or {}), "error_message": self.err_msg,
                       "creation_time_ms": _ms(self.created), "start_time_ms": _ms(self.started),
                       "end_time_ms": _ms(self.ended), "owner_worker_id": hexid(self.owner),
+                      "args_bytes": None if self.args is None else self.args >> 16,
+                      "args_object_refs": None if self.args is None else self.args & 0xFFFF,
                       "events": [{"state": s, "created_ms": _ms(t)} for s, t in sorted(self.events, key=lambda e: e[1])]})
         return r
 
@@ -102,7 +105,9 @@ class TaskTable:
     def _owner(r, ev, proc):
         info = ev[2]
         if info is not None:
-            r.name, r.actor, r.job, r.parent, r.resources, ts = info
+            r.name, r.actor, r.job, r.parent, r.resources, ts = info[:6]
+            if len(info) >= 8:
+                r.args = (int(info[6]) << 16) | min(int(info[7]), 0xFFFF)      # one int: small per task
             r.created = ts
             r.owner = proc.get("wid")
             if r.state == "NIL":

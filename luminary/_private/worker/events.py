@@ -12,7 +12,9 @@ in one ``task_events`` notification, decoding error blobs only then.
 Between flushes the changes of one task are gathered into one record per task (a list updated
 in place), so the wire and the GCS see one entry per task per batch:
     ["O", tid, info, [state, ts, state, ts, ...], node_id, error_type, error_message]   owner side
-        info: [name, actor_id, job, parent_tid, resources, submitted_ts] or None (sent before)
+        info: [name, actor_id, job, parent_tid, resources, submitted_ts, args_bytes, n_ref_args] or None
+              (sent before); args_bytes: the serialized arguments' size (inline or in the store),
+              n_ref_args: how many top-level ObjectRef arguments (their values are not counted)
         state: owner.State (WAITING, QUEUED, PUSHED, FINISHED, FAILED)
     ["W", tid, started_ts, ended_ts, error_type, error_message]                         worker side
 """
@@ -156,7 +158,10 @@ class Recorder:
         """A new task or actor call (I/O thread)."""
         r = self._owner_rec(call.tid)
         if r is not None:
-            r[2] = [call.name, call.actor, call.spec.get("job"), call.parent, call.resources, time.time()]
+            a = call.spec.get("args") or ("v", b"")
+            size = a[3] if a[0] == "s" else len(a[1])
+            r[2] = [call.name, call.actor, call.spec.get("job"), call.parent, call.resources, time.time(),
+                    size, len(call.arg_refs or ())]
 
     def owner_trace(self, trace):
         """The owner's state changes of one ``handle`` (I/O thread)."""
