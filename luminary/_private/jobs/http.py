@@ -47,22 +47,16 @@ class JobServer:
         self.nm = nm
         self.jobs = JobManager(nm)
         self.token = job_token(nm.secret).encode()
-        self.address = None
         self.dash = Dashboard(nm, nm.secret)
         self.streams = set()        # writers of the dashboard's open event streams
 
-    async def start(self, host, port):
-        self.server = await asyncio.start_server(self._serve, host, port)
-        self.address = "%s:%d" % self.server.sockets[0].getsockname()[:2]
-        return self.address
-
     def close(self):
+        """The head is stopping (its listening socket is closed by the node manager)."""
         self.jobs.shutdown()
-        self.server.close()
         for w in list(self.streams):     # open pages' streams end with the head
             w.close()
 
-    async def _serve(self, reader, writer):
+    async def serve(self, reader, writer):
         try:
             res = await self._handle(reader)
             if isinstance(res, Stream):
