@@ -119,6 +119,8 @@ class Dashboard:
             return (404, {"error": f"no task {what[1]!r} (or it was dropped)"}) if t.get("missing") else (200, t)
         if what == ["actors"]:
             return 200, await views.actors(self.nm)
+        if what == ["stream"]:
+            return 200, await views.stream(self.nm, _float(query.get("since"), 0.0))
         return 404, {"error": f"no such endpoint {'/'.join(parts)!r}"}
 
     # --- the live stream: one per open page ---------------------------------------------------------
