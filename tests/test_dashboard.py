@@ -72,6 +72,8 @@ def page(browser, head):
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
     pg = ctx.new_page()
     pg.errors = []
+    pg.requests = []
+    pg.on("request", lambda r: pg.requests.append(r.url))
     pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
     pg.goto(head["link"])
@@ -96,7 +98,8 @@ def _get(url, headers=None):
 
 
 def test_unauthenticated_requests_get_401(head):
-    for path in ("/", "/index.html", "/static/app.js", "/api/dash/overview", "/api/dash/tasks", "/api/jobs/"):
+    for path in ("/", "/index.html", "/static/app.js", "/api/dash/overview", "/api/dash/tasks", "/api/jobs/",
+                 "/api/dash/events", "/api/dash/events?view=logs&log=job:x"):
         assert _get(head["url"] + path)[0] == 401, path
     assert _get(head["url"] + "/api/dash/overview", {"Cookie": "luminary_session=" + "0" * 64})[0] == 401
     assert _get(head["url"] + "/login?token=abc.1.def")[0] == 401
@@ -170,6 +173,7 @@ def test_workload_updates_counts_and_task_stream_live(page, head, shots, tmp_pat
     page.wait_for_selector("#task-total[data-total]")
     before = int(page.get_attribute("#task-total", "data-total"))
     page.evaluate("window.__notReloaded = true")
+    del page.requests[:]
     script = tmp_path / "workload.py"
     script.write_text(WORKLOAD.format(gcs=head["gcs"]))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
@@ -185,6 +189,10 @@ def test_workload_updates_counts_and_task_stream_live(page, head, shots, tmp_pat
     legend = page.inner_text("#stream-legend")
     assert "crunch × 30" in legend and "load_table × 10" in legend and "explode × 1 (1 failed)" in legend
     assert page.evaluate("window.__notReloaded") is True
+    # live by the event stream: no polling requests, one stream per page shown
+    dash = [u for u in page.requests if "/api/dash/" in u]
+    assert dash and all("/api/dash/events?" in u for u in dash), dash
+    assert not any(u.endswith((".html", ".js", ".css")) or u.endswith("/") for u in page.requests), page.requests
     page.screenshot(path=os.path.join(shots, "task-stream.png"), full_page=True)
     page.click("#nav a[data-page='metrics']")
     page.wait_for_selector("#page-metrics.active")
@@ -206,7 +214,8 @@ def test_failed_task_shows_its_traceback(page, head, shots, tmp_path):
     err = page.inner_text("#task-error")
     assert "ValueError: the dashboard test's failure" in err, err
     assert 'raise ValueError("the dashboard test' in err and "in explode" in err, err      # the traceback
-    assert "explode" in page.inner_text("#task-detail")
+    detail = page.inner_text("#task-detail")
+    assert "explode" in detail and "arguments" in detail and "ran" in detail and "pid" in detail, detail
     page.screenshot(path=os.path.join(shots, "task-detail.png"), full_page=True)
 
 
@@ -248,3 +257,110 @@ def test_login_tokens_expire_and_cannot_be_forged():
     nonce, expiry, mac = tok.split(".")
     assert check_login_token(secret, f"{nonce}.{int(expiry) + 3600}.{mac}", now) is None   # extended by hand
     assert check_login_token(secret, "", now) is None
+
+
+LIVE_DRIVER = """
+import sys, time, luminary as ray
+from luminary.util.placement_group import placement_group
+ray.init(address="{gcs}", log_to_driver=False)
+big = ray.put(b"x" * (3 << 20))
+pg = placement_group([{{"CPU": 0.25}}, {{"CPU": 0.25}}], name="dash-pg")
+ray.get(pg.ready(), timeout=60)
+
+@ray.remote(num_cpus=0)
+class Ticker:
+    def spin(self):
+        i = 0
+        while True:
+            print("tick", i, flush=True)
+            i += 1
+            time.sleep(0.2)
+
+    def later(self):
+        return 1
+
+t = Ticker.remote()
+t.spin.remote()
+later = [t.later.remote() for _ in range(2)]
+from luminary.util.state import list_actors
+deadline = time.monotonic() + 60
+while not [a for a in list_actors() if a.state == "ALIVE" and a.pid]:
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+a, = list_actors()
+print("ready", a.actor_id, a.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def live(head, tmp_path_factory):
+    """A driver that holds a 3 MiB object, a placement group and an actor busy in an endless
+    call (printing a line every 0.2 s) with two calls queued behind it; it ends when its stdin closes."""
+    script = tmp_path_factory.mktemp("live") / "live.py"
+    script.write_text(LIVE_DRIVER.format(gcs=head["gcs"]))
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=dict(os.environ, LUMINARY_EXIT_DRAIN_S="0"))
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ready"), line
+        _, actor_id, pid = line.split()
+        yield {"actor_id": actor_id, "pid": int(pid)}
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_actor_detail_shows_pending_calls_and_its_log(page, live, shots):
+    page.click("#nav a[data-page='actors']")
+    page.click(f"#actors-table tr[data-id='{live['actor_id']}']")
+    page.wait_for_selector("#actor-pending[data-n='3']", timeout=20_000)     # the running call and two queued
+    assert page.locator("#actor-calls tr:has-text('later')").count() == 2
+    assert page.locator("#actor-calls tr:has-text('spin') td.state-RUNNING").count() == 1
+    page.wait_for_selector("#actor-log:has-text('tick')", timeout=20_000)
+    assert str(live["pid"]) in page.inner_text("#actor-detail")
+    page.screenshot(path=os.path.join(shots, "actor-detail.png"), full_page=True)
+
+
+def test_logs_page_tails_a_worker_log_live(page, live, shots):
+    page.click("#nav a[data-page='logs']")
+    row = f"#logs-table tr[data-id$='-{live['pid']}.log']"
+    page.wait_for_selector(row, timeout=20_000)
+    page.locator(row).first.click()
+    page.wait_for_selector("#log-text:has-text('tick')", timeout=20_000)
+    first = page.evaluate("document.getElementById('log-text').textContent.split('tick').length")
+    page.wait_for_function(f"() => document.getElementById('log-text').textContent.split('tick').length > {first + 2}",
+                           timeout=20_000)       # new lines arrive while we watch
+    page.screenshot(path=os.path.join(shots, "logs.png"), full_page=True)
+
+
+def test_objects_page_shows_memory_per_node(page, live, shots):
+    page.click("#nav a[data-page='objects']")
+    page.wait_for_selector("#objects-table tr[data-id]:has-text('3.0 MiB')", timeout=20_000)
+    nodes = page.inner_text("#objects-nodes")
+    assert "object store" in nodes and "3.0 MiB" in nodes, nodes
+    page.screenshot(path=os.path.join(shots, "objects.png"), full_page=True)
+
+
+def test_placement_groups_page_shows_bundles_and_nodes(page, live, shots):
+    page.click("#nav a[data-page='pgs']")
+    sel = "#pgs-table tr[data-id]:has-text('dash-pg')"
+    page.wait_for_selector(sel, timeout=20_000)
+    text = page.inner_text(sel)
+    assert "CREATED" in text and '#0 {"CPU":0.25} on' in text and "#1" in text, text
+    page.screenshot(path=os.path.join(shots, "placement-groups.png"), full_page=True)
+
+
+def test_stacks_page_shows_a_workers_live_stack(page, live, shots):
+    page.click("#nav a[data-page='stacks']")
+    row = f"#workers-table tr[data-pid='{live['pid']}']"
+    page.wait_for_selector(row, timeout=20_000)
+    page.locator(row).first.click()
+    page.wait_for_selector("#stack-text:has-text('in spin')", timeout=20_000)
+    assert "Ticker" in page.inner_text("#stack-text")
+    page.screenshot(path=os.path.join(shots, "stacks.png"), full_page=True)

@@ -144,8 +144,13 @@ def get_placement_group(id, address=None, timeout=DEFAULT_TIMEOUT, **_):
 
 
 def _object_rows(address, timeout):
+    return _object_rows_of(_query("objects", address, timeout=timeout)["rows"])
+
+
+def _object_rows_of(procs):
+    """Rows of the GCS's "objects" answer (one list per process); the dashboard uses this too."""
     rows = []
-    for proc in _query("objects", address, timeout=timeout)["rows"]:
+    for proc in procs:
         for o in proc["objects"]:
             rows.append({"object_id": o["oid"].hex(), "object_size": o["size"], "task_status": "FINISHED" if o["kind"] else "PENDING",
                          "reference_type": o["ref"], "call_site": "disabled",

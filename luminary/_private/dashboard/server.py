@@ -1,17 +1,20 @@
 """The dashboard's routes on the head's job API server (``jobs/http.py`` calls ``route``).
 
-Pages are three static files; everything live comes from small JSON endpoints over the GCS's
-state queries, polled by the page about once a second.  Nothing is kept here but the login
-sessions (and the spent login nonces until they expire).
+Pages are three static files; everything live comes over one server-sent-events stream per
+open page (``/api/dash/events?view=...``): each second the head gathers what that page shows
+(``views.py``) and pushes only the snapshots that changed.  Nothing is kept here but the login
+sessions (and the spent login nonces until they expire) and each stream's last-pushed hashes.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import time
 import urllib.parse
 
-from . import check_login_token
+from . import check_login_token, views
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 FILES = {"": ("index.html", "text/html; charset=utf-8"), "index.html": ("index.html", "text/html; charset=utf-8"),
@@ -19,6 +22,8 @@ FILES = {"": ("index.html", "text/html; charset=utf-8"), "index.html": ("index.h
 COOKIE = "luminary_session"
 SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 256
+MAX_STREAMS = 32           # open pages, each one event stream
+PERIOD_S = 1.0             # how often a page's stream is refreshed
 SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
                     "Referrer-Policy": "no-referrer",
                     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"}
@@ -48,6 +53,7 @@ class Dashboard:
         self.secret = secret
         self.sessions: dict[str, float] = {}      # session id -> expiry
         self.spent: dict[str, float] = {}         # login nonce -> its expiry
+        self.streams = 0                          # event streams open now
 
     # --- authentication ----------------------------------------------------------------------------
     def session_ok(self, headers) -> bool:
@@ -100,54 +106,143 @@ class Dashboard:
         if method != "GET":
             return 405, {"error": f"{method} not allowed here"}
         what = parts[2:]
+        if what == ["events"]:
+            if self.streams >= MAX_STREAMS:
+                return 503, {"error": f"{MAX_STREAMS} dashboard pages are open already; close one"}
+            return Stream(self, query)
         if what == ["overview"]:
-            return 200, await self.overview()
+            return 200, dict(await views.overview(self.nm), time=time.time())
         if what == ["tasks"]:
-            return 200, await self.tasks(query)
+            return 200, await views.tasks(self.nm, query)
         if len(what) == 2 and what[0] == "tasks":
-            rows = (await self._q({"what": "task", "id": what[1][:256]}))["rows"]
-            return (200, rows[0]) if rows else (404, {"error": f"no task {what[1]!r} (or it was dropped)"})
+            t = await views.task(self.nm, what[1])
+            return (404, {"error": f"no task {what[1]!r} (or it was dropped)"}) if t.get("missing") else (200, t)
         if what == ["actors"]:
-            return 200, {"rows": (await self._q({"what": "actors"}))["rows"]}
+            return 200, await views.actors(self.nm)
         if what == ["stream"]:
-            since = float(query.get("since", 0) or 0)
-            return 200, await self._q({"what": "stream", "since": max(0.0, since), "limit": 5000})
+            return 200, await views.stream(self.nm, _float(query.get("since"), 0.0))
         return 404, {"error": f"no such endpoint {'/'.join(parts)!r}"}
 
-    async def _q(self, payload):
-        return await self.nm.gcs.call("state_query", payload)
+    # --- the live stream: one per open page ---------------------------------------------------------
+    async def events(self, query, gone):
+        """Server-sent events for the page ``query["view"]`` shows (with its selection): each
+        named snapshot is pushed when it differs from the one pushed before, at most once a
+        PERIOD_S; a ``tick`` (the head's clock) every period keeps the page's charts moving."""
+        view = query.get("view", "overview")
+        sent: dict[str, int] = {}
+        tail, tail_key = None, None
+        since = _float(query.get("since"), 0.0)
+        n = 0
+        while not gone.done():
+            snap = {}
+            try:
+                snap["overview"] = await views.overview(self.nm)
+                await self._view(view, query, snap, n)
+                if view == "stream":
+                    r = await views.stream(self.nm, since)
+                    snap["stream"] = r
+                    open_starts = [row[3] for row in r["rows"] if row[4] is None]
+                    since = min([r["now"] - 2] + open_starts)
+                key = _log_key(view, query, snap)
+                if key != tail_key:
+                    tail_key, tail = key, None
+                    if key:
+                        path = await views.log_path(self.nm, key)
+                        tail = views.LogTail(path) if path else None
+                        if tail is None:
+                            snap["log"] = {"data": f"(no log {key!r} on the head's machine)\n", "reset": True}
+                if tail is not None:
+                    got = tail.read()
+                    if got:
+                        snap["log"] = got
+                snap["tick"] = {"time": time.time()}
+            except Exception as e:  # noqa: BLE001 - the page shows it and the stream goes on
+                snap = {"problem": {"error": f"{type(e).__name__}: {e}", "time": time.time()}}
+            out = []
+            for name, payload in snap.items():
+                data = json.dumps(payload, separators=(",", ":"), default=_jsonable)
+                h = hash(data)
+                if name in ("tick", "stream", "log", "problem") or sent.get(name) != h:
+                    sent[name] = h
+                    out.append(f"event: {name}\ndata: {data}\n\n")
+            yield "".join(out).encode()
+            n += 1
+            await asyncio.wait([gone], timeout=PERIOD_S)
 
-    async def overview(self):
-        gcs = self.nm.gcs
-        nodes, stats, counts = await gcs.call("get_nodes"), await self._q({"what": "nodes"}), \
-            await self._q({"what": "task_counts"})
-        by_id = {s["node_id"]: s.get("store") or {} for s in stats["rows"]}
-        out_nodes = []
-        for n in nodes:
-            nid = n["NodeID"].hex() if isinstance(n["NodeID"], bytes) else n["NodeID"]
-            st = by_id.get(nid, {})
-            out_nodes.append({"node_id": nid, "ip": n["NodeManagerAddress"], "head": bool(n.get("IsHead")),
-                              "alive": bool(n["Alive"]), "resources": dict(n["Resources"]),
-                              "available": dict(n.get("Available") or {}),
-                              "cpu_percent": st.get("cpu_percent"), "mem_used": st.get("mem_used"),
-                              "mem_total": st.get("mem_total"), "store_used": st.get("used"),
-                              "store_capacity": st.get("capacity"), "objects": st.get("objects")})
-        actors = {}
-        for a in (await self._q({"what": "actors"}))["rows"]:
-            actors[a["state"]] = actors.get(a["state"], 0) + 1
-        jobs = await self.nm.jobs.jobs.list() if getattr(self.nm, "jobs", None) else []
-        drivers = (await self._q({"what": "jobs"}))["rows"]
-        return {"time": time.time(), "nodes": out_nodes, "tasks": counts, "actors": actors,
-                "jobs": jobs, "drivers": drivers}
+    async def _view(self, view, query, snap, n):
+        nm = self.nm
+        if view == "tasks":
+            snap["tasks"] = await views.tasks(nm, query)
+            if query.get("task"):
+                snap["task"] = await views.task(nm, query["task"])
+        elif view == "actors":
+            snap["actors"] = await views.actors(nm)
+            if query.get("actor"):
+                snap["actor"] = await views.actor(nm, query["actor"])
+        elif view == "jobs":
+            snap["jobs"] = {"jobs": await nm.jobs.jobs.list()}
+            if query.get("job"):
+                info = await nm.jobs.jobs.get(query["job"])
+                snap["job"] = info if info is not None else {"submission_id": query["job"], "missing": True}
+        elif view == "objects":
+            if n % 2 == 0:          # every process is asked: every other period is enough
+                snap["objects"] = await views.objects(nm)
+        elif view == "logs":
+            if n % 3 == 0:
+                snap["logfiles"] = await views.log_files(nm)
+        elif view == "pgs":
+            snap["pgs"] = await views.placement_groups(nm)
+        elif view == "stacks":
+            if n % 3 == 0:
+                snap["workers"] = await views.workers(nm)
+            if query.get("worker") and n % 2 == 0:
+                snap["stacks"] = await views.stacks(nm, query["worker"])
 
-    async def tasks(self, query):
-        filters = []
-        for key in ("state", "name", "job_id"):
-            if query.get(key):
-                filters.append([key, "=", query[key]])
-        limit = max(1, min(int(query.get("limit", 200) or 200), 1000))
-        res = await self._q({"what": "tasks", "filters": filters, "limit": limit, "recent": True})
-        return {"rows": res["rows"], "total": res["total"]}
+
+class Stream:
+    """A server-sent-events answer: ``jobs/http.py`` writes the head, then each chunk of
+    ``chunks(gone)`` until the page goes away (``gone`` done) or the head stops."""
+
+    headers = dict(SECURITY_HEADERS, **{"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
+
+    def __init__(self, dash, query):
+        self.dash, self.query = dash, query
+
+    async def chunks(self, gone):
+        self.dash.streams += 1
+        try:
+            yield b"retry: 2000\n\n"
+            async for chunk in self.dash.events(self.query, gone):
+                yield chunk
+        finally:
+            self.dash.streams -= 1
+
+
+def _log_key(view, query, snap):
+    """Which log this page tails: the one picked on the logs page, a job's output, or the
+    output of the worker an actor lives in (it changes when the actor restarts)."""
+    if view == "logs":
+        return query.get("log") or None
+    if view == "jobs" and query.get("job"):
+        return "job:" + query["job"]
+    if view == "actors" and (snap.get("actor") or {}).get("pid"):
+        return f"pid:{int(snap['actor']['pid'])}"
+    return None
+
+
+def _float(v, default):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _jsonable(o):
+    if isinstance(o, (bytes, bytearray)):
+        return o.hex()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
 
 
 def _static(name):

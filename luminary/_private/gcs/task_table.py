@@ -44,7 +44,7 @@ def hexid(b):
 class TaskRecord:
     __slots__ = ("tid", "attempt", "name", "state", "job", "actor", "parent", "node", "worker", "pid",
                  "err_type", "err_msg", "created", "started", "ended", "resources", "events", "owner",
-                 "ostate", "ran")
+                 "ostate", "ran", "args")
 
     def __init__(self, tid):
         self.tid = tid
@@ -67,6 +67,7 @@ class TaskRecord:
         self.owner = None
         self.ostate = -1          # the owner's last reported state (owner.State)
         self.ran = False          # a worker reported this attempt running
+        self.args = None          # serialized args' bytes << 16 | number of ObjectRef args, as submitted
 
     def row(self, detail=False):
         name = self.name or ""
@@ -80,6 +81,8 @@ class TaskRecord:
             r.update({"required_resources": dict(self.resources or {}), "error_message": self.err_msg,
                       "creation_time_ms": _ms(self.created), "start_time_ms": _ms(self.started),
                       "end_time_ms": _ms(self.ended), "owner_worker_id": hexid(self.owner),
+                      "args_bytes": None if self.args is None else self.args >> 16,
+                      "args_object_refs": None if self.args is None else self.args & 0xFFFF,
                       "events": [{"state": STATES[int(c)], "created_ms": _ms(t)} for c, t in self.state_changes()]})
         return r
 
@@ -187,8 +190,10 @@ class TaskTable:
     def _owner(self, r, ev, proc):
         info = ev[2]
         if info is not None:
-            name, r.actor, r.job, r.parent, resources, ts = info
+            name, r.actor, r.job, r.parent, resources, ts = info[:6]
             r.name, r.resources = self._intern(name), self._intern(resources)
+            if len(info) >= 8:
+                r.args = (int(info[6]) << 16) | min(int(info[7]), 0xFFFF)      # one int: small per task
             r.created = ts
             r.owner = proc.get("wid")
             if r.state == "NIL":

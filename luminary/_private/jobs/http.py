@@ -17,7 +17,8 @@ unless ``luminary start --dashboard-host`` says otherwise.
 
 The web dashboard (``luminary/_private/dashboard``) shares this server: ``/login?token=...`` (a
 one-time link) sets a session cookie that is accepted instead of the bearer token; ``/``,
-``/static/*`` and ``/api/dash/*`` are its pages and JSON endpoints.
+``/static/*`` and ``/api/dash/*`` are its pages and JSON endpoints, ``/api/dash/events`` its
+server-sent-events stream (one long-lived answer per open page).
 """
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ import urllib.parse
 
 from . import job_token
 from .manager import TERMINAL, JobError, JobManager
-from ..dashboard.server import Dashboard, Raw
+from ..dashboard.server import Dashboard, Raw, Stream
 from ..runtime_env.packaging import MAX_PACKAGE_BYTES
 
 logger = logging.getLogger(__name__)
 TAIL_WAIT_S = 10.0
 _REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error"}
+            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 class JobServer:
@@ -45,21 +47,24 @@ class JobServer:
         self.nm = nm
         self.jobs = JobManager(nm)
         self.token = job_token(nm.secret).encode()
-        self.address = None
         self.dash = Dashboard(nm, nm.secret)
-
-    async def start(self, host, port):
-        self.server = await asyncio.start_server(self._serve, host, port)
-        self.address = "%s:%d" % self.server.sockets[0].getsockname()[:2]
-        return self.address
+        self.streams = set()        # writers of the dashboard's open event streams
 
     def close(self):
+        """The head is stopping (its listening socket is closed by the node manager)."""
         self.jobs.shutdown()
-        self.server.close()
+        for w in list(self.streams):     # open pages' streams end with the head
+            w.close()
 
-    async def _serve(self, reader, writer):
+    async def serve(self, reader, writer):
         try:
             res = await self._handle(reader)
+            if isinstance(res, Stream):
+                self.streams.add(writer)
+                try:
+                    return await _stream(reader, writer, res)
+                finally:
+                    self.streams.discard(writer)
             status, body = (res, None) if not isinstance(res, tuple) else res
         except JobError as e:
             status, body = e.status, {"error": str(e)}
@@ -190,6 +195,30 @@ class JobServer:
             await self.nm.gcs.call("kv_put", dict(key, value=raw, overwrite=False))
             return 200, {"stored": True}
         return 405, {"error": f"{method} not allowed here"}
+
+
+async def _stream(reader, writer, stream):
+    """Write a server-sent-events answer until the client goes (its side of the connection
+    reads EOF) or a write fails."""
+    head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in stream.headers.items()) + \
+        "Connection: close\r\n\r\n"
+    gone = asyncio.ensure_future(reader.read(1))
+    gone.add_done_callback(lambda f: f.cancelled() or f.exception())
+    chunks = stream.chunks(gone)
+    try:
+        writer.write(head.encode())
+        async for chunk in chunks:
+            if gone.done() or writer.is_closing():
+                break
+            if chunk:
+                writer.write(chunk)
+                await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        await chunks.aclose()
+        gone.cancel()
+        writer.close()
 
 
 def _same_origin(headers):

@@ -49,7 +49,7 @@ def new_session_dir(parent=None, prefix="session"):
 def start_node(*, secret, session_dir, head, gcs_address=None, node_ip="127.0.0.1", gcs_port=None,
                tcp_port=None, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
                memory=None, watch_stdin=True, exit_with_driver=False, gcs_storage=None, daemon=False,
-               timeout=30.0, system=None, job_api=None):
+               timeout=30.0, system=None, job_api=None, job_port_retries=0):
     """Start one node process; returns (Popen, info dict from its ready line)."""
     from ..worker.options import check_node_resources
     check_node_resources(num_cpus, num_gpus, resources, memory, object_store_memory)
@@ -82,6 +82,7 @@ def start_node(*, secret, session_dir, head, gcs_address=None, node_ip="127.0.0.
         cfg["gcs_storage"] = gcs_storage
     if job_api is not None:      # (host, port) of the head's job API
         cfg["job_host"], cfg["job_port"] = job_api
+        cfg["job_port_retries"] = int(job_port_retries)
     env = dict(os.environ)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

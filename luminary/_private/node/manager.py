@@ -97,7 +97,9 @@ class NodeManager:
         self.env_ctx = {}         # env key -> ctx a worker applies after fork (runtime_env/apply.py)
         self.starting_env = {}    # worker id being started -> env key
         self.env_setups = {}      # lease id -> True while its env is being prepared (False: cancelled)
-        self.jobs = None          # the job API (head node, luminary start --head)
+        self.jobs = None          # the job API (head node, luminary start --head), built at its first request
+        self.job_listener = None  # its listening socket
+        self.job_api = None       # HOST:PORT it listens on
         self.handlers = messages.handlers(messages.NODE_MANAGER, {
             "register_worker": self.register_worker,
             "register_driver": self.register_driver,
@@ -164,16 +166,28 @@ class NodeManager:
             loop.add_signal_handler(sig, lambda: self.shutdown("signal"))
 
     async def _start_job_api(self):
-        from ..jobs.http import JobServer
-        server = JobServer(self)
+        """Listen for the job API and dashboard now; build them (imports, ~50 ms) at the first
+        connection, so a head that nobody browses pays only for a listening socket.  With
+        ``job_port_retries`` (init()'s default port, as Ray) the next ports are tried."""
         host = self.cfg.get("job_host") or "127.0.0.1"
-        try:
-            self.job_api = await server.start(host, self.cfg["job_port"])
-            self.jobs = server
-        except OSError as e:    # the cluster runs without it rather than not at all
-            logger.warning("the job API could not listen on %s:%s (%s); jobs cannot be submitted to this "
-                           "cluster. Start the head with a free --dashboard-port.", host, self.cfg["job_port"], e)
-            self.job_api = None
+        port, retries = int(self.cfg["job_port"]), int(self.cfg.get("job_port_retries", 0))
+
+        async def serve(reader, writer):
+            if self.jobs is None:
+                from ..jobs.http import JobServer
+                self.jobs = JobServer(self)
+            await self.jobs.serve(reader, writer)
+        for i in range(retries + 1):
+            try:
+                self.job_listener = await asyncio.start_server(serve, host, port + i if port else 0)
+                self.job_api = "%s:%d" % self.job_listener.sockets[0].getsockname()[:2]
+                return
+            except OSError as e:    # the cluster runs without it rather than not at all
+                err = e
+        logger.warning("the job API and dashboard could not listen on %s:%s%s (%s); jobs cannot be submitted to "
+                       "this cluster. Start the head with a free --dashboard-port.", host, port,
+                       f"..{port + retries}" if retries else "", err)
+        self.job_api = None
 
     def _stdin_readable(self):
         try:
@@ -224,6 +238,8 @@ class NodeManager:
             return
         self.shutting_down = True
         logger.info("node manager shutting down: %s", why)
+        if self.job_listener is not None:
+            self.job_listener.close()
         if self.jobs is not None:
             self.jobs.close()
         for w in list(self.workers.values()):

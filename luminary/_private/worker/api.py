@@ -43,10 +43,12 @@ _session = None
 class RayContext(dict):
     """Returned by init(); usable as a context manager that shuts the cluster down."""
 
-    def __init__(self, info):
+    def __init__(self, info, login_url=None):
         super().__init__(info)
         self.address_info = info
-        self.dashboard_url = None
+        # as Ray: HOST:PORT of the dashboard ('' when none); Luminary's pages also need a login
+        self.dashboard_url = info.get("webui_url")
+        self.dashboard_login_url = login_url
 
     def __enter__(self):
         return self
@@ -69,7 +71,8 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                            "See luminary.init's documentation (README) for the accepted keywords.")
     if state.core is not None:
         if ignore_reinit_error:
-            return RayContext(_session.info if _session else {})
+            info, login = (_session.info or {}).get("context", ({}, None)) if _session else ({}, None)
+            return RayContext(info, login)
         raise RuntimeError("Maybe you called luminary.init twice by accident? This error can be suppressed "
                            "by passing in 'ignore_reinit_error=True' or by calling 'luminary.shutdown()' "
                            "prior to 'luminary.init()'.")
@@ -118,9 +121,19 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
         shutdown()
         raise
     atexit.register(_shutdown_at_exit)
-    return RayContext({"node_id": core.node_id.hex(), "session_dir": sess.session_dir,
-                       "address": cfg.get("gcs_address"), "node_ip_address": cfg.get("node_ip"),
-                       "gcs_address": cfg.get("gcs_address"), "webui_url": None})
+    webui = (sess.info or {}).get("job_api") if sess.owns_cluster else None
+    login = None
+    if webui:
+        from ..dashboard import login_url
+        login = login_url(webui, cfg["secret"])
+        logger.info("Started a local Luminary instance. View the dashboard at http://%s (log in with the "
+                    "one-time link %s)", webui, login)
+    ctx = RayContext({"node_id": core.node_id.hex(), "session_dir": sess.session_dir,
+                      "address": cfg.get("gcs_address"), "node_ip_address": cfg.get("node_ip"),
+                      "gcs_address": cfg.get("gcs_address"),
+                      "webui_url": webui or (None if (sess.info or {}).get("dashboard_asked") else "")}, login)
+    sess.info = dict(sess.info or {}, context=(dict(ctx), login))
+    return ctx
 
 
 _NODE_SYSTEM_KEYS = ("memory_usage_threshold", "memory_monitor_refresh_ms")
@@ -173,12 +186,53 @@ def _set_job_runtime_env(core, kwargs):
     packaging.set_default(merge_wire(base, spec))
 
 
+DEFAULT_DASHBOARD_PORT = 8265
+_DASHBOARD_PORT_RETRIES = 50        # as Ray: from 8265 on when no port is given
+
+
+def _dashboard_address(kwargs):
+    """(host, port) the local cluster's dashboard listens on; None with ``include_dashboard=False``,
+    False when its port is taken (Ray's context then says None rather than '').
+    As in Ray: on by default, loopback, port 8265 (or the next free one of 50); an explicit port
+    that is taken is an error with ``include_dashboard=True``, else logged and no dashboard."""
+    include = kwargs.get("include_dashboard")
+    if include is not None and not isinstance(include, bool):
+        raise TypeError(f"include_dashboard must be True, False or None, got {include!r}")
+    if include is False:
+        return None
+    host = kwargs.get("dashboard_host") or "127.0.0.1"
+    if not isinstance(host, str):
+        raise TypeError(f"dashboard_host must be a string such as '127.0.0.1' or '0.0.0.0', got {host!r}")
+    port = kwargs.get("dashboard_port")
+    if port is None:
+        return host, DEFAULT_DASHBOARD_PORT
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"dashboard_port must be a port number in [0, 65535] (0: any free port), got {port!r}")
+    if port:
+        import socket
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                msg = (f"Failed to bind to {host}:{port} because it's already occupied ({e}). Use "
+                       "init(dashboard_port=...) to select a different port, or leave it out to take the first "
+                       "free one from 8265.")
+                if include:         # asked for explicitly: an error; by default the cluster starts without
+                    raise ValueError(msg) from None
+                logger.error("%s", msg)
+                return False
+    return host, port
+
+
 def _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs):
     from ..node import launch
+    dash = _dashboard_address(kwargs)
     session_dir = launch.new_session_dir(kwargs.get("_temp_dir"))
     secret = os.urandom(32)
     node_ip = kwargs.get("_node_ip_address") or "127.0.0.1"
     proc, info = launch.start_node(secret=secret, session_dir=session_dir, head=True, node_ip=node_ip,
+                                   job_api=dash or None, job_port_retries=_DASHBOARD_PORT_RETRIES
+                                   if kwargs.get("dashboard_port") is None else 0,
                                    num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                                    object_store_memory=object_store_memory, memory=kwargs.get("_memory"),
                                    system=_node_system_config(kwargs.get("_system_config")),
@@ -186,7 +240,7 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, kwargs):
     sess = _Session()
     sess.proc = proc
     sess.session_dir = session_dir
-    sess.info = info
+    sess.info = dict(info, dashboard_asked=dash is not None)
     sess.owns_cluster = True
     wcfg = {"secret": secret, "session_dir": session_dir, "nm_address": info["nm_address"],
             "gcs_address": info["gcs_address"], "node_ip": node_ip, "worker_id": ids.random_id()}

@@ -12,7 +12,9 @@ in one ``task_events`` notification, decoding error blobs only then.
 Between flushes the changes of one task are gathered into one record per task (a list updated
 in place), so the wire and the GCS see one entry per task per batch:
     ["O", tid, info, [state, ts, state, ts, ...], node_id, error_type, error_message]   owner side
-        info: [name, actor_id, job, parent_tid, resources, submitted_ts] or None (sent before)
+        info: [name, actor_id, job, parent_tid, resources, submitted_ts, args_bytes, n_ref_args] or None
+              (sent before); args_bytes: the serialized arguments' size (inline or in the store),
+              n_ref_args: how many top-level ObjectRef arguments (their values are not counted)
         state: owner.State (WAITING, QUEUED, PUSHED, FINISHED, FAILED)
     ["W", tid, started_ts, ended_ts, error_type, error_message]                         worker side
 """
@@ -171,7 +173,9 @@ class Recorder:
                     continue
                 r = recs[call.tid] = ["O", call.tid, None, [], None, None, None]
             if x is None:                                 # submitted
-                r[2] = [call.name, call.actor, call.spec.get("job"), call.parent, call.resources, ts]
+                a = call.spec.get("args") or ("v", b"")
+                r[2] = [call.name, call.actor, call.spec.get("job"), call.parent, call.resources, ts,
+                        a[3] if a[0] == "s" else len(a[1]), len(call.arg_refs or ())]
                 self.new += 1
             elif x.__class__ is bytes:
                 r[5] = x                                  # the error it failed with (decoded at flush)

@@ -1,9 +1,10 @@
-// Luminary dashboard: one poll a second of small JSON endpoints, drawn with the DOM and <canvas>.
+// Luminary dashboard: one server-sent-events stream per open page (/api/dash/events?view=...)
+// pushes what the page shows when it changes; drawn with the DOM and <canvas>.  No polling.
 "use strict";
 
-const POLL_MS = 1000;
 const HISTORY = 300;                       // metric samples kept by the page (5 minutes)
-const state = { page: "overview", samples: [], stream: new Map(), streamSince: 0, task: null, job: null };
+const state = { page: "overview", arg: "", samples: [], stream: new Map(), overview: null, es: null,
+  actors: [], logKey: "" };
 
 // --- small helpers ------------------------------------------------------------------------------
 function h(tag, attrs, ...kids) {
@@ -84,10 +85,10 @@ function drawOverview(o) {
     ["entrypoint / driver", (j) => j.what], ["started", (j) => when(j.start)]], jobs.slice(-12));
 }
 
-function sample(o) {
+function sample(o, t) {
   const head = o.nodes.find((n) => n.head) || o.nodes[0] || {};
   const c = o.tasks.counts || {};
-  state.samples.push({ t: o.time, running: c.RUNNING || 0,
+  state.samples.push({ t: t, running: c.RUNNING || 0,
     pending: (c.PENDING_ARGS_AVAIL || 0) + (c.PENDING_NODE_ASSIGNMENT || 0) + (c.SUBMITTED_TO_WORKER || 0),
     finished: c.FINISHED || 0, failed: c.FAILED || 0, cpu: head.cpu_percent || 0,
     mem: head.mem_total ? 100 * head.mem_used / head.mem_total : 0,
@@ -96,16 +97,11 @@ function sample(o) {
 }
 
 // --- task stream -----------------------------------------------------------------------------------
-async function pollStream() {
-  const since = state.streamSince;
-  const r = await api("/api/dash/stream?since=" + since);
+function onStream(r) {
   for (const [worker, pid, node, start, end, name, failed, tid] of r.rows) {
     state.stream.set(tid, { worker, pid, node, start, end, name, failed });
   }
-  // next time ask only for what may have changed: tasks still running, or ended since the last poll
-  let oldestOpen = r.now;
-  for (const t of state.stream.values()) if (t.end === null) oldestOpen = Math.min(oldestOpen, t.start);
-  state.streamSince = Math.min(oldestOpen, r.now - 2);
+  state.streamNow = r.now;
   drawStream(r.now);
 }
 
@@ -166,73 +162,144 @@ function drawStream(now) {
   }));
 }
 
-// --- tasks, actors, jobs -------------------------------------------------------------------------------
-async function pollTasks() {
-  const q = new URLSearchParams({ limit: "200" });
-  if ($("task-filter-state").value) q.set("state", $("task-filter-state").value);
-  if ($("task-filter-name").value.trim()) q.set("name", $("task-filter-name").value.trim());
-  const r = await api("/api/dash/tasks?" + q);
+// --- tasks ------------------------------------------------------------------------------------------
+function kv(rows) {
+  return h("table", { class: "kv" }, rows.filter((r) => r[1] !== null && r[1] !== undefined && r[1] !== "").map(([k, v]) =>
+    h("tr", {}, h("td", { class: "label" }, k), k === "state" || k === "status" ? stateCell(v) : h("td", {}, String(v)))));
+}
+function bytes(b) { return b === null || b === undefined ? "" : b < 1024 ? b + " B" : b < 1048576 ? (b / 1024).toFixed(1) + " KiB" : mib(b); }
+
+function onTasks(r) {
   $("tasks-shown").textContent = "newest " + r.rows.length + " of " + r.total;
   table($("tasks-table"), [["task", (t) => short(t.task_id)], ["function", (t) => t.name], ["state", (t) => stateCell(t.state)],
     ["attempt", (t) => t.attempt_number], ["node", (t) => short(t.node_id)], ["pid", (t) => t.worker_pid || ""],
     ["error", (t) => t.error_type || ""]], r.rows,
-  (t) => ({ "data-id": t.task_id, class: t.task_id === state.task ? "selected" : null, onclick: () => openTask(t.task_id) }));
-  if (state.task) await showTask();
+  (t) => ({ "data-id": t.task_id, class: t.task_id === state.arg ? "selected" : null, onclick: () => go("tasks", t.task_id) }));
 }
 
-async function openTask(id) { state.task = id; location.hash = "tasks/" + id; await showTask(); }
-
-async function showTask() {
-  const t = await api("/api/dash/tasks/" + encodeURIComponent(state.task));
-  const dur = t.start_time_ms && t.end_time_ms ? ((t.end_time_ms - t.start_time_ms) / 1000).toFixed(3) + " s" : "";
-  const rows = [["task", t.task_id], ["function", t.name], ["state", t.state], ["attempt", t.attempt_number],
-    ["node", t.node_id], ["worker", t.worker_id], ["pid", t.worker_pid], ["job", t.job_id], ["actor", t.actor_id],
-    ["resources", JSON.stringify(t.required_resources || {})], ["created", when(t.creation_time_ms)],
-    ["started", when(t.start_time_ms)], ["ended", when(t.end_time_ms)], ["duration", dur], ["error type", t.error_type]];
+function onTask(t) {
   const el = $("task-detail");
   el.hidden = false;
+  if (t.missing) { fill(el, h("h3", {}, "Task " + short(t.task_id)), h("p", {}, "Not (or no longer) kept by the head.")); return; }
+  const dur = (a, b) => a && b ? ((b - a) / 1000).toFixed(3) + " s" : "";
+  const args = t.args_bytes === null || t.args_bytes === undefined ? "" :
+    bytes(t.args_bytes) + (t.args_object_refs ? " + " + t.args_object_refs + " ObjectRef argument(s)" : "");
   fill(el, h("h3", {}, "Task " + short(t.task_id)),
-    h("table", { class: "kv" }, rows.filter((r) => r[1] !== null && r[1] !== undefined && r[1] !== "").map(([k, v]) =>
-      h("tr", {}, h("td", { class: "label" }, k), k === "state" ? stateCell(v) : h("td", {}, String(v))))),
+    kv([["task", t.task_id], ["function", t.name], ["state", t.state], ["attempt", t.attempt_number],
+      ["arguments", args], ["node", t.node_id], ["worker", t.worker_id], ["pid", t.worker_pid], ["job", t.job_id],
+      ["actor", t.actor_id], ["parent task", t.parent_task_id], ["resources", JSON.stringify(t.required_resources || {})],
+      ["created", when(t.creation_time_ms)], ["started", when(t.start_time_ms)], ["ended", when(t.end_time_ms)],
+      ["waited", dur(t.creation_time_ms, t.start_time_ms)], ["ran", dur(t.start_time_ms, t.end_time_ms)],
+      ["error type", t.error_type]]),
     t.error_message ? [h("h3", {}, "Error and traceback"), h("pre", { id: "task-error" }, t.error_message)] : null,
     h("h3", {}, "State history"),
     h("table", { class: "kv" }, (t.events || []).map((e) => h("tr", {}, stateCell(e.state), h("td", {}, when(e.created_ms))))));
 }
 
-async function pollActors() {
-  const r = await api("/api/dash/actors");
+// --- actors ------------------------------------------------------------------------------------------
+function onActors(r) {
   table($("actors-table"), [["actor", (a) => short(a.actor_id)], ["class", (a) => a.class_name], ["name", (a) => a.name],
     ["state", (a) => stateCell(a.state)], ["restarts", (a) => a.num_restarts], ["node", (a) => short(a.node_id)],
-    ["pid", (a) => a.pid || ""], ["death cause", (a) => a.death_cause || ""]], r.rows);
+    ["pid", (a) => a.pid || ""], ["death cause", (a) => a.death_cause || ""]], r.rows,
+  (a) => ({ "data-id": a.actor_id, class: a.actor_id === state.arg ? "selected" : null, onclick: () => go("actors", a.actor_id) }));
 }
 
+function onActor(a) {
+  const el = $("actor-detail");
+  el.hidden = false;
+  if (a.missing) { fill(el, h("h3", {}, "Actor " + short(a.actor_id)), h("p", {}, "No such actor.")); return; }
+  const calls = a.pending_calls || [];
+  const keep = $("actor-log") ? $("actor-log").textContent : "";
+  fill(el, h("h3", {}, "Actor " + a.class_name + " " + short(a.actor_id)),
+    kv([["actor", a.actor_id], ["class", a.class_name], ["name", a.name], ["state", a.state], ["namespace", a.ray_namespace],
+      ["restarts", a.num_restarts + " of " + (a.max_restarts < 0 ? "∞" : a.max_restarts)], ["node", a.node_id], ["pid", a.pid],
+      ["job", a.job_id], ["resources", JSON.stringify(a.required_resources || {})], ["death cause", a.death_cause],
+      ["calls finished", a.calls_done]]),
+    h("h3", {}, "Pending calls ", h("span", { id: "actor-pending", class: "muted", data: { n: a.pending_total } }, "(" + a.pending_total + ")")),
+    calls.length ? h("table", { class: "grid", id: "actor-calls" }, h("tr", {}, h("th", {}, "call"), h("th", {}, "method"), h("th", {}, "state"), h("th", {}, "since")),
+      calls.map((c) => h("tr", {}, h("td", {}, c.task_id), h("td", {}, c.name), stateCell(c.state), h("td", {}, when(c.creation_time_ms)))))
+      : h("p", { class: "muted" }, "none"),
+    h("h3", {}, "Output of its worker"), h("pre", { id: "actor-log", class: "log" }, keep));
+}
+
+// --- jobs ---------------------------------------------------------------------------------------------
 const TERMINAL = ["SUCCEEDED", "FAILED", "STOPPED"];
-async function pollJobs() {
-  const r = await api("/api/jobs/");
+function onJobs(r) {
   table($("jobs-table"), [["submission", (j) => j.submission_id], ["status", (j) => stateCell(j.status)],
     ["entrypoint", (j) => j.entrypoint], ["started", (j) => when(j.start_time)], ["ended", (j) => when(j.end_time)],
     ["", (j) => h("td", {}, TERMINAL.includes(j.status) ? "" :
       h("button", { class: "stop", "data-stop": j.submission_id, onclick: (ev) => { ev.stopPropagation(); stopJob(j.submission_id, ev.target); } }, "Stop"))]],
-  r.jobs, (j) => ({ "data-id": j.submission_id, class: j.submission_id === state.job ? "selected" : null,
-    onclick: () => { state.job = j.submission_id; showJob(); } }));
-  if (state.job) await showJob();
+  r.jobs, (j) => ({ "data-id": j.submission_id, class: j.submission_id === state.arg ? "selected" : null,
+    onclick: () => go("jobs", j.submission_id) }));
 }
 
 async function stopJob(id, button) {
   button.disabled = true;
-  await api("/api/jobs/" + encodeURIComponent(id) + "/stop", { method: "POST", headers: { "X-Luminary-Dashboard": "1" } });
-  await pollJobs();
+  try {
+    await api("/api/jobs/" + encodeURIComponent(id) + "/stop", { method: "POST", headers: { "X-Luminary-Dashboard": "1" } });
+  } catch (e) {
+    setStatus("could not stop " + id + ": " + e.message, true);
+    button.disabled = false;
+  }
 }
 
-async function showJob() {
-  const id = state.job;
-  const [info, logs] = await Promise.all([api("/api/jobs/" + encodeURIComponent(id)), api("/api/jobs/" + encodeURIComponent(id) + "/logs")]);
+function onJob(info) {
   const el = $("job-detail");
   el.hidden = false;
-  fill(el, h("h3", {}, "Job " + id), h("table", { class: "kv" },
-    [["status", info.status], ["entrypoint", info.entrypoint], ["message", info.message]].filter((r) => r[1]).map(([k, v]) =>
-      h("tr", {}, h("td", { class: "label" }, k), k === "status" ? stateCell(v) : h("td", {}, v)))),
-  h("h3", {}, "Output"), h("pre", { id: "job-logs" }, logs.logs.slice(-20000) || "(no output yet)"));
+  const keep = $("job-logs") ? $("job-logs").textContent : "";
+  fill(el, h("h3", {}, "Job " + info.submission_id),
+    info.missing ? h("p", {}, "No such job.") : kv([["status", info.status], ["entrypoint", info.entrypoint], ["message", info.message]]),
+    h("h3", {}, "Output"), h("pre", { id: "job-logs", class: "log" }, keep));
+}
+
+// --- logs (any page's log pane) ------------------------------------------------------------------------
+const LOG_KEEP = 200000;                   // characters a log pane keeps
+function logPane() { return $({ logs: "log-text", jobs: "job-logs", actors: "actor-log" }[state.page] || "none"); }
+function onLog(l) {
+  const el = logPane();
+  if (!el) return;
+  const stick = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
+  let text = (l.reset ? "" : el.textContent) + l.data;
+  if (text.length > LOG_KEEP) text = text.slice(text.length - LOG_KEEP);
+  el.textContent = text;
+  if (stick) el.scrollTop = el.scrollHeight;
+}
+
+function onLogFiles(r) {
+  table($("logs-table"), [["node", (f) => f.node_id ? short(f.node_id).slice(0, 6) : ""], ["log", (f) => f.name],
+    ["size", (f) => bytes(f.size)]], r.rows,
+  (f) => ({ "data-id": f.key, class: f.key === state.arg ? "selected" : null, onclick: () => go("logs", f.key) }));
+}
+
+// --- objects, placement groups, stacks ----------------------------------------------------------------
+function onObjects(r) {
+  table($("objects-nodes"), [["node", (n) => n.node_id || "?"], ["held in", (n) => n.in], ["objects", (n) => n.objects],
+    ["size", (n) => bytes(n.bytes)]], r.per_node, (n) => ({ "data-node": n.node_id || "" }));
+  $("objects-shown").textContent = r.rows.length < r.total_rows ? "(largest " + r.rows.length + " of " + r.total_rows + ")" : "(" + r.total_rows + ")";
+  table($("objects-table"), [["object", (o) => short(o.object_id)], ["size", (o) => bytes(o.object_size)],
+    ["owner?", (o) => o.is_owner ? "owner" : "borrower"], ["pid", (o) => o.pid], ["type", (o) => o.type],
+    ["reference", (o) => o.reference_type], ["stored in", (o) => o.stored_in || ""], ["node", (o) => short(o.node_id)]], r.rows,
+  (o) => ({ "data-id": o.object_id }));
+}
+
+function onPgs(r) {
+  table($("pgs-table"), [["placement group", (p) => short(p.placement_group_id)], ["name", (p) => p.name],
+    ["state", (p) => stateCell(p.state)], ["strategy", (p) => p.strategy],
+    ["bundles", (p) => h("td", { class: "bundles" }, p.bundles.map((b) =>
+      h("div", {}, "#" + b.index + " " + JSON.stringify(b.resources) + (b.node_id ? " on " + short(b.node_id) : " (not placed)"))))]],
+  r.rows, (p) => ({ "data-id": p.placement_group_id }));
+}
+
+function onWorkers(r) {
+  table($("workers-table"), [["pid", (w) => w.pid], ["kind", (w) => w.actor ? "actor " + w.actor : (w.worker_type || "").toLowerCase()],
+    ["node", (w) => short(w.node_id).slice(0, 6)]], r.rows,
+  (w) => ({ "data-id": w.worker_id, "data-pid": w.pid, class: w.worker_id === state.arg ? "selected" : null, onclick: () => go("stacks", w.worker_id) }));
+}
+
+function onStacks(s) {
+  $("stack-detail").hidden = false;
+  $("stack-title").textContent = "Worker " + short(s.worker_id) + " at " + new Date(s.time * 1000).toLocaleTimeString();
+  $("stack-text").textContent = s.text;
 }
 
 // --- metrics charts --------------------------------------------------------------------------------
@@ -265,40 +332,79 @@ function drawMetrics() {
   chart($("chart-usage"), [["cpu", "#3b6fd8"], ["mem", "#2e8b57"], ["store", "#8e44ad"]], 100);
 }
 
-// --- the loop ----------------------------------------------------------------------------------------
+// --- the stream and the router -----------------------------------------------------------------------------
+const HANDLERS = {
+  overview: (o) => { state.overview = o; if (state.page === "overview") drawOverview(o); },
+  tick: (t) => {
+    if (state.overview) sample(state.overview, t.time);
+    if (state.page === "metrics") drawMetrics();
+    setStatus("live · " + new Date(t.time * 1000).toLocaleTimeString());
+  },
+  problem: (p) => setStatus("the head could not answer: " + p.error, true),
+  stream: onStream, tasks: onTasks, task: onTask, actors: onActors, actor: onActor, jobs: onJobs, job: onJob,
+  log: onLog, logfiles: onLogFiles, objects: onObjects, pgs: onPgs, workers: onWorkers, stacks: onStacks,
+};
+
+function connect() {
+  if (state.es) state.es.close();
+  const q = new URLSearchParams({ view: state.page });
+  const arg = state.arg;
+  if (state.page === "tasks") {
+    if ($("task-filter-state").value) q.set("state", $("task-filter-state").value);
+    if ($("task-filter-name").value.trim()) q.set("name", $("task-filter-name").value.trim());
+    if (arg) q.set("task", arg);
+  } else if (state.page === "actors" && arg) q.set("actor", arg);
+  else if (state.page === "jobs" && arg) q.set("job", arg);
+  else if (state.page === "logs" && arg) q.set("log", arg);
+  else if (state.page === "stacks" && arg) q.set("worker", arg);
+  else if (state.page === "stream") {
+    let since = 0;
+    for (const t of state.stream.values()) since = Math.max(since, t.end === null ? 0 : t.end - 2);
+    for (const t of state.stream.values()) if (t.end === null) since = Math.min(since, t.start);
+    q.set("since", String(since));
+  }
+  const es = new EventSource("/api/dash/events?" + q);
+  for (const [name, fn] of Object.entries(HANDLERS)) {
+    es.addEventListener(name, (ev) => { if (state.es === es) fn(JSON.parse(ev.data)); });
+  }
+  es.onerror = () => {
+    if (state.es !== es) return;
+    if (es.readyState === EventSource.CLOSED) setStatus("logged out or head gone: open a fresh link from `luminary dashboard`", true);
+    else setStatus("reconnecting…", true);
+  };
+  state.es = es;
+}
+
+function go(page, arg) { location.hash = page + (arg ? "/" + arg : ""); }
+
 function route() {
-  const [page, arg] = (location.hash.slice(1) || "overview").split("/");
+  const hash = location.hash.slice(1) || "overview";
+  const cut = hash.indexOf("/");
+  const page = cut < 0 ? hash : hash.slice(0, cut), arg = cut < 0 ? "" : decodeURIComponent(hash.slice(cut + 1));
   state.page = $("page-" + page) ? page : "overview";
-  if (state.page === "tasks" && arg) state.task = arg;
+  state.arg = arg;
   for (const el of document.querySelectorAll(".page")) el.classList.toggle("active", el.id === "page-" + state.page);
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === state.page);
-}
-
-let busy = false;
-async function tick() {
-  if (busy) return;
-  busy = true;
-  try {
-    const o = await api("/api/dash/overview");
-    sample(o);
-    if (state.page === "overview") drawOverview(o);
-    else if (state.page === "stream") await pollStream();
-    else if (state.page === "tasks") await pollTasks();
-    else if (state.page === "actors") await pollActors();
-    else if (state.page === "jobs") await pollJobs();
-    else if (state.page === "metrics") drawMetrics();
-    setStatus("live · " + new Date(o.time * 1000).toLocaleTimeString());
-  } catch (e) {
-    if (e.message !== "401") setStatus("head not answering: " + e.message, true);
-  } finally {
-    busy = false;
+  for (const [page, pane] of [["tasks", "task-detail"], ["actors", "actor-detail"], ["jobs", "job-detail"],
+    ["logs", "log-detail"], ["stacks", "stack-detail"]]) {
+    if (page === state.page) {
+      $(pane).hidden = !arg;
+      if (!arg) continue;
+      for (const tr of document.querySelectorAll("#page-" + page + " tr[data-id]")) tr.classList.toggle("selected", tr.dataset.id === arg);
+      if (page === "logs") { $("log-title").textContent = arg.replace(/^node:[0-9a-f]{6}[0-9a-f]*:/, ""); $("log-text").textContent = ""; }
+      if (page === "stacks") { $("stack-title").textContent = "Worker " + short(arg); $("stack-text").textContent = "asking…"; }
+      if (page === "jobs" && $("job-logs")) $("job-logs").textContent = "";
+      if (page === "actors" && $("actor-log")) $("actor-log").textContent = "";
+    }
   }
+  if (state.page === "metrics") drawMetrics();
+  if (state.page === "overview" && state.overview) drawOverview(state.overview);
+  if (state.page === "stream" && state.streamNow) drawStream(state.streamNow);
+  connect();
 }
 
-window.addEventListener("hashchange", () => { route(); tick(); });
-$("stream-window").addEventListener("change", () => tick());
-$("task-filter-state").addEventListener("change", () => tick());
-$("task-filter-name").addEventListener("change", () => tick());
+window.addEventListener("hashchange", route);
+$("stream-window").addEventListener("change", () => state.streamNow && drawStream(state.streamNow));
+$("task-filter-state").addEventListener("change", connect);
+$("task-filter-name").addEventListener("change", connect);
 route();
-tick();
-setInterval(tick, POLL_MS);
