@@ -107,7 +107,8 @@ def main():
             worker_cfg = {"secret": cfg["secret"], "session_dir": session_dir,
                           "nm_address": f"unix:{os.path.join(session_dir, 'nm.sock')}",
                           "arena_fd": arena_fd, "capacity": capacity, "node_ip": cfg["node_ip"],
-                          "gcs_address": cfg["gcs_address"], "tcp": cfg.get("tcp_port") is not None}
+                          "gcs_address": cfg["gcs_address"], "tcp": cfg.get("tcp_port") is not None,
+                          "system": cfg.get("system") or {}}
             run_zygote(child_sock, worker_cfg)
         finally:
             os._exit(1)

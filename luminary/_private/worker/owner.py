@@ -803,8 +803,20 @@ class Owner:
         if a.held:
             self.out.append(("release", a.held[0]))
             a.held = None
-        if not a.queue and not a.inflight:
-            self.out.append(("kill_actor", actor_id))
+        if a.state != "alive" and not a.queue and not a.inflight:
+            # never reached by this process: the shell asks the GCS whether it runs (then it ends
+            # gracefully, ``terminate_actor``) or is still pending (then it is removed at once)
+            self.out.append(("end_actor", actor_id, terminate_call))
+            return
+        # graceful, as Ray 2.60: after the calls already queued, ``__ray_shutdown__``,
+        # ``__del__`` and ``atexit`` run in the actor (bounded by its shutdown timeout)
+        terminate_call.actor = actor_id
+        self.on_submit(terminate_call, [])
+
+    def on_terminate_actor(self, actor_id, terminate_call):
+        """The GCS says an actor freed by ``on_handle_freed`` is running: end it gracefully."""
+        a = self.actors.get(actor_id)
+        if a is None or a.state == "dead":
             return
         terminate_call.actor = actor_id
         self.on_submit(terminate_call, [])
