@@ -131,6 +131,49 @@ def test_a_function_capturing_a_huge_value_is_refused(ray_start):
         uses_huge.remote()
 
 
+@pytest.mark.parametrize("kind,options,error,words", [
+    ("task", {"num_cpus": "a"}, TypeError, "The type of keyword 'num_cpus'"),
+    ("task", {"num_cpus": -1}, ValueError, "cannot be negative"),
+    ("task", {"num_returns": -2}, ValueError, "num_returns"),
+    ("task", {"max_retries": -2}, ValueError, "only accepts None, 0, -1 or a positive integer"),
+    ("task", {"max_retries": 1.5}, TypeError, "The type of keyword 'max_retries'"),
+    ("task", {"retry_exceptions": [1]}, ValueError, "retry_exceptions must be either a boolean or a list"),
+    ("task", {"name": 1}, TypeError, "The type of keyword 'name'"),
+    ("task", {"runtime_env": "x"}, TypeError, "The type of keyword 'runtime_env'"),
+    ("task", {"accelerator_type": 1}, TypeError, "The type of keyword 'accelerator_type'"),
+    ("task", {"resources": {"CPU": 1}}, ValueError, "instead of 'CPU' and 'GPU'"),
+    ("task", {"resources": {"x": -1}}, ValueError, "The quantity of resource x cannot be negative"),
+    ("task", {"bogus": 1}, ValueError, "Invalid option keyword bogus for remote functions"),
+    ("task", {"max_calls": 2}, ValueError, "Setting 'max_calls' is not supported in '.options()'"),
+    ("actor", {"max_restarts": -2}, ValueError, "only accepts None, 0, -1 or a positive integer"),
+    ("actor", {"max_concurrency": 1.5}, TypeError, "The type of keyword 'max_concurrency'"),
+    ("actor", {"lifetime": "x"}, ValueError, "actor `lifetime` argument must be one of"),
+    ("actor", {"get_if_exists": True}, ValueError, "The actor name must be specified to use `get_if_exists`"),
+    ("actor", {"namespace": 1}, TypeError, "The type of keyword 'namespace'"),
+    ("actor", {"max_pending_calls": -2}, ValueError, "only accepts None, 0, -1 or a positive integer"),
+    ("actor", {"num_returns": 1}, ValueError, "Invalid option keyword num_returns for actors"),
+])
+def test_option_errors_have_rays_types_and_words(ray_start, kind, options, error, words):
+    @ray.remote
+    def f():
+        return 1
+
+    @ray.remote
+    class A:
+        pass
+    with pytest.raises(error) as info:
+        (f if kind == "task" else A).options(**options)
+    assert words in str(info.value)
+
+
+def test_decorators_used_wrongly_raise_rays_assertion_error(ray_start):
+    for misuse in (lambda: ray.remote(1, 2), lambda: ray.remote(), lambda: ray.method(bogus=1)):
+        with pytest.raises(AssertionError, match="decorator must be applied|Unexpected keyword argument"):
+            misuse()
+    with pytest.raises(ValueError, match="only accepts None, 0 or a positive integer"):
+        ray.remote(max_calls=-1)(lambda: 1)
+
+
 def test_names_users_import(ray_start):
     assert ray.ObjectID is ray.ObjectRef
     blob = ray.cloudpickle.dumps(lambda x: x + 1)
@@ -425,6 +468,47 @@ def test_omp_threads_follow_num_cpus(ray_start_fresh):
             return os.environ.get("OMP_NUM_THREADS")
 
     assert ray.get([two.remote(), half.remote(), One.remote().omp.remote()]) == ["2", "1", "1"]
+
+
+@pytest.mark.parametrize("ray_start_fresh", [{"num_cpus": 2, "num_gpus": 1}], indirect=True)
+def test_gpu_and_cpu_work_never_share_a_worker(ray_start_fresh):
+    # Ray 2.60 (measured): a worker that ran a GPU task never runs a CPU-only one, nor the
+    # reverse; a CUDA context made for one device set would outlive CUDA_VISIBLE_DEVICES.
+    @ray.remote
+    def where():
+        return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    cpu_before = {ray.get(where.remote())[0] for _ in range(3)}
+    gpu_pid, dev = ray.get(where.options(num_gpus=1).remote())
+    assert dev == "0" and gpu_pid not in cpu_before
+    cpu_after = [ray.get(where.remote()) for _ in range(3)]
+    assert all(pid != gpu_pid and d == os.environ.get("CUDA_VISIBLE_DEVICES") for pid, d in cpu_after)
+    assert ray.get(where.options(num_gpus=0.5).remote())[0] not in {p for p, _ in cpu_after}
+
+
+@pytest.mark.parametrize("ray_start_fresh", [{"num_cpus": 2, "num_gpus": 1}], indirect=True)
+def test_max_calls_and_gpu_functions_get_fresh_workers(ray_start_fresh):
+    @ray.remote(max_calls=1, max_retries=0)
+    def once():
+        return os.getpid()
+
+    # every call in a fresh process, none lost to a worker that exits (no retries to hide it)
+    pids = ray.get([once.remote() for _ in range(8)], timeout=60)
+    assert len(set(pids)) == 8
+
+    @ray.remote(max_calls=2)
+    def twice():
+        return os.getpid()
+    seen = [ray.get(twice.remote()) for _ in range(4)]
+    assert max(seen.count(p) for p in seen) <= 2
+
+    @ray.remote(num_gpus=1)     # as Ray: a GPU function defaults to max_calls=1
+    def on_gpu():
+        return os.getpid()
+    assert len({ray.get(on_gpu.remote()) for _ in range(3)}) == 3
+
+    with pytest.raises(ValueError, match="Setting 'max_calls' is not supported in '.options\\(\\)'"):
+        once.options(max_calls=2)
 
 
 def test_static_generator_that_raises_keeps_its_earlier_values(ray_start):

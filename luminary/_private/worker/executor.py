@@ -83,6 +83,8 @@ class Executor:
         self.tls = threading.local()     # .task: the ExecTask this thread runs (is_canceled)
         self.omp_from_cpus = os.environ.get("LUMINARY_OMP_FROM_CPUS") == "1"
         self._omp = None
+        self.calls_of = {}               # function id -> calls run here (max_calls)
+        self.retire_after = None         # the call after whose reply this worker exits (max_calls)
         signal.signal(signal.SIGINT, self._on_sigint)
 
     def handlers(self):
@@ -123,6 +125,26 @@ class Executor:
         if not t.answered:
             t.answered = True
             t.conn.reply(t.rid, True, reply)
+        if t is self.retire_after:
+            self._retire(t)
+
+    def _calls_used_up(self, spec):
+        """Ray's ``max_calls``: this worker has now run the function that many times."""
+        fid = spec["fid"]
+        n = self.calls_of[fid] = self.calls_of.get(fid, 0) + 1
+        return n >= spec["max_calls"]
+
+    def _retire(self, last):
+        """(I/O thread) ``max_calls`` reached and the last reply written: hand any call queued
+        here back to its owner, flush, and end the process (its resources return with it)."""
+        conns = {last.conn}
+        for t in list(self.pending.values()):
+            if t.bounce():
+                self._reply(t, {"bounced": True})
+                conns.add(t.conn)
+        for conn in conns:
+            conn._flush()
+        procutil.flush_and_exit(0)
 
     def h_cancel_task(self, conn, p):
         t = self.pending.get(p["tid"])
@@ -217,6 +239,11 @@ class Executor:
                 reply = self.execute(t)
                 self.running = None
                 t.finish()
+                if "max_calls" in t.spec and self.actor is None and self._calls_used_up(t.spec):
+                    reply["exiting"] = True      # the owner pushes this worker nothing more
+                    self.retire_after = t
+                    self.finish(t, reply)
+                    threading.Event().wait()     # the I/O thread ends the process after the reply
                 self.finish(t, reply)
             except (KeyboardInterrupt, TaskCancelled, TaskTimedOut):
                 # a cancel that arrived just after its task finished

@@ -427,7 +427,7 @@ class Owner:
             self._fail(call, exc.TaskCancelledError(call.tid.hex()))
         else:
             kq.avg_run = 0.8 * kq.avg_run + 0.2 * reply.get("dur", 0.0)
-            kq.depth = PIPELINE_DEPTH if kq.avg_run < FAST_TASK_S else 1
+            kq.depth = PIPELINE_DEPTH if kq.avg_run < FAST_TASK_S and "max_calls" not in call.spec else 1
             if reply.get("app_error") and self._should_retry(call, reply):
                 call.retries_left -= 1
                 self._to(call, S.QUEUED)
