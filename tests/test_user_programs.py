@@ -524,6 +524,51 @@ def test_static_generator_that_raises_keeps_its_earlier_values(ray_start):
         ray.get(c)
 
 
+def test_static_generator_past_its_num_returns_keeps_the_values(ray_start):
+    # found running Ray's generator docs unchanged: once num_returns values are yielded, Ray
+    # only logs what comes after (more values, or an exception) and returns the values
+    @ray.remote
+    def counts(n, then_fail):
+        yield from range(n)
+        if then_fail:
+            raise RuntimeError("after the last value")
+
+    assert ray.get(list(counts.options(num_returns=2).remote(2, True))) == [0, 1]
+    assert ray.get(list(counts.options(num_returns=2).remote(4, False))) == [0, 1]
+    with pytest.raises(ValueError, match="returned 1 objects, but num_returns=2"):
+        ray.get(list(counts.options(num_returns=2).remote(1, False)))
+
+
+def test_cancelled_async_actor_call_is_a_task_error_and_a_cancel(ray_start):
+    # found running Ray's actor docs unchanged: the call's error is a RayTaskError and a
+    # TaskCancelledError, also when the method caught the CancelledError and returned
+    @ray.remote
+    class Sleeper:
+        def __init__(self):
+            self.started = 0
+
+        async def nap(self, swallow):
+            self.started += 1
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                if not swallow:
+                    raise
+            return "woke up"
+
+        async def how_many_started(self):
+            return self.started
+
+    s = Sleeper.remote()
+    for n, swallow in ((1, False), (2, True)):
+        ref = s.nap.remote(swallow)
+        poll_for(lambda: ray.get(s.how_many_started.remote()) == n, timeout=20, desc="the call to start")
+        ray.cancel(ref)
+        with pytest.raises(ray.exceptions.RayTaskError) as info:
+            ray.get(ref, timeout=20)
+        assert isinstance(info.value, ray.exceptions.TaskCancelledError)
+
+
 def test_wait_accepts_generators(ray_start):
     @ray.remote
     def items(n):

@@ -290,6 +290,8 @@ class ActorRuntime:
                 else:
                     reply = ex._pack(spec, result, nret)
                 self.after_call()
+                if t.cancel_requested and not t.timed_out:
+                    reply = {"cancelled": True}      # it caught the CancelledError: still cancelled (as Ray)
             except _ActorExit:
                 self.exit()
                 return

@@ -425,20 +425,29 @@ class Executor:
 
     def _collect_static(self, gen, nret):
         """The values of a generator task with a static num_returns, and the exception it raised
-        after yielding them (None when it ran to the end)."""
+        before yielding them all (None when it yielded enough).  As Ray: once ``nret`` values are
+        there, more values or an exception after them are only reported, not raised."""
         out = []
         try:
             for v in gen:
                 out.append(v)
-                if len(out) > nret:
+                if len(out) == nret:
                     break
         except Exception as e:  # noqa: BLE001 - user code
-            if len(out) < nret:
-                return out, e
-            raise
-        if len(out) != nret:
-            raise ValueError(f"Task returned a generator that produced {'more than ' if len(out) > nret else ''}"
-                             f"{len(out) if len(out) <= nret else nret} values, but num_returns={nret}.")
+            return out, e
+        if len(out) < nret:
+            raise ValueError(f"Task returned {len(out)} objects, but num_returns={nret}.")
+        try:
+            next(gen)
+            extra = f"it yielded more than num_returns={nret} values"
+        except StopIteration:
+            return out, None
+        except Exception as e:  # noqa: BLE001 - user code
+            extra = f"it raised {type(e).__name__}: {e}"
+        finally:
+            gen.close()
+        print(f"Unhandled error: the generator task returned all {nret} values, then {extra}; "
+              "the rest is ignored (as in Ray).", file=sys.stderr)
         return out, None
 
     def _error_reply(self, spec, e, nret):

@@ -734,7 +734,10 @@ class Owner:
         if call is None:
             return
         if reply.get("cancelled"):
-            self._fail(call, exc.TaskCancelledError(call.tid.hex()))
+            # as Ray: a cancelled actor call raises an error that is both a RayTaskError and a
+            # TaskCancelledError
+            err = exc.TaskCancelledError(call.tid.hex())
+            self._fail(call, exc.RayTaskError(call.name, str(err), err).as_instanceof_cause())
         elif reply.get("app_error") and self._should_retry(call, reply):
             call.retries_left -= 1
             self._to(call, S.QUEUED)
