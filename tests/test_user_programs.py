@@ -365,6 +365,37 @@ def test_graceful_exits_run_the_shutdown_hooks_in_rays_order(ray_start, tmp_path
     assert _lines(log) == expected + ["__ray_shutdown__", "__del__", "atexit"]
 
 
+def test_exit_actor_in_init_runs_the_hooks_too(ray_start, tmp_path):
+    log = tmp_path / "hooks"
+
+    def note(what):
+        with open(log, "a") as f:
+            f.write(what + "\n")
+
+    @ray.remote
+    class QuitsAtOnce:
+        def __init__(self):
+            self.made = True
+            atexit.register(note, "atexit")
+            ray.actor.exit_actor()
+
+        def __ray_shutdown__(self):
+            note("__ray_shutdown__")
+
+        def __del__(self):
+            if "made" in self.__dict__:     # (Ray's actor class wrapper inherits __del__ too)
+                note("__del__")
+
+        def m(self):
+            return 1
+
+    q = QuitsAtOnce.remote()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(q.m.remote(), timeout=20)
+    poll_for(lambda: len(_lines(log)) == 3, timeout=20, desc="the three hooks")
+    assert _lines(log) == ["__ray_shutdown__", "__del__", "atexit"]
+
+
 def test_kill_and_shutdown_run_no_hooks(shutdown_only, tmp_path):
     # Ray 2.60 (measured, and its docs): ray.kill and ray.shutdown end actors at once, without
     # __ray_shutdown__, __del__ or atexit handlers.

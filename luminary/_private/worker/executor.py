@@ -278,6 +278,10 @@ class Executor:
             self.core.io.post(self._reply_create, t, {"error": serialization.dumps_error(err),
                                                       "error_text": f"{type(e).__name__}: {e}"})
             return
+        except _ActorExit as e:
+            # exit_actor() in __init__: as Ray, the hooks run on the half-made instance, then
+            # the actor is dead (never restarted) and its calls fail with ActorDiedError
+            self._exit_in_init(t, rt, spec, e)
         finally:
             core.current_task_name = None
             core.in_actor_init = False
@@ -287,6 +291,31 @@ class Executor:
         self.core.io.post(self._reply_create, t, {"ok": True, "pid": os.getpid()})
         if rt.is_async:
             rt.run_async_forever(self.queue)
+
+    def _exit_in_init(self, t, rt, spec, e):
+        cls_name = spec.get("class_name", "Actor")
+        frame_tb, inst = e.__traceback__, None
+        while frame_tb is not None and inst is None:      # the instance: __init__'s ``self``
+            inst = frame_tb.tb_frame.f_locals.get("self") if frame_tb.tb_frame.f_code.co_name == "__init__" else None
+            frame_tb = frame_tb.tb_next
+        del e, frame_tb
+        rt.instance = inst
+        done = threading.Event()
+        timer = threading.Timer(rt.shutdown_timeout_s, done.set)
+        timer.daemon = True
+        timer.start()
+        threading.Thread(target=lambda: (rt.run_shutdown_hooks(), done.set()), daemon=True).start()
+        done.wait()
+        why = RuntimeError(f"{cls_name}.__init__ called exit_actor(): the actor exited intentionally.")
+        err = exc.RayTaskError(f"{cls_name}.__init__", str(why), why, pid=os.getpid(), ip=self.node_ip)
+        reply = {"error": serialization.dumps_error(err), "error_text": str(why)}
+        self.core.io.post(self._reply_create_and_exit, t, reply)
+        threading.Event().wait()          # the I/O thread ends the process once the reply is out
+
+    def _reply_create_and_exit(self, t, reply):
+        self._reply_create(t, reply)
+        t.conn._flush()
+        procutil.flush_and_exit(0)
 
     def _reply_create(self, t, reply):
         if not t.answered:
