@@ -31,9 +31,10 @@ def remote(*args, **kwargs):
     """Make a function a remote function: ``@remote`` or ``@remote(num_cpus=..., ...)``."""
     if len(args) == 1 and not kwargs and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
-        raise TypeError("The @remote decorator takes either a function/class alone or only keyword "
-                        "options, e.g. @remote(num_cpus=2).")
+    if args or not kwargs:
+        from ._private.worker.options import DecoratorError
+        raise DecoratorError("The @remote decorator must be applied either with no arguments and no parentheses, "
+                             "for example '@remote', or with keyword options, for example '@remote(num_cpus=2)'.")
 
     def decorator(fn):
         return _make_remote(fn, kwargs)
@@ -50,8 +51,19 @@ def _make_remote(obj, options):
     return RemoteFunction(obj, options)
 
 
+_METHOD_OPTIONS = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions", "timeout_s",
+                   "_generator_backpressure_num_objects", "_num_objects_per_yield", "enable_task_events",
+                   "tensor_transport"}
+
+
 def method(*args, **kwargs):
     """Options for an actor method: ``@method(num_returns=2)``."""
+    bad = sorted(set(kwargs) - _METHOD_OPTIONS)
+    if bad:
+        from ._private.worker.options import DecoratorError
+        raise DecoratorError(f"Unexpected keyword argument to @method: {bad[0]!r}. The supported keyword "
+                             f"arguments are {sorted(_METHOD_OPTIONS)}.")
+
     def decorator(fn):
         fn.__luminary_method_options__ = kwargs
         return fn

@@ -289,9 +289,14 @@ def test_handle_freed_terminates_after_queued_calls():
     out = w.feed("handle_freed", handle, term)
     assert b"h" * 20 in w.released
     assert term.actor == aid and list(w.owner.actors[aid].queue) == [c1, term]
+    # an actor never called from here: the shell asks the GCS whether it runs ...
     idle = World()
     idle.feed("actor_created", aid, handle, ([], []), False)
-    assert one(idle.feed("handle_freed", handle, idle.task(nret=0)), "kill_actor")[1] == aid
+    term = idle.task(name="__ray_terminate__", nret=0, retries=0)
+    assert one(idle.feed("handle_freed", handle, term), "end_actor")[1:] == (aid, term)
+    # ... and when it does, it ends gracefully after a __ray_terminate__ call (its hooks run)
+    out = idle.feed("terminate_actor", aid, term)
+    assert term.actor == aid and one(out, "locate_actor")[1] == aid
 
 
 # --- random event sequences ---------------------------------------------------------------------

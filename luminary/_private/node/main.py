@@ -108,7 +108,7 @@ def main():
                           "nm_address": f"unix:{os.path.join(session_dir, 'nm.sock')}",
                           "arena_fd": arena_fd, "capacity": capacity, "node_ip": cfg["node_ip"],
                           "gcs_address": cfg["gcs_address"], "tcp": cfg.get("tcp_port") is not None,
-                          "log_rotation": cfg.get("log_rotation")}
+                          "log_rotation": cfg.get("log_rotation"), "system": cfg.get("system") or {}}
             run_zygote(child_sock, worker_cfg)
         finally:
             os._exit(1)

@@ -38,6 +38,21 @@ from .usage import node_usage
 logger = logging.getLogger(__name__)
 
 
+GPU_POOL = "+gpu"
+
+
+def pool_of(env, need):
+    """The pool of workers a lease may take: one per runtime env, and GPU work apart from the rest.
+    As in Ray, a worker that ran with GPUs never runs CPU-only work and the reverse: a process
+    whose CUDA context was made for one device set keeps it, whatever CUDA_VISIBLE_DEVICES says
+    later (and keeps the device memory its libraries cached)."""
+    return env + GPU_POOL if need.units("GPU") > 0 else env
+
+
+def env_of_pool(pool):
+    return pool[:-len(GPU_POOL)] if pool.endswith(GPU_POOL) else pool
+
+
 class WorkerInfo:
     __slots__ = ("worker_id", "pid", "address", "conn", "lease", "idle_since", "kind", "env")
 
@@ -49,7 +64,7 @@ class WorkerInfo:
         self.lease = None
         self.idle_since = time.monotonic()
         self.kind = kind
-        self.env = env            # runtime env key ("" for a plain worker)
+        self.env = env            # its pool: runtime env key, plus GPU_POOL for GPU work ("" plain)
 
 
 class NodeManager:
@@ -95,7 +110,8 @@ class NodeManager:
         # runtime envs: workers are pooled per env key; the agent prepares each env once per node
         self.envs = EnvAgent(self._fetch_package)
         self.env_ctx = {}         # env key -> ctx a worker applies after fork (runtime_env/apply.py)
-        self.starting_env = {}    # worker id being started -> env key
+        self.starting_env = {}    # worker id being started -> its pool (see pool_of)
+        self.pooled = False       # a lease has asked for a runtime env or a GPU: one pool each
         self.env_setups = {}      # lease id -> True while its env is being prepared (False: cancelled)
         self.jobs = None          # the job API (head node, luminary start --head), built at its first request
         self.job_listener = None  # its listening socket
@@ -261,11 +277,13 @@ class NodeManager:
             self.stopped.set_result(why)
 
     # --- workers -------------------------------------------------------------------------------
-    def _start_worker(self, env=""):
+    def _start_worker(self, pool=""):
         wid = ids.random_id()
         self.starting[wid] = time.monotonic()
+        if pool:
+            self.starting_env[wid] = pool
+        env = env_of_pool(pool)
         if env:
-            self.starting_env[wid] = env
             self.zygote.write(msgpack.packb({"worker_id": wid, "renv_ctx": self.env_ctx[env]}))
         else:
             self.zygote.write(msgpack.packb({"worker_id": wid}))
@@ -277,7 +295,7 @@ class NodeManager:
             wid = self.pid_to_worker.pop(m["exit"], None)
             if wid is not None and wid in self.starting:
                 del self.starting[wid]
-                env = self.starting_env.pop(wid, "")
+                env = env_of_pool(self.starting_env.pop(wid, ""))
                 logger.error("worker %s exited with %s before registering; see its log", wid.hex()[:8], m["status"])
                 if env:
                     self._env_worker_failed(env, wid, m)
@@ -405,7 +423,7 @@ class NodeManager:
             pass
         msg = (f"A worker for the runtime_env exited with status {m['status']} before it could start. "
                f"Its output ends with:\n{tail}")
-        for req in [r for r in self.scheduler.queue if r.env == env]:
+        for req in [r for r in self.scheduler.queue if env_of_pool(r.env) == env]:
             self.scheduler.cancel(req.lease_id)
             fut, _ = self.lease_waiters.pop(req.lease_id, (None, None))
             if fut is not None and not fut.done():
@@ -416,7 +434,10 @@ class NodeManager:
 
     def _queue_lease(self, conn, p, need):
         renv = p.get("renv")
-        req = LeaseRequest(p["lease_id"], need, conn, data=p, env=renv["key"] if renv else "")
+        pool = pool_of(renv["key"] if renv else "", need)
+        if pool:
+            self.pooled = True
+        req = LeaseRequest(p["lease_id"], need, conn, data=p, env=pool)
         if "worker" not in conn.state and not conn.state.get("lease_watch") and not conn.state.get("gcs"):
             # (a GCS's leases are actors' workers: they outlive a GCS restart, see _gcs_back)
             # an owner on another node (spillback) or the GCS: its leases end with its connection
@@ -548,7 +569,7 @@ class NodeManager:
     def _schedule(self):
         if self.shutting_down:
             return
-        if not self.envs.used:       # no runtime env ever used on this node: one pool
+        if not self.pooled and not self.envs.used:   # no runtime env or GPU asked for here yet: one pool
             grants, need = self.scheduler.schedule(len(self.idle))
         else:
             grants, need = self.scheduler.schedule(collections.Counter(w.env for w in self.idle))
@@ -567,11 +588,12 @@ class NodeManager:
                 self._start_worker()
         else:
             starting = collections.Counter(self.starting_env.get(wid, "") for wid in self.starting)
-            for env, n in need.items():
+            for pool, n in need.items():
+                env = env_of_pool(pool)
                 if env and env not in self.env_ctx:
                     continue        # its env failed since: those requests are being answered
-                for _ in range(max(0, n - starting[env])):
-                    self._start_worker(env)
+                for _ in range(max(0, n - starting[pool])):
+                    self._start_worker(pool)
         if grants:
             self._report_soon()
 

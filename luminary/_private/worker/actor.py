@@ -384,6 +384,6 @@ def exit_actor():
     """End the current actor after this call: it is not restarted and later calls fail with
     ActorDiedError."""
     core = state.core
-    if core is None or core.current_actor is None:
+    if core is None or (core.current_actor is None and not core.in_actor_init):
         raise TypeError("exit_actor() can only be called inside an actor.")
     raise _ActorExit()

@@ -14,12 +14,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
+import gc
 import inspect
-import os
+import sys
 import threading
 import time
+import traceback
+import weakref
 
 import cloudpickle
 
@@ -28,7 +32,24 @@ from .. import procutil
 from .actor import ActorHandle, _ActorExit
 
 
-SHUTDOWN_TIMEOUT_S = 30.0     # how long the shutdown hooks of an exiting actor may take
+# How long the shutdown hooks of an exiting actor may take before its process is ended anyway
+# (Ray's actor_graceful_shutdown_timeout_ms, 30 s; `_system_config` sets it per cluster).  Long
+# enough for a hook that flushes or closes connections, short enough that a hung one frees its
+# CPU and GPU within the minute.
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def _run_atexit():
+    try:
+        atexit._run_exitfuncs()
+    except Exception:
+        traceback.print_exc()
+
+
+def _hooks_timed_out(timeout_s):
+    print(f"The actor's shutdown hooks (__ray_shutdown__, __del__, atexit) ran longer than {timeout_s:g} s; "
+          "ending it now (_system_config actor_graceful_shutdown_timeout_ms sets the limit).", file=sys.stderr)
+    procutil.flush_and_exit(1)
 
 
 def _ready():
@@ -58,6 +79,8 @@ class ActorRuntime:
         self._mode_lock = threading.Lock()
         self._incoming = collections.deque()
         self._wake_pending = False
+        ms = (self.core.cfg.get("system") or {}).get("actor_graceful_shutdown_timeout_ms")
+        self.shutdown_timeout_s = SHUTDOWN_TIMEOUT_S if ms is None else ms / 1000.0
 
     def handle(self):
         return ActorHandle(self.actor_id, self.meta, None)
@@ -136,30 +159,47 @@ class ActorRuntime:
         return self._loop
 
     def run_shutdown_hooks(self):
-        """Ray's graceful actor shutdown: the user's ``__ray_shutdown__``, then ``__del__`` (the
-        instance is dropped) and ``atexit`` handlers; a hook that hangs is cut off after
-        SHUTDOWN_TIMEOUT_S by the exit that follows."""
+        """Ray 2.60's graceful actor shutdown (exit_actor, __ray_terminate__, the last handle
+        gone; not ray.kill or shutdown): the user's ``__ray_shutdown__``, then ``__del__`` (the
+        instance is dropped) and ``atexit`` handlers, in that order.  A hook that raises is
+        reported and the rest still run; a hook that hangs is cut off by the watchdog of exit()."""
         inst, self.instance = self.instance, None
+        if inst is None:
+            return _run_atexit()
         hook = getattr(inst, "__ray_shutdown__", None)
         if callable(hook):
             try:
                 res = hook()
                 if inspect.isawaitable(res):
-                    self._own_loop().run_until_complete(res) if not self._own_loop().is_running() else None
-            except Exception:
-                import traceback
-                traceback.print_exc()
-        del inst, hook
-        import gc
-        gc.collect()
+                    # as Ray 2.60: an async __ray_shutdown__ is not awaited
+                    getattr(res, "close", lambda: None)()
+                    print("Warning: __ray_shutdown__ is a coroutine function; it is not awaited (as in "
+                          "Ray). Make it a plain `def` to run cleanup when the actor exits.", file=sys.stderr)
+            except Exception as e:
+                print("Error during actor __ray_shutdown__ method", file=sys.stderr)
+                traceback.print_exception(type(e), e, e.__traceback__.tb_next, chain=False)
+        del hook
+        finalizer = getattr(type(inst), "__del__", None)
         try:
-            import atexit
-            atexit._run_exitfuncs()
-        except Exception:
-            pass
+            alive = weakref.ref(inst)
+        except TypeError:
+            alive = None
+        del inst
+        gc.collect()
+        inst = alive() if alive is not None else None
+        if inst is not None and finalizer is not None:
+            # still referenced (the frame that called exit_actor holds it): run its finalizer now;
+            # the process ends right after, so it never runs twice
+            try:
+                finalizer(inst)
+            except Exception:
+                print(f"Exception ignored in: {finalizer!r}", file=sys.stderr)
+                traceback.print_exc()
+        del inst
+        _run_atexit()
 
     def exit(self):
-        watchdog = threading.Timer(SHUTDOWN_TIMEOUT_S, os._exit, (0,))
+        watchdog = threading.Timer(self.shutdown_timeout_s, _hooks_timed_out, (self.shutdown_timeout_s,))
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -250,6 +290,8 @@ class ActorRuntime:
                 else:
                     reply = ex._pack(spec, result, nret)
                 self.after_call()
+                if t.cancel_requested and not t.timed_out:
+                    reply = {"cancelled": True}      # it caught the CancelledError: still cancelled (as Ray)
             except _ActorExit:
                 self.exit()
                 return

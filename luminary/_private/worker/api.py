@@ -136,7 +136,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
     return ctx
 
 
-_NODE_SYSTEM_KEYS = ("memory_usage_threshold", "memory_monitor_refresh_ms")
+_NODE_SYSTEM_KEYS = ("memory_usage_threshold", "memory_monitor_refresh_ms", "actor_graceful_shutdown_timeout_ms")
 
 
 def _node_system_config(system):

@@ -83,6 +83,8 @@ class Executor:
         self.tls = threading.local()     # .task: the ExecTask this thread runs (is_canceled)
         self.omp_from_cpus = os.environ.get("LUMINARY_OMP_FROM_CPUS") == "1"
         self._omp = None
+        self.calls_of = {}               # function id -> calls run here (max_calls)
+        self.retire_after = None         # the call after whose reply this worker exits (max_calls)
         signal.signal(signal.SIGINT, self._on_sigint)
 
     def handlers(self):
@@ -122,6 +124,26 @@ class Executor:
             self.core.events.ended(t.spec["tid"], reply)
         if t.take_answer():
             t.conn.reply(t.rid, True, reply)
+        if t is self.retire_after:
+            self._retire(t)
+
+    def _calls_used_up(self, spec):
+        """Ray's ``max_calls``: this worker has now run the function that many times."""
+        fid = spec["fid"]
+        n = self.calls_of[fid] = self.calls_of.get(fid, 0) + 1
+        return n >= spec["max_calls"]
+
+    def _retire(self, last):
+        """(I/O thread) ``max_calls`` reached and the last reply written: hand any call queued
+        here back to its owner, flush, and end the process (its resources return with it)."""
+        conns = {last.conn}
+        for t in list(self.pending.values()):
+            if t.bounce():
+                self._reply(t, {"bounced": True})
+                conns.add(t.conn)
+        for conn in conns:
+            conn._flush()
+        procutil.flush_and_exit(0)
 
     def h_cancel_task(self, conn, p):
         t = self.pending.get(p["tid"])
@@ -216,6 +238,11 @@ class Executor:
                 reply = self.execute(t)
                 self.running = None
                 t.finish()
+                if "max_calls" in t.spec and self.actor is None and self._calls_used_up(t.spec):
+                    reply["exiting"] = True      # the owner pushes this worker nothing more
+                    self.retire_after = t
+                    self.finish(t, reply)
+                    threading.Event().wait()     # the I/O thread ends the process after the reply
                 self.finish(t, reply)
             except (KeyboardInterrupt, TaskCancelled, TaskTimedOut):
                 # a cancel that arrived just after its task finished
@@ -250,6 +277,10 @@ class Executor:
             self.core.io.post(self._reply_create, t, {"error": serialization.dumps_error(err),
                                                       "error_text": f"{type(e).__name__}: {e}"})
             return
+        except _ActorExit as e:
+            # exit_actor() in __init__: as Ray, the hooks run on the half-made instance, then
+            # the actor is dead (never restarted) and its calls fail with ActorDiedError
+            self._exit_in_init(t, rt, spec, e)
         finally:
             core.current_task_name = None
             core.in_actor_init = False
@@ -259,6 +290,31 @@ class Executor:
         self.core.io.post(self._reply_create, t, {"ok": True, "pid": os.getpid()})
         if rt.is_async:
             rt.run_async_forever(self.queue)
+
+    def _exit_in_init(self, t, rt, spec, e):
+        cls_name = spec.get("class_name", "Actor")
+        frame_tb, inst = e.__traceback__, None
+        while frame_tb is not None and inst is None:      # the instance: __init__'s ``self``
+            inst = frame_tb.tb_frame.f_locals.get("self") if frame_tb.tb_frame.f_code.co_name == "__init__" else None
+            frame_tb = frame_tb.tb_next
+        del e, frame_tb
+        rt.instance = inst
+        done = threading.Event()
+        timer = threading.Timer(rt.shutdown_timeout_s, done.set)
+        timer.daemon = True
+        timer.start()
+        threading.Thread(target=lambda: (rt.run_shutdown_hooks(), done.set()), daemon=True).start()
+        done.wait()
+        why = RuntimeError(f"{cls_name}.__init__ called exit_actor(): the actor exited intentionally.")
+        err = exc.RayTaskError(f"{cls_name}.__init__", str(why), why, pid=os.getpid(), ip=self.node_ip)
+        reply = {"error": serialization.dumps_error(err), "error_text": str(why)}
+        self.core.io.post(self._reply_create_and_exit, t, reply)
+        threading.Event().wait()          # the I/O thread ends the process once the reply is out
+
+    def _reply_create_and_exit(self, t, reply):
+        self._reply_create(t, reply)
+        t.conn._flush()
+        procutil.flush_and_exit(0)
 
     def _reply_create(self, t, reply):
         if t.take_answer():
@@ -409,20 +465,29 @@ class Executor:
 
     def _collect_static(self, gen, nret):
         """The values of a generator task with a static num_returns, and the exception it raised
-        after yielding them (None when it ran to the end)."""
+        before yielding them all (None when it yielded enough).  As Ray: once ``nret`` values are
+        there, more values or an exception after them are only reported, not raised."""
         out = []
         try:
             for v in gen:
                 out.append(v)
-                if len(out) > nret:
+                if len(out) == nret:
                     break
         except Exception as e:  # noqa: BLE001 - user code
-            if len(out) < nret:
-                return out, e
-            raise
-        if len(out) != nret:
-            raise ValueError(f"Task returned a generator that produced {'more than ' if len(out) > nret else ''}"
-                             f"{len(out) if len(out) <= nret else nret} values, but num_returns={nret}.")
+            return out, e
+        if len(out) < nret:
+            raise ValueError(f"Task returned {len(out)} objects, but num_returns={nret}.")
+        try:
+            next(gen)
+            extra = f"it yielded more than num_returns={nret} values"
+        except StopIteration:
+            return out, None
+        except Exception as e:  # noqa: BLE001 - user code
+            extra = f"it raised {type(e).__name__}: {e}"
+        finally:
+            gen.close()
+        print(f"Unhandled error: the generator task returned all {nret} values, then {extra}; "
+              "the rest is ignored (as in Ray).", file=sys.stderr)
         return out, None
 
     def _error_reply(self, spec, e, nret):

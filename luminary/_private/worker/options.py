@@ -69,46 +69,87 @@ def check_node_resources(num_cpus=None, num_gpus=None, resources=None, memory=No
                     cpu_gpu_hint=names.get("cpu_gpu_hint", "the 'num_cpus' and 'num_gpus' keywords"))
 
 
+class DecoratorError(TypeError, AssertionError):
+    """A decorator used the wrong way (``@remote(1, 2)``, ``@method(bogus=1)``): Ray raises an
+    AssertionError there; this is also a TypeError, which is what the mistake is."""
+
+
+_NONE = type(None)
+_NUMBER = (float, int, _NONE)
+# Ray 2.60's type constraint of each option (a TypeError in its words when a value breaks it)
+RAY_OPTION_TYPES = {
+    "accelerator_type": (str, _NONE), "memory": _NUMBER, "num_cpus": _NUMBER, "num_gpus": _NUMBER,
+    "name": (str, _NONE), "object_store_memory": (int, _NONE), "placement_group_bundle_index": int,
+    "placement_group_capture_child_tasks": (bool, _NONE), "resources": (dict, _NONE),
+    "runtime_env": (dict, _NONE), "enable_task_events": bool, "_labels": (dict, _NONE),
+    "label_selector": (dict, _NONE), "fallback_strategy": (list, _NONE), "max_calls": (int, _NONE),
+    "max_retries": (int, _NONE), "num_returns": (int, str, _NONE), "retry_exceptions": (bool, list, tuple),
+    "_generator_backpressure_num_objects": (int, _NONE), "concurrency_groups": (list, dict, _NONE),
+    "lifetime": (str, _NONE), "max_concurrency": (int, _NONE), "max_restarts": (int, _NONE),
+    "max_task_retries": (int, _NONE), "max_pending_calls": (int, _NONE), "namespace": (str, _NONE),
+    "get_if_exists": bool, "allow_out_of_order_execution": (bool, _NONE),
+}
+_NUM_RETURNS_HELP = ("The keyword 'num_returns' only accepts None, a non-negative integer, 'streaming' (for "
+                     "generators), or 'dynamic'. When None is passed, the default is 1 for a task and actor task, "
+                     "and 'streaming' for generator tasks and generator actor tasks.")
+
+
 def validate(options: dict, allowed: set, what="task"):
+    """Check ``@remote``/``.options()`` keywords as Ray 2.60 does: the same exception types and
+    Ray's wording (a wrong type is a TypeError, a wrong value a ValueError), with the value shown."""
     for k, v in options.items():
         if k not in allowed:
-            raise ValueError(f"Invalid option keyword {k!r} for {what}s. Valid ones are: {', '.join(sorted(allowed))}.")
+            raise ValueError(f"Invalid option keyword {k} for {'remote functions' if what == 'task' else what + 's'}. "
+                             f"Valid ones are: {', '.join(sorted(allowed))}.")
+        types = RAY_OPTION_TYPES.get(k)
+        if types is not None and not isinstance(v, types):
+            raise TypeError(f"The type of keyword '{k}' must be {types}, but received type {type(v)}")
         if k in ("num_cpus", "num_gpus", "memory", "object_store_memory"):
             if v is not None:
+                if v < 0:
+                    raise ValueError(f"The quantity of resource {k} cannot be negative (got {v!r})")
                 check_quantity(f"The option {k!r}", v)
         elif k == "resources":
+            if v and ("CPU" in v or "GPU" in v):
+                raise ValueError("Use the 'num_cpus' and 'num_gpus' keyword instead of 'CPU' and 'GPU' in "
+                                 "'resources' keyword")
+            for name, amount in (v or {}).items():
+                if isinstance(amount, numbers.Real) and amount < 0:
+                    raise ValueError(f"The quantity of resource {name} cannot be negative (got {amount!r})")
             check_resources("resources", v, cpu_gpu_hint="the 'num_cpus' and 'num_gpus' options")
         elif k == "num_returns":
             if v is None:
                 continue
             if isinstance(v, str):
                 if v not in ("dynamic", "streaming"):
-                    raise TypeError(f"num_returns must be a non-negative int, 'dynamic' or 'streaming', got {v!r}.")
-            elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"num_returns must be a non-negative int, 'dynamic' or 'streaming', got {v!r}.")
-        elif k in ("max_retries", "max_restarts", "max_task_retries"):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-                raise TypeError(f"The option {k!r} must be an int (-1 means retry forever), got {v!r}.")
+                    raise TypeError(f"{_NUM_RETURNS_HELP} Got {v!r}.")
+            elif isinstance(v, bool) or v < 0:
+                raise ValueError(f"{_NUM_RETURNS_HELP} Got {v!r}.")
+        elif k in ("max_retries", "max_restarts", "max_task_retries", "max_pending_calls"):
             if v is not None and v < -1:
-                raise ValueError(f"The option {k!r} must be an int >= -1 (-1 means retry forever), got {v!r}.")
+                raise ValueError(f"The keyword '{k}' only accepts None, 0, -1 or a positive integer, where -1 "
+                                 f"represents infinity (got {v!r}).")
+        elif k == "get_if_exists":
+            if v and not options.get("name"):
+                raise ValueError("The actor name must be specified to use `get_if_exists`.")
+        elif k == "max_calls":
+            if v is not None and v < 0:
+                raise ValueError(f"The keyword 'max_calls' only accepts None, 0 or a positive integer (got {v!r}).")
         elif k == "timeout_s":
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0
                                   or v == float("inf")):
                 raise ValueError(f"timeout_s must be a positive, finite number of seconds (or None), got {v!r}.")
         elif k == "retry_exceptions":
             if not isinstance(v, bool):
-                if not isinstance(v, (list, tuple)) or not all(isinstance(t, type) and issubclass(t, BaseException) for t in v):
-                    raise TypeError("retry_exceptions must be True, False, or a list of exception classes, "
-                                    f"got {v!r}.")
-        elif k in ("max_concurrency", "max_pending_calls"):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or (v < 1 and k == "max_concurrency")):
-                raise ValueError(f"The option {k!r} must be a positive int, got {v!r}.")
-        elif k == "name":
-            if v is not None and not isinstance(v, str):
-                raise TypeError(f"The option 'name' must be a string, got {type(v).__name__}.")
+                if not all(isinstance(t, type) and issubclass(t, BaseException) for t in v):
+                    raise ValueError(f"retry_exceptions must be either a boolean or a list of exceptions (got {v!r})")
+        elif k == "max_concurrency":
+            if v is not None and v < 1:
+                raise ValueError(f"The keyword 'max_concurrency' only accepts None or a positive integer (got {v!r}).")
         elif k == "lifetime":
             if v not in (None, "detached", "non_detached"):
-                raise ValueError(f"lifetime must be None, 'detached' or 'non_detached', got {v!r}.")
+                raise ValueError(f"actor `lifetime` argument must be one of 'detached', 'non_detached' and 'None' "
+                                 f"(got {v!r}).")
 
 
 def resources_of(opts: dict, default_cpus=1.0) -> dict:

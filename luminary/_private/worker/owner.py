@@ -427,7 +427,7 @@ class Owner:
             self._fail(call, exc.TaskCancelledError(call.tid.hex()))
         else:
             kq.avg_run = 0.8 * kq.avg_run + 0.2 * reply.get("dur", 0.0)
-            kq.depth = PIPELINE_DEPTH if kq.avg_run < FAST_TASK_S else 1
+            kq.depth = PIPELINE_DEPTH if kq.avg_run < FAST_TASK_S and "max_calls" not in call.spec else 1
             if reply.get("app_error") and self._should_retry(call, reply):
                 call.retries_left -= 1
                 self._to(call, S.QUEUED)
@@ -734,7 +734,10 @@ class Owner:
         if call is None:
             return
         if reply.get("cancelled"):
-            self._fail(call, exc.TaskCancelledError(call.tid.hex()))
+            # as Ray: a cancelled actor call raises an error that is both a RayTaskError and a
+            # TaskCancelledError
+            err = exc.TaskCancelledError(call.tid.hex())
+            self._fail(call, exc.RayTaskError(call.name, str(err), err).as_instanceof_cause())
         elif reply.get("app_error") and self._should_retry(call, reply):
             call.retries_left -= 1
             self._to(call, S.QUEUED)
@@ -803,8 +806,20 @@ class Owner:
         if a.held:
             self.out.append(("release", a.held[0]))
             a.held = None
-        if not a.queue and not a.inflight:
-            self.out.append(("kill_actor", actor_id))
+        if a.state != "alive" and not a.queue and not a.inflight:
+            # never reached by this process: the shell asks the GCS whether it runs (then it ends
+            # gracefully, ``terminate_actor``) or is still pending (then it is removed at once)
+            self.out.append(("end_actor", actor_id, terminate_call))
+            return
+        # graceful, as Ray 2.60: after the calls already queued, ``__ray_shutdown__``,
+        # ``__del__`` and ``atexit`` run in the actor (bounded by its shutdown timeout)
+        terminate_call.actor = actor_id
+        self.on_submit(terminate_call, [])
+
+    def on_terminate_actor(self, actor_id, terminate_call):
+        """The GCS says an actor freed by ``on_handle_freed`` is running: end it gracefully."""
+        a = self.actors.get(actor_id)
+        if a is None or a.state == "dead":
             return
         terminate_call.actor = actor_id
         self.on_submit(terminate_call, [])

@@ -17,6 +17,10 @@ from .submitter import Task
 class RemoteFunction:
     def __init__(self, function, options):
         opt.validate(options, opt.TASK_OPTIONS)
+        if options.get("max_calls") is None and (options.get("num_gpus") or 0) > 0:
+            # as Ray: a GPU function's worker runs one call and exits, so the GPU memory its
+            # libraries keep is freed and the next call starts clean
+            options = dict(options, max_calls=1)
         self._function = function
         self._default_options = options
         self._blob = None
@@ -41,6 +45,8 @@ class RemoteFunction:
 
     def options(self, **options):
         opt.validate(options, opt.TASK_OPTIONS)
+        if "max_calls" in options:
+            raise ValueError("Setting 'max_calls' is not supported in '.options()'.")
         merged = dict(self._default_options, **options)
         return opt.Bound(lambda a, k: submit_task(self, a, k, merged),
                          lambda more: self.options(**dict(options, **more)), self)
@@ -152,6 +158,8 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     spec["res"] = resources
     if options.get("timeout_s"):
         spec["timeout_s"] = float(options["timeout_s"])
+    if options.get("max_calls"):
+        spec["max_calls"] = options["max_calls"]     # (the worker exits after that many calls of it)
     ncpu = options.get("num_cpus")
     if ncpu is not None and ncpu != 1:
         spec["ncpu"] = ncpu
@@ -167,6 +175,8 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     if renv is not None:
         task.renv = renv
         task.key = task.key + (renv["key"],)
+    if "max_calls" in spec:       # a queue of its own, one call in flight per worker (never pipelined)
+        task.key = task.key + (("max_calls", spec["max_calls"]),)
     task.parent = core.current_task_id        # cancel(recursive=True) of the caller reaches this task
     core.io.post(core.submitter.submit, task)
     if nret == "streaming":

@@ -59,6 +59,7 @@ class TaskSubmitter:
             "dynamic_returns": self._a_dynamic_returns, "locate_actor": self._a_locate_actor,
             "connect_actor": self._a_connect_actor, "push_actor": self._a_push_actor,
             "cancel_actor_call": self._a_cancel_actor_call, "kill_actor": self._a_kill_actor,
+            "end_actor": self._a_end_actor,
         }
 
     # --- views the rest of the process reads ---------------------------------------------------
@@ -404,3 +405,13 @@ class TaskSubmitter:
 
     def _a_kill_actor(self, actor_id):
         self.core.gcs.request("kill_actor", {"actor_id": actor_id, "no_restart": True}, lambda ok, r: None)
+
+    def _a_end_actor(self, actor_id, terminate_call):
+        """No handle is left to an actor this process never called: a running one ends
+        gracefully (its shutdown hooks run, as in Ray), one still pending is removed at once."""
+        def answered(ok, info):
+            if ok and isinstance(info, dict) and info.get("state") == "ALIVE":
+                self.feed(("terminate_actor", actor_id, terminate_call))
+            else:
+                self._a_kill_actor(actor_id)
+        self.core.gcs.request("wait_actor", {"actor_id": actor_id, "wait": False}, answered)
