@@ -8,6 +8,7 @@ thread runs the shell and every fake peer on its one event loop.
                                                                                 ├─▶ FakeWorker (push_task)
                                                                                 └─▶ FakeGcs (register/wait_actor)
 """
+import asyncio
 import os
 import threading
 
@@ -96,6 +97,8 @@ class FakeNode:
         self.node_id = os.urandom(16)
         self.spill_to = spill_to          # a FakeNode to send requests to (unless no_spill)
         self.infeasible = infeasible      # refuse every request with this message
+        self.warn_infeasible = None       # queue every request, warning its owner that this is missing
+        self.waiting = {}                 # lease id -> future of a queued request's answer
         self.die_on_push = 0              # the next N pushes kill their worker mid-call
         self.requests = []                # request_lease payloads
         self.granted = {}                 # lease id -> worker address
@@ -107,7 +110,7 @@ class FakeNode:
     def handlers(self):
         return messages.TABLE.bind({
             "request_lease": self.request_lease, "return_lease": self.return_lease,
-            "cancel_lease_request": lambda c, p: True, "blocked": lambda c, p: None,
+            "cancel_lease_request": self.cancel_lease_request, "blocked": lambda c, p: None,
             "unblocked": lambda c, p: None, "store_release": lambda c, p: None,
             "store_delete": lambda c, p: None})
 
@@ -120,6 +123,11 @@ class FakeNode:
         self.peers.note()
         if self.infeasible:
             return {"error": "infeasible", "message": self.infeasible}
+        if self.warn_infeasible:
+            conn.notify("infeasible", {"lease_id": p["lease_id"], "missing": self.warn_infeasible,
+                                       "node_resources": {"CPU": 2.0}})
+            fut = self.waiting[p["lease_id"]] = asyncio.get_running_loop().create_future()
+            return fut
         if self.spill_to is not None and not p.get("no_spill"):
             return {"spillback": self.spill_to.address, "node_id": self.spill_to.node_id}
         self.n += 1
@@ -127,6 +135,13 @@ class FakeNode:
         await self.net.serve(address, FakeWorker(self, address).handlers())
         self.granted[p["lease_id"]] = address
         return {"worker_id": self.n.to_bytes(16, "big"), "address": address, "node_id": self.node_id}
+
+    def cancel_lease_request(self, conn, p):
+        fut = self.waiting.pop(p["lease_id"], None)
+        if fut is not None:
+            fut.set_result(None)
+        self.peers.note()
+        return True
 
     def return_lease(self, conn, p):
         assert p["lease_id"] in self.granted, "a lease this node never granted came back"
@@ -328,6 +343,16 @@ def _fails_once(tag):
             raise ValueError(f"first run of {tag} fails")
         return len(runs)
     return fails_once
+
+
+def test_infeasible_warning_fails_the_task_when_the_driver_asked_to_fail_fast(cluster):
+    nm = cluster.nodes["nm1"]
+    nm.warn_infeasible = {"GPU": 8.0}
+    cluster.core.cfg["infeasible_tasks"] = "fail"
+    with pytest.raises(exc.TaskUnschedulableError, match="GPU: 8"):
+        ray.get(add.options(num_gpus=8).remote(1, 1), timeout=WAIT_S)
+    cluster.peers.until(lambda: not nm.waiting, "the queued lease request cancelled")
+    assert not nm.granted
 
 
 def test_application_error_is_retried_only_when_asked(cluster):
