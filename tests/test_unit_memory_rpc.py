@@ -22,7 +22,7 @@ def test_requests_replies_and_notifications_travel_through_the_message_table():
         server = {"kv_get": lambda c, p: b"value-of-" + p["key"], "log": lambda c, p: got.append(p["lines"])}
         a, b = await memory.pair(SECRET, {}, server)
         assert await a.call("kv_get", {"key": b"k"}) == b"value-of-k"
-        a.notify("log", {"lines": ["bad"], "pid": 1})      # not in the schema: dropped, logged once
+        a.notify("log", {"lines": ["bad"], "bogus": 1})    # not in the schema: dropped, logged once
         a.notify("log", {"lines": ["hello"]})
         # a payload that breaks its schema fails that request alone, naming the field
         with pytest.raises(BadMessage, match="kv_get.*'key'"):

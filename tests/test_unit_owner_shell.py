@@ -182,8 +182,7 @@ class FakeGcs:
         spec = a["payload"]["spec"]
         cls = cloudpickle.loads(spec["cls"])
         args, kwargs = serialization.loads_inline(spec["args"][1])
-        instance = cls.__ray_actor_class__(*args, **kwargs) if hasattr(cls, "__ray_actor_class__") \
-            else cls(*args, **kwargs)
+        instance = cls(*args, **kwargs)            # the user's class, as a worker builds it
         a["incarnation"] += 1
         a["address"] = f"unix:/mem/actor-{aid.hex()[:8]}-{a['incarnation']}"
 
@@ -233,7 +232,11 @@ class Cluster:
         core.address = ME
         self.nodes = {name: FakeNode(self.net, self.peers, name) for name in nodes}
         self.gcs = FakeGcs(self.net, self.peers)
-        core.io.run_coro(self._attach(), timeout=WAIT_S)
+        try:
+            core.io.run_coro(self._attach(), timeout=WAIT_S)
+        except BaseException:
+            core.stop()
+            raise
         state.core = core
 
     async def _attach(self):
