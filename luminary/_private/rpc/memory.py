@@ -13,8 +13,9 @@ event-loop iteration, in order, as a socket would; ``close`` delivers what was w
     net = MemoryNetwork(secret); await net.serve("mem:gcs", handlers)
     conn = await net.connect("mem:gcs", secret, handlers)       # protocol.connect's signature
 
-Used by the logic tests of the GCS and the node manager (``tests/test_unit_memory_rpc.py``,
-``tests/test_unit_gcs_logic.py``) where a process or a socket would only add time and noise.
+Used by the logic tests of the GCS, the owner's shell and the node manager (``tests/test_unit_memory_rpc.py``,
+``tests/test_unit_gcs_logic.py``, ``tests/test_unit_owner_shell.py``, ``tests/test_unit_node_manager_logic.py``)
+where a process or a socket would only add time and noise.
 """
 from __future__ import annotations
 

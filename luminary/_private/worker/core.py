@@ -129,6 +129,7 @@ class CoreWorker:
         self.io.incref_handler = self.on_increfs
         self.io.decref_handler = self.on_decrefs
         self.memory = MemoryStore()
+        self.connect = protocol.connect      # how peers are reached (tests: rpc.memory.MemoryNetwork.connect)
         self.conns: dict[str, protocol.Connection] = {}
         self._connecting: dict[str, list] = {}
         self.functions: dict[bytes, object] = {}
@@ -292,7 +293,7 @@ class CoreWorker:
 
     async def _connect(self, address):
         try:
-            conn = await protocol.connect(address, self.secret, self.handlers.accepting(
+            conn = await self.connect(address, self.secret, self.handlers.accepting(
                 messages.DRIVER, messages.WORKER, messages.NODE_MANAGER), name=address)
             conn.close_callbacks.append(lambda c, a=address: self._conn_closed(a, c))
             self.conns[address] = conn
