@@ -606,9 +606,10 @@ DIRECT_REPLY = os.environ.get("LUMINARY_DIRECT_REPLY", "1") != "0"
 def _inline(spec, reply):
     """Every return value travels in the reply itself (no store object, not a generator, whose
     items the I/O thread sends before the answer) and holds no ObjectRef (the caller asks the
-    owner about those at once, so this process's I/O thread must have counted them first)."""
+    owner about those at once, so this process's I/O thread must have counted them first), and
+    is not the last of a worker retiring for max_calls (the I/O thread ends the process after it)."""
     rets = reply.get("rets")
-    if rets is None or spec["nret"].__class__ is not int or "contained" in reply:
+    if rets is None or spec["nret"].__class__ is not int or "contained" in reply or "exiting" in reply:
         return False            # refs inside: their counts and borrowers are set on the I/O thread first
     for r in rets:
         if r[0] != "v" and r[0] != "e":
