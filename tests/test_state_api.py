@@ -180,7 +180,9 @@ def test_cli_memory_sees_a_put_object(ray_start, capsys):
 @luminary_only
 def test_timeline_is_chrome_trace_json(ray_start, capsys, tmp_path):
     ray.get([sa_timeline.remote(i) for i in range(4)])
-    poll_for(lambda: len([t for t in _tasks("sa_timeline", detail=True) if t.get("end_time_ms")]) == 4)
+    # the owner's FINISHED and the worker's started/ended travel in separate batches: wait for both
+    poll_for(lambda: len([t for t in _tasks("sa_timeline", detail=True)
+                          if t.get("end_time_ms") and t.get("start_time_ms") and t.get("worker_pid")]) == 4)
     out = tmp_path / "trace.json"
     _cli(capsys, "timeline", "-o", str(out))
     events = json.loads(out.read_text())

@@ -179,8 +179,13 @@ class TaskTable:
         self.dropped_at_source += dropped
         intern = self._intern
         proc = {"wid": intern(proc.get("wid")), "node": intern(proc.get("node")), "pid": proc.get("pid")}
+        tasks = self._tasks
         for ev in events:
-            r = self._get(ev[1])
+            r = tasks.get(ev[1])
+            if r is None:
+                if len(tasks) >= self.cap and (ev[0] != "O" or ev[2] is None):
+                    continue    # a late report on a task already dropped: keep the kept ones
+                r = self._get(ev[1])
             if ev[0] == "O":
                 self._owner(r, ev, proc)
             else:
