@@ -44,6 +44,31 @@ def resource_reason(need: dict, nodes: list) -> str:
     return f"waiting for resources {_fmt(need)} (free now across the cluster: {_fmt(free)})"
 
 
+def infeasible_reason(missing: dict, node_resources: dict) -> str:
+    """The reason an owner records when a node manager says no node can hold a task's request."""
+    have = {k: v for k, v in (node_resources or {}).items() if not k.startswith("node:")
+            and k not in ("memory", "object_store_memory")}
+    return (f"infeasible: no node has {_fmt(missing or {})} (the node asked has {_fmt(have)}); "
+            "it waits until a node with these resources joins")
+
+
+PENDING_STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER")
+
+
+def fill_reasons(rows, nodes, now=None, when=""):
+    """Give each pending task row (detailed) a ``pending_reason``: the one its owner recorded
+    (e.g. infeasible, from the node manager) or one read from its state, its resource request
+    and ``nodes`` (GCS node rows; after the cluster ended, as last recorded, and ``when`` says so)."""
+    now = time.time() if now is None else now
+    for t in rows:
+        if t.get("state") in PENDING_STATES:
+            if not t.get("pending_reason"):
+                t["pending_reason"] = _task_reason(t, nodes, now) + when
+        elif "pending_reason" in t:
+            t["pending_reason"] = None
+    return rows
+
+
 def _task_reason(t, nodes, now):
     state = t["state"]
     node = (t.get("node_id") or "")[:12]
@@ -52,6 +77,8 @@ def _task_reason(t, nodes, now):
     if state == "PENDING_NODE_ASSIGNMENT":
         if t.get("actor_id"):
             return f"queued for actor {t['actor_id'][:12]} (behind earlier calls, or while the actor starts)"
+        if t.get("pending_reason"):
+            return t["pending_reason"]
         return resource_reason(t.get("required_resources") or {}, nodes)
     if state == "SUBMITTED_TO_WORKER":
         if t.get("actor_id"):
