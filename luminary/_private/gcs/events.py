@@ -144,6 +144,8 @@ class Observer:
             return {"rows": apply_filters(self.job_rows(), filters, limit)}
         if what == "objects":
             return {"rows": await self.object_rows()}
+        if what == "top_objects":   # the largest objects, as the event log samples them
+            return {"rows": await self.largest_objects(min(limit or object_sample.TOP_N, 1000))}
         if what == "nodes":
             return {"rows": await self.node_stats()}
         if what == "info":
