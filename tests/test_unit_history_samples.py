@@ -98,9 +98,12 @@ def test_reasons_read_from_state_and_nodes_when_none_was_recorded():
             {"task_id": "c", "state": "PENDING_NODE_ASSIGNMENT", "required_resources": {"GPU": 1.0}},
             {"task_id": "d", "state": "PENDING_NODE_ASSIGNMENT", "pending_reason": "infeasible: recorded"},
             {"task_id": "e", "state": "FINISHED", "pending_reason": "stale"}]
-    got = {r["task_id"]: r["pending_reason"] for r in stuck.fill_reasons(rows, nodes, now=0, when=" (then)")}
-    assert "arguments" in got["a"] and got["a"].endswith(" (then)")
-    assert got["b"].startswith("waiting for resources {CPU: 1}") and "CPU: 0" in got["b"]
+    got = {r["task_id"]: r["pending_reason"] for r in stuck.fill_reasons(rows, nodes, now=0, free_when="then")}
+    assert "arguments" in got["a"]
+    assert got["b"] == "waiting for resources {CPU: 1} (free then across the cluster: {CPU: 0})"
     assert got["c"].startswith("infeasible") and "GPU: 1" in got["c"]
     assert got["d"] == "infeasible: recorded" and got["e"] is None
+    nodes[0]["Available"] = None          # not recorded: no figure rather than a wrong one
+    row = {"state": "PENDING_NODE_ASSIGNMENT", "required_resources": {"CPU": 1.0}}
+    assert stuck.fill_reasons([row], nodes)[0]["pending_reason"] == "waiting for resources {CPU: 1}"
     assert "GPU: 1" in stuck.infeasible_reason({"GPU": 1.0}, {"CPU": 4.0, "node:x": 1.0})

@@ -72,16 +72,18 @@ def last_nodes(h):
             avail = p["avail"]
             break
     return [{"NodeID": nid, "Alive": n.get("alive"), "Resources": n.get("resources") or {},
-             "Available": avail.get(nid) or {}} for nid, n in h.nodes.items()]
+             "Available": avail.get(nid)} for nid, n in h.nodes.items()]
 
 
 def task_rows(h, rows):
     """``rows`` (detailed) with ``pending_reason`` for tasks still pending when the log ends."""
     from . import stuck
-    when = ""
-    if h.samples:
-        when = f" (as of {time.strftime('%H:%M:%S', time.localtime(h.samples[-1][0]))}, the log's last sample)"
-    return stuck.fill_reasons(rows, last_nodes(h), when=when)
+    when = "at the log's last sample"
+    for ts, p in reversed(h.samples):
+        if p.get("avail"):
+            when = f"at {time.strftime('%H:%M:%S', time.localtime(ts))} (the log's last sample)"
+            break
+    return stuck.fill_reasons(rows, last_nodes(h), free_when=when)
 
 
 def objects_view(h):

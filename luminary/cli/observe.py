@@ -148,7 +148,8 @@ def _history_actors(h):
     for a in h.actors.values():
         a = dict(a)
         if a.get("state") in stuck.STUCK_ACTOR_STATES and not a.get("node_id"):
-            a["pending_reason"] = stuck.resource_reason(a.get("required_resources") or {}, nodes)
+            a["pending_reason"] = stuck.resource_reason(a.get("required_resources") or {}, nodes,
+                                                         "at the log's last sample")
         out.append(a)
     return out
 
