@@ -23,34 +23,101 @@ class Snapshot:
         self.title, self.dropped = title, dropped
 
 
-def load_tables(path, since=None):
-    """(task table, {actor id: row}, {node id: row}, samples, procs) read back from the history
-    directory ``path`` (records at or after ``since`` only)."""
-    table = TaskTable(cap=10_000_000)
-    actors, nodes, samples, procs = {}, {}, [], {}
+class Loaded:
+    """A history directory read back: the task table, {actor id: row}, {node id: row}, the
+    resource samples [(ts, payload)], {worker id: process}, the object samples [(ts, payload)]."""
+
+    def __init__(self):
+        self.table = TaskTable(cap=10_000_000)
+        self.actors, self.nodes, self.samples, self.procs, self.objects = {}, {}, [], {}, []
+
+
+def load(path, since=None):
+    """Everything the history directory ``path`` holds (records at or after ``since`` only)."""
+    h = Loaded()
     for kind, ts, p in history.read(path):
         if since is not None and ts < since:
             continue
         if kind == "evb":
             if p.get("blob"):
-                table.add(p["proc"], p["blob"], 0, 0)
+                h.table.add(p["proc"], p["blob"], 0, 0)
         elif kind == "ev":      # the older form: records decoded in the log itself
-            table.apply(p["proc"], p.get("events") or ())
+            h.table.apply(p["proc"], p.get("events") or ())
         elif kind == "proc":
-            procs[p["wid"].hex()] = p
+            h.procs[p["wid"].hex()] = p
         elif kind == "actor":
-            actors[p["actor_id"]] = p
+            h.actors[p["actor_id"]] = p
         elif kind == "node":
-            nodes[p["node_id"]] = p
+            h.nodes[p["node_id"]] = p
         elif kind == "sample":
-            samples.append((ts, p))
-    return table, actors, nodes, samples, procs
+            h.samples.append((ts, p))
+        elif kind == "objects":
+            h.objects.append((ts, p))
+    return h
+
+
+def load_tables(path, since=None):
+    """(task table, {actor id: row}, {node id: row}, samples, procs) read back from the history
+    directory ``path`` (records at or after ``since`` only)."""
+    h = load(path, since)
+    return h.table, h.actors, h.nodes, h.samples, h.procs
+
+
+def last_nodes(h):
+    """The nodes as last recorded, in the GCS's node-row shape (NodeID, Alive, Resources,
+    Available from the last resource sample), to say why pending tasks waited."""
+    avail = {}
+    for _, p in reversed(h.samples):
+        if p.get("avail"):
+            avail = p["avail"]
+            break
+    return [{"NodeID": nid, "Alive": n.get("alive"), "Resources": n.get("resources") or {},
+             "Available": avail.get(nid)} for nid, n in h.nodes.items()]
+
+
+def task_rows(h, rows):
+    """``rows`` (detailed) with ``pending_reason`` for tasks still pending when the log ends."""
+    from . import stuck
+    when = "at the log's last sample"
+    for ts, p in reversed(h.samples):
+        if p.get("avail"):
+            when = f"at {time.strftime('%H:%M:%S', time.localtime(ts))} (the log's last sample)"
+            break
+    return stuck.fill_reasons(rows, last_nodes(h), free_when=when)
+
+
+def objects_view(h):
+    """(ts, rows, stores) of the last object sample, and the largest objects seen in any sample
+    (one row per object, largest first, with ``last_seen``); each row's ``created_by`` names
+    the task when the log has it."""
+    tasks = h.table.tasks
+    seen = {}
+    for ts, p in h.objects:
+        for r in p.get("top") or ():
+            seen[r["object_id"]] = dict(r, last_seen=time.strftime("%H:%M:%S", time.localtime(ts)))
+    for r in list(seen.values()) + [r for _, p in h.objects[-1:] for r in p.get("top") or ()]:
+        if r.get("task_id") and r.get("created_by") == "task return":
+            try:
+                t = tasks.get(bytes.fromhex(r["task_id"]))
+            except ValueError:
+                t = None
+            if t is not None and t.name:
+                r["created_by"] = f"task return of {t.name}"
+        if r.get("created_by") == "put" and r.get("pid"):
+            r["created_by"] = f"put by pid {r['pid']}"
+    largest = sorted(seen.values(), key=lambda r: -(r.get("object_size") or 0))
+    if not h.objects:
+        return None, [], {}, largest
+    ts, p = h.objects[-1]
+    return ts, list(p.get("top") or ()), p.get("stores") or {}, largest
 
 
 def load_history(path, since=None):
     """A Snapshot of the history directory ``path`` (records at or after ``since`` only)."""
-    table, actors, nodes, samples, procs = load_tables(path, since)
-    return Snapshot(table.rows(detail=True), actors.values(), nodes.values(), samples, procs=procs, title=path)
+    h = load(path, since)
+    _, _, _, largest = objects_view(h)
+    return Snapshot(task_rows(h, h.table.rows(detail=True)), h.actors.values(), h.nodes.values(), h.samples,
+                    largest, procs=h.procs, title=path)
 
 
 # --- Chrome trace -----------------------------------------------------------------------------------------
@@ -219,15 +286,20 @@ def render_html(snap: Snapshot):
              "<h2>Worker utilisation</h2>", _utilisation(tasks),
              "<h2>Memory over time</h2>", _memory(snap.samples),
              "<h2>Failures</h2>", _failures(tasks)]
+    pending = [t for t in tasks if t.get("pending_reason")]
+    if pending:
+        parts += ["<h2>Pending (stuck) tasks</h2>", _table(["task", "function", "state", "why it waits"], [
+            [t["task_id"][:16], t.get("func_or_class_name"), t["state"], t["pending_reason"]] for t in pending[:50]])]
     if snap.actors:
         parts += ["<h2>Actors</h2>", _table(["actor", "class", "state", "restarts", "pid", "death cause"], [
             [a["actor_id"][:12], a.get("class_name"), a["state"], a.get("num_restarts", 0), a.get("pid"),
              (a.get("death_cause") or "")[:200]] for a in snap.actors])]
     if snap.objects:
         top = sorted(snap.objects, key=lambda o: -(o.get("object_size") or 0))[:20]
-        parts += ["<h2>Top objects</h2>", _table(["object", "size", "owner pid", "where", "reference"], [
-            [o["object_id"][:16], o.get("object_size"), o.get("pid"), o.get("stored_in"), o.get("reference_type")]
-            for o in top])]
+        parts += ["<h2>Top objects</h2>", _table(["object", "size", "owner pid", "where", "reference", "created by",
+                                                  "last seen"], [
+            [o["object_id"][:16], o.get("object_size"), o.get("pid"), o.get("where") or o.get("stored_in"),
+             o.get("reference_type"), o.get("created_by") or "", o.get("last_seen") or ""] for o in top])]
     if snap.nodes:
         parts += ["<h2>Nodes</h2>", _table(["node", "ip", "alive", "death reason"], [
             [n["node_id"][:12], n.get("ip"), n.get("alive"), n.get("death_reason") or ""] for n in snap.nodes])]

@@ -26,8 +26,10 @@ def _fmt(res):
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())) + "}"
 
 
-def resource_reason(need: dict, nodes: list) -> str:
-    """'waiting for resources {...}' or, when no alive node could ever hold them, 'infeasible'."""
+def resource_reason(need: dict, nodes: list, free_when: str = "now") -> str:
+    """'waiting for resources {...}' or, when no alive node could ever hold them, 'infeasible'.
+    ``free_when`` says when the nodes' free resources were read; a node row without
+    ``Available`` (not recorded) leaves them out."""
     need = {k: v for k, v in (need or {}).items() if v}
     alive = [n for n in nodes if n.get("Alive")]
     if alive and not any(all(n["Resources"].get(k, 0) >= v for k, v in need.items()) for n in alive):
@@ -37,14 +39,42 @@ def resource_reason(need: dict, nodes: list) -> str:
                            + _fmt({k: v for k, v in n["Resources"].items() if not k.startswith("node:")
                                    and k not in ("memory", "object_store_memory")}) for n in alive[:4])
         return f"infeasible: it needs {_fmt(need)} and no node has {_fmt(missing)} ({totals})"
+    if any(n.get("Available") is None for n in alive):
+        return f"waiting for resources {_fmt(need)}"
     free = {}
     for n in alive:
         for k in need:
-            free[k] = free.get(k, 0) + n.get("Available", {}).get(k, 0)
-    return f"waiting for resources {_fmt(need)} (free now across the cluster: {_fmt(free)})"
+            free[k] = free.get(k, 0) + n["Available"].get(k, 0)
+    return f"waiting for resources {_fmt(need)} (free {free_when} across the cluster: {_fmt(free)})"
 
 
-def _task_reason(t, nodes, now):
+def infeasible_reason(missing: dict, node_resources: dict) -> str:
+    """The reason an owner records when a node manager says no node can hold a task's request."""
+    have = {k: v for k, v in (node_resources or {}).items() if not k.startswith("node:")
+            and k not in ("memory", "object_store_memory")}
+    return (f"infeasible: no node has {_fmt(missing or {})} (the node asked has {_fmt(have)}); "
+            "it waits until a node with these resources joins")
+
+
+PENDING_STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER")
+
+
+def fill_reasons(rows, nodes, now=None, free_when="now"):
+    """Give each pending task row (detailed) a ``pending_reason``: the one its owner recorded
+    (e.g. infeasible, from the node manager) or one read from its state, its resource request
+    and ``nodes`` (GCS node rows; after the cluster ended, as last recorded: ``free_when`` says
+    when their free resources were read)."""
+    now = time.time() if now is None else now
+    for t in rows:
+        if t.get("state") in PENDING_STATES:
+            if not t.get("pending_reason"):
+                t["pending_reason"] = _task_reason(t, nodes, now, free_when)
+        elif "pending_reason" in t:
+            t["pending_reason"] = None
+    return rows
+
+
+def _task_reason(t, nodes, now, free_when="now"):
     state = t["state"]
     node = (t.get("node_id") or "")[:12]
     if state == "PENDING_ARGS_AVAIL":
@@ -52,7 +82,9 @@ def _task_reason(t, nodes, now):
     if state == "PENDING_NODE_ASSIGNMENT":
         if t.get("actor_id"):
             return f"queued for actor {t['actor_id'][:12]} (behind earlier calls, or while the actor starts)"
-        return resource_reason(t.get("required_resources") or {}, nodes)
+        if t.get("pending_reason"):
+            return t["pending_reason"]
+        return resource_reason(t.get("required_resources") or {}, nodes, free_when)
     if state == "SUBMITTED_TO_WORKER":
         if t.get("actor_id"):
             return f"queued in actor {t['actor_id'][:12]}" + (f" on node {node}" if node else "") + \

@@ -8,6 +8,7 @@ metrics, report); registered by main.py with ``add_parsers``.
     luminary list|get|summary tasks|actors --session [SESSION]   the same from a cluster's event
                                         log, also after the cluster ended
     luminary memory                     every live object: size, owner, where, why referenced
+    luminary memory --session [SESSION] the largest objects the event log sampled (also after the end)
     luminary timeline [-o FILE]         Chrome trace JSON (chrome://tracing, ui.perfetto.dev)
     luminary logs [FILE] [--actor-id ID | --task-id ID | --pid PID] [--tail N] [--follow]
     luminary metrics                    the Prometheus endpoint's URL
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 RESOURCES = {"tasks": "tasks", "actors": "actors", "objects": "objects", "nodes": "nodes", "workers": "workers",
              "jobs": "jobs", "placement-groups": "placement_groups", "placement_groups": "placement_groups"}
@@ -124,18 +126,32 @@ BRIEF = {"tasks": ["task_id", "attempt_number", "name", "state", "type", "node_i
 
 
 def _history(args, cmd, what):
-    """The task table and actor rows of a cluster's event log (``--session``: it may have ended)."""
+    """A cluster's event log read back (``--session``: the cluster may have ended)."""
     from .._private import report
     from .._private.gcs import history
-    if what not in ("tasks", "actors"):
-        _fail(cmd, f"--session reads tasks and actors from a cluster's event log, not {what}")
+    if what not in ("tasks", "actors", "objects"):
+        _fail(cmd, f"--session reads tasks, actors and objects from a cluster's event log, not {what}")
     try:
         path = history.find(None if args.session == "latest" else args.session)
-        table, actors, _, _, _ = report.load_tables(path)
+        h = report.load(path)
     except (OSError, ValueError) as e:
         _fail(cmd, str(e))
     print(f"(from the event log {path})", file=sys.stderr)
-    return table, list(actors.values())
+    return h
+
+
+def _history_actors(h):
+    """Actor rows of a log; those still pending creation say why (resources, as last recorded)."""
+    from .._private import report, stuck
+    nodes = report.last_nodes(h)
+    out = []
+    for a in h.actors.values():
+        a = dict(a)
+        if a.get("state") in stuck.STUCK_ACTOR_STATES and not a.get("node_id"):
+            a["pending_reason"] = stuck.resource_reason(a.get("required_resources") or {}, nodes,
+                                                         "at the log's last sample")
+        out.append(a)
+    return out
 
 
 def cmd_list(args):
@@ -145,13 +161,17 @@ def cmd_list(args):
         _fail("list", f"unknown resource {args.resource!r}; one of {sorted(set(RESOURCES))}")
     res = None
     if args.session:
-        table, actors = _history(args, "list", what)
+        from .._private import report
+        h = _history(args, "list", what)
         try:
             filters = st._check_filters(_parse_filters(args.filter))
             if what == "tasks":
-                res = {"rows": table.select(filters, args.limit, args.detail), "total": len(table.tasks)}
+                rows = h.table.select(filters, args.limit, args.detail)
+                res = {"rows": report.task_rows(h, rows) if args.detail else rows, "total": len(h.table.tasks)}
+            elif what == "objects":
+                res = {"rows": st.apply_filters(report.objects_view(h)[3], filters, args.limit)}
             else:
-                res = {"rows": st.apply_filters(actors, filters, args.limit)}
+                res = {"rows": st.apply_filters(_history_actors(h), filters, args.limit)}
         except ValueError as e:
             _fail("list", str(e))
         _out(res["rows"], args.format, None if args.detail else BRIEF.get(what))
@@ -183,10 +203,11 @@ def cmd_get(args):
     if fn is None:
         _fail("get", f"cannot get {args.resource!r}; one of {sorted(GETTERS)}")
     if args.session:
-        table, actors = _history(args, "get", what)
+        from .._private import report
+        h = _history(args, "get", what)
         key = "task_id" if what == "tasks" else "actor_id"
-        rows = table.select([(key, "=", args.id)], 1, True) if what == "tasks" else \
-            st.apply_filters(actors, [(key, "=", args.id)], 1)
+        rows = report.task_rows(h, h.table.select([(key, "=", args.id)], 1, True)) if what == "tasks" else \
+            st.apply_filters(_history_actors(h), [(key, "=", args.id)], 1)
         row = rows[0] if rows else None
     else:
         try:
@@ -204,9 +225,12 @@ def cmd_summary(args):
     if fn is None:
         _fail("summary", "summary of tasks, actors or objects")
     if args.session:
-        table, actors = _history(args, "summary", args.resource)
+        h = _history(args, "summary", args.resource)
+        actors = list(h.actors.values())
         if args.resource == "tasks":
-            res = dict(table.summary(), dropped=0)
+            res = dict(h.table.summary(), dropped=0)
+        elif args.resource == "objects":
+            _fail("summary", "--session has no object summary: `luminary memory --session` shows the largest objects")
         else:
             counts = {}
             for a in actors:
@@ -234,7 +258,34 @@ def cmd_summary(args):
     print(_table(rows))
 
 
+def cmd_memory_session(args):
+    """The largest objects the event log recorded: at its last object sample, and over the session."""
+    from .._private import report
+    h = _history(args, "memory", "objects")
+    ts, last, stores, largest = report.objects_view(h)
+    if args.format != "table":
+        return _out({"sampled_at": ts, "objects": last, "stores": stores, "largest_seen": largest}, args.format)
+    cols = ["object_id", "object_size", "where", "reference_type", "pid", "type", "node_id", "created_by"]
+    if ts is None:
+        print("No object samples in this log (objects are sampled every few seconds while a node's store holds any).")
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    print(f"--- Largest objects at the last sample, {when} (in the node stores; each counted once, by its owner) ---")
+    print(_table(last, cols))
+    print("\n--- Stores at that sample ---")
+    print(_table([{"node": n, "objects": v.get("objects"), "used_bytes": v.get("used"),
+                   "MiB": round((v.get("used") or 0) / 2**20, 3), "spilled_bytes": v.get("spilled_bytes")}
+                  for n, v in stores.items()]))
+    ids = {r["object_id"] for r in last}
+    gone = [r for r in largest if r["object_id"] not in ids]
+    if gone:
+        print("\n--- Largest objects seen earlier in the session (freed by that sample) ---")
+        print(_table(gone[:20], cols + ["last_seen"]))
+
+
 def cmd_memory(args):
+    if args.session:
+        return cmd_memory_session(args)
     st = _state()
     try:
         rows = st.list_objects(address=args.address, limit=None)
@@ -350,6 +401,9 @@ def add_parsers(sub):
     session(p)
     p = sub.add_parser("memory", help="every live object: size, owner, where it lives, why referenced")
     common(p)
+    p.add_argument("--session", nargs="?", const="latest", metavar="SESSION",
+                   help="the largest objects a cluster's event log recorded, also after it ended "
+                        "(default: the most recent cluster)")
     p = sub.add_parser("timeline", help="write a Chrome trace of task execution")
     p.add_argument("-o", "--output")
     common(p, fmt=False)

@@ -15,7 +15,9 @@ import logging
 import os
 import time
 
+from .. import stuck
 from ..rpc import protocol
+from . import object_sample
 from .history import History
 from .task_table import DEFAULT_CAP, TaskTable, apply_filters, hexid, job_hex
 
@@ -63,6 +65,7 @@ class Observer:
         self.metrics_url = None
         self._seen_actors = {}
         self._seen_nodes = {}
+        self.object_clock = object_sample.SampleClock()
         self.handlers = {"task_events": self.task_events, "state_query": self.state_query}
 
     async def start(self):
@@ -114,13 +117,14 @@ class Observer:
         limit = p.get("limit")
         detail = p.get("detail", False)
         if what == "tasks" and p.get("recent"):
-            return {"rows": self.tasks.recent(detail, filters, limit or 100), "total": len(self.tasks.tasks)}
+            return {"rows": self._reasons(self.tasks.recent(detail, filters, limit or 100), detail),
+                    "total": len(self.tasks.tasks)}
         if what == "task":          # one task by id, without a scan (the dashboard's detail pane)
             try:
                 r = self.tasks.tasks.get(bytes.fromhex(p.get("id", "")))
             except ValueError:
                 r = None
-            return {"rows": [r.row(True)] if r is not None else []}
+            return {"rows": self._reasons([r.row(True)], True) if r is not None else []}
         if what == "task_counts":
             return {"counts": self.tasks.counts(), "total": len(self.tasks.tasks),
                     "dropped": self.tasks.dropped + self.tasks.dropped_at_source}
@@ -129,7 +133,7 @@ class Observer:
         if what == "task_summary":
             return dict(self.tasks.summary(), dropped=self.tasks.dropped + self.tasks.dropped_at_source)
         if what == "tasks":
-            rows = self.tasks.select(filters, limit, detail)
+            rows = self._reasons(self.tasks.select(filters, limit, detail), detail)
             return {"rows": rows, "total": len(self.tasks.tasks),
                     "dropped": self.tasks.dropped + self.tasks.dropped_at_source}
         if what == "actors":
@@ -140,6 +144,8 @@ class Observer:
             return {"rows": apply_filters(self.job_rows(), filters, limit)}
         if what == "objects":
             return {"rows": await self.object_rows()}
+        if what == "top_objects":   # the largest objects, as the event log samples them
+            return {"rows": await self.largest_objects(min(limit or object_sample.TOP_N, 1000))}
         if what == "nodes":
             return {"rows": await self.node_stats()}
         if what == "info":
@@ -148,6 +154,10 @@ class Observer:
         if what == "metrics":
             return {"text": await self.prometheus_text()}
         raise ValueError(f"unknown state query {what!r}")
+
+    def _reasons(self, rows, detail):
+        """Detailed rows of pending tasks get why they wait (stuck.fill_reasons)."""
+        return stuck.fill_reasons(rows, list(self.gcs.nodes.values())) if detail else rows
 
     def worker_rows(self):
         out = []
@@ -171,18 +181,19 @@ class Observer:
                         "driver_info": {"id": wid.hex(), "pid": p.get("pid"), "node_ip_address": _ip(p.get("addr"))}})
         return out
 
-    async def _ask_all(self, targets, method):
-        """Ask each (key, address) ``method``; {key: answer} of those that answered in time."""
+    async def _ask_all(self, targets, method, payloads=None):
+        """Ask each (key, address) ``method`` (with ``payloads[key]``); {key: answer} of those
+        that answered in time."""
         secret = self.gcs.secret
 
-        async def one(addr):
+        async def one(key, addr):
             conn = await protocol.connect(addr, secret, {}, name="state", timeout=FANOUT_TIMEOUT_S)
             try:
-                return await asyncio.wait_for(conn.call(method), FANOUT_TIMEOUT_S)
+                return await asyncio.wait_for(conn.call(method, (payloads or {}).get(key)), FANOUT_TIMEOUT_S)
             finally:
                 conn.close()
         keys = [k for k, _ in targets]
-        res = await asyncio.gather(*(one(a) for _, a in targets), return_exceptions=True)
+        res = await asyncio.gather(*(one(k, a) for k, a in targets), return_exceptions=True)
         return {k: r for k, r in zip(keys, res) if not isinstance(r, BaseException)}
 
     async def object_rows(self):
@@ -250,7 +261,49 @@ class Observer:
                 h.write("node", now, {"node_id": nid.hex(), "alive": n["Alive"], "ip": n["NodeManagerAddress"],
                                       "resources": n["Resources"], "death_reason": n.get("death_reason")})
         if self.procs:
-            h.write("sample", now, {"nodes": await self.node_stats(), "tasks": self.tasks.counts()})
+            nodes = await self.node_stats()
+            avail = {nid.hex(): n.get("Available") for nid, n in self.gcs.nodes.items() if n.get("Alive")}
+            h.write("sample", now, {"nodes": nodes, "tasks": self.tasks.counts(), "avail": avail})
+            due = self.object_clock.due(nodes, now)
+            if due == "empty":
+                h.write("objects", now, {"top": [], "stores": object_sample.stores(nodes)})
+                self.object_clock.done(nodes, now, True)
+            elif due == "ask":         # in its own task: the samples of the next seconds do not wait for it
+                self.object_clock.running = True
+                asyncio.get_event_loop().create_task(self._sample_objects(nodes, now))
+
+    async def _sample_objects(self, nodes, now):
+        """The largest live objects into the event log (object_sample.py)."""
+        rows = []
+        try:
+            rows = await self.largest_objects()
+            self.history.write("objects", time.time(), {"top": rows, "stores": object_sample.stores(nodes)})
+        except Exception:  # noqa: BLE001 - history must never take the GCS down
+            logger.exception("object sample failed")
+        finally:
+            self.object_clock.done(nodes, now, not rows)
+            self.object_clock.running = False
+
+    async def largest_objects(self, n=object_sample.TOP_N):
+        """Rows of the ``n`` largest objects in the node stores, with why their owners still
+        reference them: each node names its largest, and only their owners are asked."""
+        gcs = self.gcs
+
+        async def top(nid, conn):
+            try:
+                return nid.hex(), await asyncio.wait_for(conn.call("store_top", {"n": n}), FANOUT_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - a node that does not answer is left out
+                return nid.hex(), None
+        tops = await asyncio.gather(*(top(nid, c) for nid, c in list(gcs.node_conns.items())
+                                      if not c.closed and gcs.nodes.get(nid, {}).get("Alive")))
+        merged = object_sample.merge_tops(dict(tops), n)
+        asks = {}
+        for t in merged:
+            asks.setdefault(t["owner"], []).append(t["oid"])
+        targets = [(wid, self.procs[wid]["addr"]) for wid in asks
+                   if wid in self.procs and self.procs[wid]["alive"] and self.procs[wid].get("addr")]
+        answers = await self._ask_all(targets, "list_objects", {wid: {"oids": asks[wid]} for wid, _ in targets})
+        return object_sample.build_rows(merged, answers, self.procs)
 
     # --- Prometheus ----------------------------------------------------------------------------------
     async def prometheus_text(self):

@@ -45,7 +45,7 @@ def hexid(b):
 class TaskRecord:
     __slots__ = ("tid", "attempt", "name", "state", "job", "actor", "parent", "node", "worker", "pid",
                  "err_type", "err_msg", "created", "started", "ended", "resources", "events", "owner",
-                 "ostate", "ran", "args")
+                 "ostate", "ran", "args", "reason")
 
     def __init__(self, tid):
         self.tid = tid
@@ -69,6 +69,7 @@ class TaskRecord:
         self.ostate = -1          # the owner's last reported state (owner.State)
         self.ran = False          # a worker reported this attempt running
         self.args = None          # serialized args' bytes << 16 | number of ObjectRef args, as submitted
+        self.reason = None        # why it waits, as its owner learnt it (e.g. infeasible)
 
     def row(self, detail=False):
         name = self.name or ""
@@ -84,6 +85,7 @@ class TaskRecord:
                       "end_time_ms": _ms(self.ended), "owner_worker_id": hexid(self.owner),
                       "args_bytes": None if self.args is None else self.args >> 16,
                       "args_object_refs": None if self.args is None else self.args & 0xFFFF,
+                      "pending_reason": self.reason,      # Luminary: why it waits (stuck.fill_reasons)
                       "events": [{"state": STATES[int(c)], "created_ms": _ms(t)} for c, t in self.state_changes()]})
         return r
 
@@ -218,6 +220,8 @@ class TaskTable:
                 if ev[5] is None:
                     r.err_type = r.err_msg = None
             r.ostate = code
+            if code == 2:
+                r.reason = None           # it reached a worker: no longer waiting
             if state in FINAL:
                 r.ended = r.ended or ts
                 if state == "FAILED" and r.err_type is None:
@@ -226,6 +230,8 @@ class TaskTable:
             elif not r.ran:
                 r.state = state
             r.events.extend((code, ts))
+        if len(ev) > 7 and ev[7] and r.ostate < 2:
+            r.reason = ev[7]
 
     def _worker(self, r, ev, proc):
         if ev[2] is not None:

@@ -132,6 +132,7 @@ class NodeManager(ObjectService):
             "store_release": self.store_release,
             "store_delete": self.store_delete,
             "store_stats": lambda c, p: dict(self.store.stats(), **node_usage()),
+            "store_top": lambda c, p: self.store.largest(p["n"]),
             "kill_worker": self.kill_worker,
             "kill_worker_nowait": self.kill_worker,
             "log": self.forward_log,

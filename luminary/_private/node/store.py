@@ -16,6 +16,7 @@ pages runs near memory-copy speed, fresh pages fault at a tenth of it.
 from __future__ import annotations
 
 import bisect
+import heapq
 import os
 import time
 
@@ -283,6 +284,14 @@ class ObjectStore:
         obj.spill_path = None
         self.spilled_bytes -= obj.size
         self.restore_count += 1
+
+    def largest(self, n):
+        """[[oid, size, where, owner, primary]] of the ``n`` largest sealed objects, largest
+        first; where: "shared_memory", "spilled" or "fallback_file" (for the history's object
+        samples, gcs/events.py)."""
+        objs = heapq.nlargest(n, (o for o in self.objects.values() if o.state != CREATED), key=lambda o: o.size)
+        return [[o.oid, o.size, "spilled" if o.state == SPILLED else "fallback_file" if o.path else "shared_memory",
+                 o.owner, o.primary] for o in objs]
 
     def stats(self):
         return {"capacity": self.capacity, "used": self.alloc.used, "objects": len(self.objects),

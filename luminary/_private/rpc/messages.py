@@ -356,6 +356,8 @@ MESSAGES = [
     _m("store_release", N, OW, NM, struct({"oids": OIDS})),
     _m("store_delete", N, OW, NM, struct({"oids": OIDS})),
     _m("store_stats", R, OW + (GCS,), NM, NONE),
+    # the n largest objects of the node's store, for the history's object samples (gcs/events.py)
+    _m("store_top", R, (GCS,), NM, struct({"n": int_(1, 1000)})),
     _m("kill_worker", R, GCS, NM, struct({"worker_id": ID})),
     _m("kill_worker_nowait", N, GCS, NM, struct({"worker_id": ID})),
     _m("log", N, (WORKER, NM), (NM, GCS, DRIVER), LOG),   # worker -> its node -> drivers, GCS
@@ -427,7 +429,7 @@ MESSAGES = [
                                                  "limit?": int_(0, 1 << 31), "detail?": BOOL, "id?": str_(256),
                                                  "recent?": BOOL, "since?": num(0, 1e12)})),
     # --- handled by core workers (drivers and workers) -------------------------------------------
-    _m("list_objects", R, OW + (GCS,), OW, NONE),
+    _m("list_objects", R, OW + (GCS,), OW, opt(struct({"oids": list_(ID, 1 << 12)}))),   # oids: only these
     _m("dump_stacks", R, NM, OW, NONE),
     _m("get_object", R, OW, OW, struct({"oid": ID})),
     _m("reconstruct", R, OW, OW, struct({"oid": ID, "node_id?": opt(ID), "why?": str_()})),

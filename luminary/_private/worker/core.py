@@ -26,7 +26,7 @@ import threading
 import time
 
 from ... import exceptions as exc
-from .. import ids, serialization, stacks
+from .. import ids, serialization, stacks, stuck
 from ..rpc import messages, protocol
 from ..rpc.loop import IOThread
 from . import deadlock, events
@@ -180,7 +180,7 @@ class CoreWorker:
                 "add_borrower": self.h_add_borrower, "remove_borrower": self.h_remove_borrower,
                 "infeasible": self.h_infeasible, "ping": lambda c, p: "pong",
                 "gen_item": self.submitter.h_gen_item, "worker_oom": self.submitter.h_worker_oom,
-                "list_objects": lambda c, p: events.list_objects(self),
+                "list_objects": lambda c, p: events.list_objects(self, p.get("oids") if p else None),
                 "dump_stacks": lambda c, p: stacks.dump_process(self)}
         if role == messages.DRIVER:
             impl["log"] = self.h_log
@@ -471,6 +471,10 @@ class CoreWorker:
     def h_infeasible(self, conn, p):
         if self.cfg.get("infeasible_tasks") == "fail" and self.submitter.fail_infeasible(p):
             return
+        # why they wait goes into the task events (and the event log): `luminary get task ID
+        # --session` shows it after the cluster ended
+        self.events.note_reason(self.submitter.owner.queued_for_lease_request(p["lease_id"]),
+                                stuck.infeasible_reason(p["missing"], p["node_resources"]))
         key = tuple(sorted(p["missing"].items()))
         if key not in self.infeasible_warned:
             self.infeasible_warned.add(key)

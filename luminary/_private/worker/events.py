@@ -17,6 +17,8 @@ in place), so the wire and the GCS see one entry per task per batch:
               n_ref_args: how many top-level ObjectRef arguments (their values are not counted)
         state: owner.State (WAITING, QUEUED, PUSHED, FINISHED, FAILED)
     ["W", tid, started_ts, ended_ts, error_type, error_message]                         worker side
+An owner record gets an eighth field, why the task waits (e.g. "infeasible: ..."), when the
+owner learns it (``note_reason``: rare, off the per-call path).
 """
 from __future__ import annotations
 
@@ -188,6 +190,26 @@ class Recorder:
             self._arm()
         return trace
 
+    def note_reason(self, calls, reason):
+        """Why ``calls`` wait (I/O thread; e.g. a node manager said no node has the resources):
+        sent as the eighth field of their owner records."""
+        if not self.enabled or not calls:
+            return
+        recs = self.recs
+        for call in calls:
+            r = recs.get(call.tid)
+            if r is None:
+                if len(recs) >= MAX_BUFFER:
+                    self.dropped += 1
+                    continue
+                r = recs[call.tid] = ["O", call.tid, None, [], None, None, None]
+            if len(r) == 7:
+                r.append(reason)
+            else:
+                r[7] = reason
+        if not self.armed:
+            self._arm()
+
     def running(self, tid):
         """The executor starts running ``tid`` (on the thread that runs it: a deque, which the
         I/O thread drains, is the one structure both threads touch)."""
@@ -296,11 +318,14 @@ class Recorder:
 
 
 # --- handlers on every core worker -------------------------------------------------------------------
-def list_objects(core):
-    """This process's view of the objects it references (for list_objects / ``luminary memory``)."""
+def list_objects(core, oids=None):
+    """This process's view of the objects it references (for list_objects / ``luminary memory``);
+    of ``oids`` only when given (the GCS's object samples ask owners about the largest objects)."""
     values = core.memory.values
     out = []
-    for oid, e in list(core.refs.entries.items()):
+    entries = core.refs.entries
+    items = list(entries.items()) if oids is None else [(o, entries[o]) for o in oids if o in entries]
+    for oid, e in items:
         v = values.get(oid)
         size, where, kind = None, None, None
         if v is not None:

@@ -500,6 +500,14 @@ class Owner(ActorCalls):
                 return True
         return False
 
+    def queued_for_lease_request(self, lease_id):
+        """The calls waiting in the queue that lease request ``lease_id`` serves (read only: the
+        shell notes why they wait, e.g. infeasible, in the task events)."""
+        for kq in self.keys.values():
+            if lease_id in kq.requests:
+                return list(kq.queue)
+        return []
+
     def on_fail_all(self, err):
         for call in list(self.calls.values()):
             if call.state in LIVE:
