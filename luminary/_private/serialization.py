@@ -36,7 +36,7 @@ class SerializedObject:
         self.data = data
         self.buffers = buffers
         self.contained = contained
-        self.size = len(data) + sum(b.nbytes for b in buffers)
+        self.size = len(data) + sum(b.nbytes for b in buffers) if buffers else len(data)
 
     @property
     def inline(self) -> bool:
@@ -100,6 +100,8 @@ def _plain(value):
 
 def serialize(value) -> SerializedObject:
     """Pickle ``value``; raises TypeError naming the value when it cannot be pickled."""
+    if type(value) in _SIMPLE:          # the common small return value: no refs, no buffers
+        return SerializedObject(pickle.dumps(value, 5), (), ())
     contained = []
     prev = getattr(_local, "refs", None)
     _local.refs = contained
