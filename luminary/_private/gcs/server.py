@@ -27,6 +27,7 @@ owner did not come back die.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -372,6 +373,7 @@ def run_gcs(secret: bytes, address: str, ready_fd: int, storage_spec: str | None
         os.write(ready_fd, f"error:{e}\n".encode())
         raise SystemExit(1)
     os.write(ready_fd, bound.encode() + b"\n")
+    gc.freeze()      # everything built at start-up lives as long as the GCS: out of the collector's way
     os.close(ready_fd)
     try:
         loop.run_forever()

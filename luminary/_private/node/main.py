@@ -11,6 +11,7 @@ stdin stays open: its end means the driver died and the node ends its whole clus
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import mmap
@@ -138,6 +139,7 @@ def main():
     print(json.dumps({"node_id": nm.node_id.hex(), "nm_address": nm.address, "tcp_address": nm.tcp_address,
                       "gcs_address": cfg["gcs_address"], "pid": os.getpid(), "arena_fd": arena_fd,
                       "session_dir": session_dir, "job_api": getattr(nm, "job_api", None)}), flush=True)
+    gc.freeze()      # everything built at start-up lives as long as the node: out of the collector's way
     why = loop.run_until_complete(nm.stopped)
     logging.info("node stopped: %s", why)
     # give the loop a moment to flush replies (e.g. the shutdown request's answer)

@@ -10,6 +10,7 @@ no process behind.  When the socket closes the zygote kills every worker it made
 """
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -84,6 +85,9 @@ def run_zygote(sock: socket.socket, worker_config: dict, close_fds=()):
                 os._exit(0)
             unpacker.feed(data)
             for req in unpacker:
+                # what the zygote holds lives as long as any worker: out of the collector's way
+                # (a worker's full collections skip it, and never write to these shared pages)
+                gc.freeze()
                 pid = os.fork()
                 if pid == 0:
                     os.close(rpipe)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import time
@@ -121,6 +122,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
         shutdown()
         raise
     atexit.register(_shutdown_at_exit)
+    _freeze_heap()
     webui = (sess.info or {}).get("job_api") if sess.owns_cluster else None
     login = None
     if webui:
@@ -134,6 +136,18 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                       "webui_url": webui or (None if (sess.info or {}).get("dashboard_asked") else "")}, login)
     sess.info = dict(sess.info or {}, context=(dict(ctx), login))
     return ctx
+
+
+def _freeze_heap():
+    """What the driver holds at init() (modules, classes, the runtime) is moved out of the
+    cyclic collector's way (gc.freeze, after one collection so no garbage is kept): full
+    collections then walk only what the program made since, which on a busy driver is where a
+    third to a half of a call's cost went.  Refcounting frees everything as before; only an object
+    that already existed at init() and later ends up in an unreachable cycle stays.
+    LUMINARY_GC_FREEZE=0 turns it off; shutdown() undoes it."""
+    if os.environ.get("LUMINARY_GC_FREEZE", "1") != "0":
+        gc.collect()
+        gc.freeze()
 
 
 _NODE_SYSTEM_KEYS = ("memory_usage_threshold", "memory_monitor_refresh_ms", "actor_graceful_shutdown_timeout_ms")
@@ -309,6 +323,8 @@ def shutdown(_exiting_interpreter=False):
         core.stop()
     state.core = None
     _session = None
+    if gc.get_freeze_count():
+        gc.unfreeze()
     from ..runtime_env import packaging
     packaging.reset()
     if sess is not None:

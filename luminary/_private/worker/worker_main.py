@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import gc
 import os
 import sys
 import threading
@@ -110,6 +111,7 @@ def main(cfg):
     core.start("register_worker")
     sys.stdout = _LogStream(core, raw_out, False, rotator)
     sys.stderr = _LogStream(core, raw_err, True, rotator)
+    gc.freeze()      # the worker's own start-up objects (and the zygote's) are not user garbage
     executor.run_forever()
 
 
