@@ -17,6 +17,7 @@ import time
 
 from ..rpc import protocol
 from .history import History
+from .metrics_history import MetricsRing, sample_of
 from .task_table import DEFAULT_CAP, TaskTable, apply_filters, hexid, job_hex
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Observer:
         self.procs: dict[bytes, dict] = {}
         self.metrics = Metrics()
         self.history = History.open(session_dir) if session_dir else None
+        self.ring = MetricsRing()           # the dashboard's charts (metrics_history.py)
+        self._last_node_stats = (0.0, [])   # (monotonic time, rows): the ring reuses the sample's
         self.metrics_url = None
         self._seen_actors = {}
         self._seen_nodes = {}
@@ -147,6 +150,8 @@ class Observer:
                     "task_cap": self.tasks.cap}
         if what == "metrics":
             return {"text": await self.prometheus_text()}
+        if what == "metrics_history":
+            return self.ring.query(p.get("since") or 0.0, p.get("limit") or None)
         raise ValueError(f"unknown state query {what!r}")
 
     def worker_rows(self):
@@ -207,6 +212,7 @@ class Observer:
         for r in await asyncio.gather(*tasks):
             if r is not None:
                 out.append(r)
+        self._last_node_stats = (time.monotonic(), out)
         return out
 
     # --- history samples -----------------------------------------------------------------------------
@@ -229,12 +235,22 @@ class Observer:
     async def _sample_loop(self):
         while True:
             await asyncio.sleep(SAMPLE_S)
-            if self.history is None:
-                continue
             try:
-                await self._sample()
+                if self.history is not None:
+                    await self._sample()
+                await self._sample_ring()
             except Exception:  # noqa: BLE001 - history must never take the GCS down
                 logger.exception("history sample failed")
+
+    async def _sample_ring(self):
+        """One sample into the dashboard's ring, reusing the node figures ``_sample`` just asked
+        for (a node's CPU figure is measured since the previous ask: asking twice in a row
+        would read a near-zero interval)."""
+        at, nodes = self._last_node_stats
+        if time.monotonic() - at > SAMPLE_S / 2:
+            nodes = await self.node_stats()
+        actors = (_actor_state(a.state) for a in list(self.gcs.actors.actors.values()))
+        self.ring.add(time.time(), sample_of(self.tasks.counts(), actors, nodes, self.metrics))
 
     async def _sample(self):
         now = time.time()
