@@ -116,10 +116,14 @@ class MetricsRing:
                     kept.append(s)
                     last = b
             rows = kept
-        cols = [(k, i) for i, k in enumerate(self.keys) if prefix is None or k.startswith(prefix)]
+        nan, width = [math.nan], len(self.keys)
+        mat = [r.tolist() + nan * (width - len(r)) for _, r in rows]   # older rows have fewer columns
         series = {}
-        for k, i in cols:
-            vals = [_num(r[i]) if i < len(r) else None for _, r in rows]
+        for i, col in enumerate(zip(*mat)):
+            k = self.keys[i]
+            if prefix is not None and not k.startswith(prefix):
+                continue
+            vals = [int(v) if v.is_integer() else _num(v) for v in col]
             if any(v is not None for v in vals):
                 series[k] = vals
         return {"t": [round(t, 3) for t, _ in rows], "series": series, "step_s": self.step_s,
@@ -141,10 +145,11 @@ def _size(row):
 
 
 def _num(v):
-    """A float32 read back as a short decimal (4.2, not 4.199999809265137)."""
+    """A float32 read back as a short decimal (4.2, not 4.199999809265137); None for NaN (no
+    value in that sample) and infinities (JSON has none)."""
     if not math.isfinite(v):
         return None
-    return int(v) if v == int(v) else float(f"{v:.7g}")
+    return int(v) if v.is_integer() else float(f"{v:.7g}")
 
 
 def sample_of(task_counts, actor_states, nodes, metrics):

@@ -366,15 +366,22 @@ function drawCharts() {
   for (const el of [...box.children]) if (!seen.has(el.dataset.family)) el.remove();
 }
 
+function niceTop(v) {                     // the axis' top: 1, 2, 2.5 or 5 times a power of ten, in 4 steps
+  const step = v / 4, p = Math.pow(10, Math.floor(Math.log10(step)));
+  for (const k of [1, 2, 2.5, 5, 10]) if (k * p >= step) return 4 * k * p;
+  return v;
+}
+
 function drawChart(el, f, m) {
   const cv = el.querySelector("canvas"), ctx = cv.getContext("2d");
   const left = 64, right = 10, top = 8, bottom = 22, W = cv.width - left - right, H = cv.height - top - bottom;
   ctx.clearRect(0, 0, cv.width, cv.height);
   ctx.font = "11px system-ui, sans-serif";
   const t = m.t, t1 = t.length ? t[t.length - 1] : 0, t0 = t.length ? t[0] : 0, span = Math.max(1, t1 - t0);
-  let maxY = 0;
+  let maxY = f.id === "cpu" ? 100 : f.fmt === mib || f.fmt === gib ? 1048576 : 1;
   for (const k of f.keys) for (const v of m.series[k]) if (v !== null && v > maxY) maxY = v;
-  maxY = maxY > 0 ? maxY * 1.05 : 1;
+  const unit = f.fmt === gib ? 1073741824 : f.fmt === mib ? 1048576 : 1;
+  maxY = niceTop(maxY / unit) * unit;
   const x = (tt) => left + W * (tt - t0) / span, y = (v) => top + H - H * v / maxY;
   ctx.fillStyle = "#6b7385"; ctx.strokeStyle = "#e3e7ee"; ctx.lineWidth = 1;
   for (let i = 0; i <= 4; i++) {
@@ -382,9 +389,11 @@ function drawChart(el, f, m) {
     ctx.beginPath(); ctx.moveTo(left, yy); ctx.lineTo(left + W, yy); ctx.stroke();
     ctx.fillText(f.fmt(maxY * i / 4), 2, yy + 4);
   }
+  let prev = "";
   for (let i = 0; i <= 5 && t.length; i++) {
-    const tt = t0 + span * i / 5;
-    ctx.fillText(new Date(tt * 1000).toLocaleTimeString(), Math.min(x(tt) - 24, cv.width - 60), cv.height - 6);
+    const tt = t0 + span * i / 5, label = new Date(tt * 1000).toLocaleTimeString();
+    if (label !== prev) ctx.fillText(label, Math.min(Math.max(left - 20, x(tt) - 24), cv.width - 60), cv.height - 6);
+    prev = label;
   }
   const legend = [];
   let drawn = 0;
