@@ -453,7 +453,7 @@ def test_metrics_page_opened_after_a_workload_charts_it(browser, head, shots, tm
                              timeout=20_000)
         pg.select_option("#metrics-range", "300")
         pg.wait_for_selector(fin)
-        pg.screenshot(path=os.path.join(shots, "metrics.png"), full_page=True)
+        pg.screenshot(path=os.path.join(shots, "metrics-after-workload.png"), full_page=True)
         assert not errors, errors
     finally:
         ctx.close()

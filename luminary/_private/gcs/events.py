@@ -3,6 +3,7 @@
     owners, workers ── task_events (≤ every 100 ms) ──▶ TaskTable (bounded) ─┐
                                                       processes, metrics  ─┼─▶ state_query
                                                       History (event log) ◀┘    /metrics (HTTP)
+                                   each second: a sample ──▶ MetricsRing (metrics_history.py, bounded)
 
 Everything here is off the per-task path: processes batch their events, and the GCS only
 appends them to its tables and to the event log.  ``state_query`` answers the state API and the
