@@ -236,12 +236,12 @@ class Observer:
     async def _sample_loop(self):
         while True:
             await asyncio.sleep(SAMPLE_S)
-            try:
-                if self.history is not None:
-                    await self._sample()
-                await self._sample_ring()
-            except Exception:  # noqa: BLE001 - history must never take the GCS down
-                logger.exception("history sample failed")
+            samples = [self._sample] if self.history is not None else []
+            for sample in samples + [self._sample_ring]:     # each on its own: one failing skips no other
+                try:
+                    await sample()
+                except Exception:  # noqa: BLE001 - history must never take the GCS down
+                    logger.exception("%s failed", sample.__name__)
 
     async def _sample_ring(self):
         """One sample into the dashboard's ring, reusing the node figures ``_sample`` just asked

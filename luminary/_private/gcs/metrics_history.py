@@ -157,7 +157,7 @@ def sample_of(task_counts, actor_states, nodes, metrics):
     ``actor_states`` an iterable of states, ``nodes`` the rows of ``Observer.node_stats``,
     ``metrics`` the ``events.Metrics`` aggregate."""
     out = {"tasks|" + s: 0 for s in TASK_STATES}      # a chart starts at 0, not at the first task
-    out.update(("tasks|" + s, n) for s, n in task_counts.items())
+    out.update(("tasks|" + s, n) for s, n in task_counts.items() if s != "NIL")   # NIL: not reported yet
     for s in actor_states:
         k = "actors|" + s
         out[k] = out.get(k, 0) + 1
