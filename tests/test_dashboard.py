@@ -1,16 +1,18 @@
 """The web dashboard on a CLI-started head, driven in a real headless Chromium (Playwright pointed
 at the system browser; no browser download).  Screenshots of the main pages are written to
 $LUMINARY_DASHBOARD_SCREENSHOTS (default: a pytest temp dir) as test artifacts."""
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from _backend import IS_RAY
+from _backend import IS_RAY, poll_for
 from test_jobs import CLI, _free_port, _stop_head
 
 pytestmark = [pytest.mark.timeout(180),
@@ -364,3 +366,118 @@ def test_stacks_page_shows_a_workers_live_stack(page, live, shots):
     page.wait_for_selector("#stack-text:has-text('in spin')", timeout=20_000)
     assert "Ticker" in page.inner_text("#stack-text")
     page.screenshot(path=os.path.join(shots, "stacks.png"), full_page=True)
+
+
+# --- metric charts over the head's history ------------------------------------------------------------
+CHART_DRIVER = """
+import sys, time, luminary as ray
+from luminary.util.metrics import Counter
+ray.init(address="{gcs}", log_to_driver=False)
+
+@ray.remote
+def charted(i):
+    Counter("dash_chart_calls", description="calls of charted", tag_keys=("kind",)).inc(1, tags={{"kind": "test"}})
+    time.sleep(0.02)
+    return i
+
+assert ray.get([charted.remote(i) for i in range(20)]) == list(range(20))
+print("ran", flush=True)
+sys.stdin.read()       # workers stay until the head has every report (the test polls for it)
+"""
+
+
+def _ring(head, since=0.0, points=1):
+    from luminary.job_submission import _find_token
+    status, body = _get(f"{head['url']}/api/dash/metrics?since={since}&points={points}",
+                        {"Authorization": "Bearer " + _find_token(head["url"])})
+    assert status == 200, body
+    return json.loads(body)
+
+
+def _last(ring, key):
+    vals = [v for v in ring["series"].get(key, []) if v is not None]
+    return vals[-1] if vals else None
+
+
+def test_metrics_page_opened_after_a_workload_charts_it(browser, head, shots, tmp_path):
+    poll_for(lambda: _ring(head)["t"], timeout=20, interval=0.1, desc="the head's first sample (one a second)")
+    finished_before = _last(_ring(head), "tasks|FINISHED")
+    started = time.time()
+    script = tmp_path / "charted.py"
+    script.write_text(CHART_DRIVER.format(gcs=head["gcs"]))
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("ran")
+
+        def recorded():
+            ring = _ring(head)
+            return (_last(ring, "metric|dash_chart_calls|kind=test") or 0) >= 20 and \
+                _last(ring, "tasks|FINISHED") >= finished_before + 20
+        poll_for(recorded, timeout=30, interval=0.1, desc="the counter and the finished tasks in the head's ring")
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    # only now is the page opened: its charts come from the head's history
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        pg = ctx.new_page()
+        errors = []
+        pg.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(_fresh_link(head))
+        pg.goto(head["url"] + "/#metrics")
+        fin = "[data-family='tasks-ended'] .legend span[data-key='tasks|FINISHED']"
+        pg.wait_for_selector(fin, timeout=20_000)
+        first, last, t_first = (float(pg.get_attribute(fin, a)) for a in ("data-first", "data-last", "data-t-first"))
+        assert t_first < started and first <= finished_before and last >= finished_before + 20
+        user = "[data-family='metric:dash_chart_calls'] .legend span[data-key='metric|dash_chart_calls|kind=test']"
+        pg.wait_for_selector(user, timeout=20_000)
+        assert float(pg.get_attribute(user, "data-last")) >= 20
+        assert "dash_chart_calls" in pg.inner_text("[data-family='metric:dash_chart_calls'] h3")
+        for fam in ("tasks-active", "cpu", "mem", "store", "spilled"):      # a chart per family
+            assert int(pg.get_attribute(f"[data-family='{fam}']", "data-points")) > 0, fam
+        inked = pg.evaluate("""() => { const cv = document.querySelector("[data-family='tasks-ended'] canvas");
+            const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
+        assert inked > 1000          # axes and the line were drawn
+        # live: new samples are appended without reloading
+        pts = int(pg.get_attribute("[data-family='tasks-ended']", "data-points"))
+        pg.wait_for_function(f"() => Number(document.querySelector(\"[data-family='tasks-ended']\").dataset.points) > {pts}",
+                             timeout=20_000)
+        pg.select_option("#metrics-range", "300")
+        pg.wait_for_selector(fin)
+        pg.screenshot(path=os.path.join(shots, "metrics-after-workload.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_metrics_ring_thins_after_an_hour_and_stays_bounded():
+    from luminary._private.gcs.metrics_history import MetricsRing
+    ring, t0 = MetricsRing(), 1_000_000.0
+    for i in range(26 * 3600):        # 26 hours of one sample a second, time simulated
+        ring.add(t0 + i, {"tasks|FINISHED": i, "cpu|n1": 50.0})
+        if i in (1800, 2 * 3600):
+            ring.validate()
+    ring.validate()
+    now = t0 + 26 * 3600 - 1
+    ts = [t for t, _ in ring.samples()]
+    fine = [t for t in ts if t >= now - 3600]
+    assert fine == [now - 3600 + k for k in range(3601)]                  # the last hour: every second
+    old = [t for t in ts if t < now - 3600]
+    assert old[0] >= now - 24 * 3600 and old[0] < now - 24 * 3600 + 10     # a day kept, no more
+    assert all(b - a == 10 for a, b in zip(old, old[1:]))                  # one per 10 s beyond the hour
+    assert len(ring) == 3601 + len(old) and ring.nbytes < 5 << 20
+    q = ring.query(0, 600)                                                 # a chart's worth, evenly spread
+    assert len(q["t"]) <= 600 and q["t"][-1] == now and q["series"]["tasks|FINISHED"][-1] == 26 * 3600 - 1
+    assert ring.query(now - 2)["t"] == [now - 1, now]                      # what a live page appends
+
+    small = MetricsRing(max_series=8, max_bytes=20_000)                    # both bounds hold
+    for i in range(1000):
+        small.add(float(i), {f"metric|m{i % 20}|": i})
+    small.validate()
+    assert len(small.keys) == 8 and small.series_dropped > 0 and small.nbytes <= 20_000
+    assert [t for t, _ in small.samples()][-1] == 999.0                    # the oldest went, not the newest
+    small.add(5.0, {"metric|m0|": 1})                                      # out of order: ignored
+    small.validate()

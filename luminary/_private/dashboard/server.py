@@ -24,6 +24,7 @@ SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 256
 MAX_STREAMS = 32           # open pages, each one event stream
 PERIOD_S = 1.0             # how often a page's stream is refreshed
+CHART_POINTS = 720         # samples of history sent when the metrics page opens (a chart's width)
 SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
                     "Referrer-Policy": "no-referrer",
                     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"}
@@ -121,6 +122,9 @@ class Dashboard:
             return 200, await views.actors(self.nm)
         if what == ["stream"]:
             return 200, await views.stream(self.nm, _float(query.get("since"), 0.0))
+        if what == ["metrics"]:
+            points = int(min(max(_float(query.get("points"), CHART_POINTS), 1), 100_000))
+            return 200, await views.metrics_history(self.nm, _float(query.get("since"), 0.0), points)
         return 404, {"error": f"no such endpoint {'/'.join(parts)!r}"}
 
     # --- the live stream: one per open page ---------------------------------------------------------
@@ -132,6 +136,7 @@ class Dashboard:
         sent: dict[str, int] = {}
         tail, tail_key = None, None
         since = _float(query.get("since"), 0.0)
+        charted = None            # the metrics page: time of the newest sample pushed
         n = 0
         while not gone.done():
             snap = {}
@@ -143,6 +148,8 @@ class Dashboard:
                     snap["stream"] = r
                     open_starts = [row[3] for row in r["rows"] if row[4] is None]
                     since = min([r["now"] - 2] + open_starts)
+                if view == "metrics":
+                    charted = await self._charts(query, snap, charted)
                 key = _log_key(view, query, snap)
                 if key != tail_key:
                     tail_key, tail = key, None
@@ -162,12 +169,25 @@ class Dashboard:
             for name, payload in snap.items():
                 data = json.dumps(payload, separators=(",", ":"), default=_jsonable)
                 h = hash(data)
-                if name in ("tick", "stream", "log", "problem") or sent.get(name) != h:
+                if name in ("tick", "stream", "log", "problem", "points") or sent.get(name) != h:
                     sent[name] = h
                     out.append(f"event: {name}\ndata: {data}\n\n")
             yield "".join(out).encode()
             n += 1
             await asyncio.wait([gone], timeout=PERIOD_S)
+
+    async def _charts(self, query, snap, charted):
+        """The metrics page: first the history of the range it shows (``range`` seconds, 0 for
+        all the ring keeps), thinned to CHART_POINTS; then only the samples newer than those."""
+        if charted is None:
+            rng = _float(query.get("range"), 0.0)
+            r = await views.metrics_history(self.nm, time.time() - rng if rng > 0 else 0.0, CHART_POINTS)
+            snap["history"] = r
+        else:
+            r = await views.metrics_history(self.nm, charted)
+            if r["t"]:
+                snap["points"] = r
+        return r["t"][-1] if r["t"] else (charted or 0.0)
 
     async def _view(self, view, query, snap, n):
         nm = self.nm

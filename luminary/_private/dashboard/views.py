@@ -84,6 +84,15 @@ async def actor(nm, aid):
     return dict(rows[0], pending_calls=pending[:200], pending_total=len(pending), calls_done=done)
 
 
+async def metrics_history(nm, since=0.0, points=None):
+    """The head's metric ring (``gcs/metrics_history.py``) after ``since``, as columns: at most
+    ``points`` samples (evenly thinned), all of them without."""
+    q = {"what": "metrics_history", "since": max(0.0, since)}
+    if points:
+        q["limit"] = int(points)
+    return await _q(nm, q)
+
+
 async def stream(nm, since):
     return await _q(nm, {"what": "stream", "since": max(0.0, since), "limit": 5000})
 

@@ -3,6 +3,7 @@
     owners, workers ── task_events (≤ every 100 ms) ──▶ TaskTable (bounded) ─┐
                                                       processes, metrics  ─┼─▶ state_query
                                                       History (event log) ◀┘    /metrics (HTTP)
+                                   each second: a sample ──▶ MetricsRing (metrics_history.py, bounded)
 
 Everything here is off the per-task path: processes batch their events, and the GCS only
 appends them to its tables and to the event log.  ``state_query`` answers the state API and the
@@ -19,6 +20,7 @@ from .. import stuck
 from ..rpc import protocol
 from . import object_sample
 from .history import History
+from .metrics_history import MetricsRing, sample_of
 from .task_table import DEFAULT_CAP, TaskTable, apply_filters, hexid, job_hex
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class Observer:
         self.procs: dict[bytes, dict] = {}
         self.metrics = Metrics()
         self.history = History.open(session_dir) if session_dir else None
+        self.ring = MetricsRing()           # the dashboard's charts (metrics_history.py)
+        self._last_node_stats = (0.0, [])   # (monotonic time, rows): the ring reuses the sample's
         self.metrics_url = None
         self._seen_actors = {}
         self._seen_nodes = {}
@@ -153,6 +157,8 @@ class Observer:
                     "task_cap": self.tasks.cap}
         if what == "metrics":
             return {"text": await self.prometheus_text()}
+        if what == "metrics_history":
+            return self.ring.query(p.get("since") or 0.0, p.get("limit") or None)
         raise ValueError(f"unknown state query {what!r}")
 
     def _reasons(self, rows, detail):
@@ -218,6 +224,7 @@ class Observer:
         for r in await asyncio.gather(*tasks):
             if r is not None:
                 out.append(r)
+        self._last_node_stats = (time.monotonic(), out)
         return out
 
     # --- history samples -----------------------------------------------------------------------------
@@ -240,12 +247,22 @@ class Observer:
     async def _sample_loop(self):
         while True:
             await asyncio.sleep(SAMPLE_S)
-            if self.history is None:
-                continue
-            try:
-                await self._sample()
-            except Exception:  # noqa: BLE001 - history must never take the GCS down
-                logger.exception("history sample failed")
+            samples = [self._sample] if self.history is not None else []
+            for sample in samples + [self._sample_ring]:     # each on its own: one failing skips no other
+                try:
+                    await sample()
+                except Exception:  # noqa: BLE001 - history must never take the GCS down
+                    logger.exception("%s failed", sample.__name__)
+
+    async def _sample_ring(self):
+        """One sample into the dashboard's ring, reusing the node figures ``_sample`` just asked
+        for (a node's CPU figure is measured since the previous ask: asking twice in a row
+        would read a near-zero interval)."""
+        at, nodes = self._last_node_stats
+        if time.monotonic() - at > SAMPLE_S / 2:
+            nodes = await self.node_stats()
+        actors = (_actor_state(a.state) for a in list(self.gcs.actors.actors.values()))
+        self.ring.add(time.time(), sample_of(self.tasks.counts(), actors, nodes, self.metrics))
 
     async def _sample(self):
         now = time.time()

@@ -2,8 +2,7 @@
 // pushes what the page shows when it changes; drawn with the DOM and <canvas>.  No polling.
 "use strict";
 
-const HISTORY = 300;                       // metric samples kept by the page (5 minutes)
-const state = { page: "overview", arg: "", samples: [], stream: new Map(), overview: null, es: null,
+const state = { page: "overview", arg: "", metrics: { t: [], series: {} }, stream: new Map(), overview: null, es: null,
   actors: [], logKey: "" };
 
 // --- small helpers ------------------------------------------------------------------------------
@@ -83,17 +82,6 @@ function drawOverview(o) {
     .concat(o.drivers.map((d) => ({ id: d.job_id, kind: "driver", status: d.status, what: "pid " + (d.driver_info || {}).pid, start: d.start_time })));
   table($("overview-jobs"), [["job", (j) => j.id], ["kind", (j) => j.kind], ["status", (j) => stateCell(j.status)],
     ["entrypoint / driver", (j) => j.what], ["started", (j) => when(j.start)]], jobs.slice(-12));
-}
-
-function sample(o, t) {
-  const head = o.nodes.find((n) => n.head) || o.nodes[0] || {};
-  const c = o.tasks.counts || {};
-  state.samples.push({ t: t, running: c.RUNNING || 0,
-    pending: (c.PENDING_ARGS_AVAIL || 0) + (c.PENDING_NODE_ASSIGNMENT || 0) + (c.SUBMITTED_TO_WORKER || 0),
-    finished: c.FINISHED || 0, failed: c.FAILED || 0, cpu: head.cpu_percent || 0,
-    mem: head.mem_total ? 100 * head.mem_used / head.mem_total : 0,
-    store: head.store_capacity ? 100 * head.store_used / head.store_capacity : 0 });
-  if (state.samples.length > HISTORY) state.samples.shift();
 }
 
 // --- task stream -----------------------------------------------------------------------------------
@@ -302,47 +290,141 @@ function onStacks(s) {
   $("stack-text").textContent = s.text;
 }
 
-// --- metrics charts --------------------------------------------------------------------------------
-function chart(cv, series, maxY) {
-  const ctx = cv.getContext("2d"), pad = 34, W = cv.width - pad - 10, H = cv.height - 30;
+// --- metrics charts: from the head's ring of samples (gcs/metrics_history.py) ------------------------
+// The stream of the metrics page sends the range's history first ("history"), then each new
+// sample ("points"); series keys are "family|what" (e.g. "tasks|FINISHED", "cpu|NODE",
+// "metric|NAME|tags").  One chart per family, drawn on a canvas.
+const MAX_CHART_POINTS = 5000;             // samples the page keeps (older ones dropped)
+const FAMILIES = [                         // [id, title, which keys, value format]
+  ["tasks-active", "Tasks waiting and running", (k) => k.startsWith("tasks|") && !/\|(FINISHED|FAILED)$/.test(k), String],
+  ["tasks-ended", "Tasks finished and failed (in the head's task table)", (k) => /^tasks\|(FINISHED|FAILED)$/.test(k), String],
+  ["actors", "Actors by state", (k) => k.startsWith("actors|"), String],
+  ["cpu", "Node CPU (%)", (k) => k.startsWith("cpu|"), (v) => v.toFixed(0) + " %"],
+  ["mem", "Node memory used", (k) => k.startsWith("mem|"), gib],
+  ["store", "Object store used", (k) => k.startsWith("store|"), mib],
+  ["spilled", "Object store spilled to disk", (k) => k.startsWith("spilled|"), mib],
+];
+
+function onHistory(r) {
+  state.metrics = { t: r.t.slice(), series: Object.assign({}, r.series) };
+  if (state.page === "metrics") drawCharts();
+}
+
+function onPoints(r) {
+  const m = state.metrics, n0 = m.t.length, n = r.t.length;
+  m.t.push(...r.t);
+  for (const k of Object.keys(r.series)) if (!m.series[k]) m.series[k] = new Array(n0).fill(null);
+  for (const [k, vals] of Object.entries(m.series)) vals.push(...(r.series[k] || new Array(n).fill(null)));
+  const range = Number($("metrics-range").value), last = m.t[m.t.length - 1];
+  let cut = Math.max(0, m.t.length - MAX_CHART_POINTS);
+  while (range && cut < m.t.length && m.t[cut] < last - range) cut++;
+  if (cut) {
+    m.t.splice(0, cut);
+    for (const vals of Object.values(m.series)) vals.splice(0, cut);
+  }
+  if (state.page === "metrics") drawCharts();
+}
+
+function familiesOf(keys) {
+  const out = FAMILIES.map(([id, title, test, fmt]) => ({ id, title, fmt, keys: keys.filter(test) }));
+  const user = new Map();
+  for (const k of keys) {
+    if (!k.startsWith("metric|")) continue;
+    const name = k.split("|")[1];
+    if (!user.has(name)) user.set(name, []);
+    user.get(name).push(k);
+  }
+  for (const [name, ks] of [...user].sort()) out.push({ id: "metric:" + name, title: name + " (user metric)", fmt: String, keys: ks });
+  return out.filter((f) => f.keys.length);
+}
+
+function seriesLabel(key) {
+  const parts = key.split("|");
+  if (parts[0] === "metric") return parts.slice(2).join("|") || "value";
+  if (["cpu", "mem", "store", "spilled"].includes(parts[0])) {
+    const node = ((state.overview || {}).nodes || []).find((n) => n.node_id === parts[1]);
+    return (node && node.head ? "head " : "node ") + short(parts[1]).slice(0, 6);
+  }
+  return parts[1];
+}
+
+function drawCharts() {
+  const m = state.metrics, box = $("charts");
+  const fams = familiesOf(Object.keys(m.series).sort());
+  $("metrics-kept").textContent = m.t.length ? m.t.length + " samples since " + new Date(m.t[0] * 1000).toLocaleString() : "no samples yet";
+  const seen = new Set();
+  for (const f of fams) {
+    seen.add(f.id);
+    let el = box.querySelector("[data-family='" + CSS.escape(f.id) + "']");
+    if (!el) {
+      el = h("div", { class: "chart-box", data: { family: f.id } }, h("h3", {}, f.title),
+        h("canvas", { class: "chart", width: 1000, height: 170 }), h("div", { class: "legend" }));
+      box.append(el);
+    }
+    drawChart(el, f, m);
+  }
+  for (const el of [...box.children]) if (!seen.has(el.dataset.family)) el.remove();
+}
+
+function niceTop(v) {                     // the axis' top: 1, 2, 2.5 or 5 times a power of ten, in 4 steps
+  const step = v / 4, p = Math.pow(10, Math.floor(Math.log10(step)));
+  for (const k of [1, 2, 2.5, 5, 10]) if (k * p >= step) return 4 * k * p;
+  return v;
+}
+
+function drawChart(el, f, m) {
+  const cv = el.querySelector("canvas"), ctx = cv.getContext("2d");
+  const left = 64, right = 10, top = 8, bottom = 22, W = cv.width - left - right, H = cv.height - top - bottom;
   ctx.clearRect(0, 0, cv.width, cv.height);
   ctx.font = "11px system-ui, sans-serif";
-  const s = state.samples;
-  let top = maxY || 1;
-  if (!maxY) for (const p of s) for (const [k] of series) top = Math.max(top, p[k]);
-  ctx.strokeStyle = "#dde1e8"; ctx.fillStyle = "#6b7385";
+  const t = m.t, t1 = t.length ? t[t.length - 1] : 0, t0 = t.length ? t[0] : 0, span = Math.max(1, t1 - t0);
+  let maxY = f.id === "cpu" ? 100 : f.fmt === mib || f.fmt === gib ? 1048576 : 1;
+  for (const k of f.keys) for (const v of m.series[k]) if (v !== null && v > maxY) maxY = v;
+  const unit = f.fmt === gib ? 1073741824 : f.fmt === mib ? 1048576 : 1;
+  maxY = niceTop(maxY / unit) * unit;
+  const x = (tt) => left + W * (tt - t0) / span, y = (v) => top + H - H * v / maxY;
+  ctx.fillStyle = "#6b7385"; ctx.strokeStyle = "#e3e7ee"; ctx.lineWidth = 1;
   for (let i = 0; i <= 4; i++) {
-    const y = 8 + H - H * i / 4;
-    ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(pad + W, y); ctx.stroke();
-    ctx.fillText(String(Math.round(top * i / 4)), 2, y + 4);
+    const yy = top + H - H * i / 4;
+    ctx.beginPath(); ctx.moveTo(left, yy); ctx.lineTo(left + W, yy); ctx.stroke();
+    ctx.fillText(f.fmt(maxY * i / 4), 2, yy + 4);
   }
-  const t1 = s.length ? s[s.length - 1].t : 0;
-  series.forEach(([k, color], i) => {
+  let prev = "";
+  for (let i = 0; i <= 5 && t.length; i++) {
+    const tt = t0 + span * i / 5, label = new Date(tt * 1000).toLocaleTimeString();
+    if (label !== prev) ctx.fillText(label, Math.min(Math.max(left - 20, x(tt) - 24), cv.width - 60), cv.height - 6);
+    prev = label;
+  }
+  const legend = [];
+  let drawn = 0;
+  for (const k of f.keys) {
+    const vals = m.series[k], color = colorOf(k);
     ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.beginPath();
-    s.forEach((p, j) => {
-      const x = pad + W - W * (t1 - p.t) / HISTORY, y = 8 + H - H * p[k] / top;
-      if (j) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+    let pen = false, first = null, firstT = null, last = null;
+    vals.forEach((v, i) => {
+      if (v === null) { pen = false; return; }
+      if (first === null) { first = v; firstT = t[i]; }
+      last = v; drawn++;
+      if (pen) ctx.lineTo(x(t[i]), y(v)); else { ctx.moveTo(x(t[i]), y(v)); pen = true; }
     });
     ctx.stroke();
-    ctx.fillStyle = color; ctx.fillText(k, pad + 8 + i * 80, cv.height - 6);
-  });
-}
-function drawMetrics() {
-  chart($("chart-tasks"), [["running", "#3b6fd8"], ["pending", "#e69b22"], ["failed", "#c9302c"]]);
-  chart($("chart-usage"), [["cpu", "#3b6fd8"], ["mem", "#2e8b57"], ["store", "#8e44ad"]], 100);
+    const sw = h("i"); sw.style.background = color;
+    legend.push(h("span", { data: { key: k, first: first, last: last, tFirst: firstT } }, sw,
+      seriesLabel(k) + " " + (last === null ? "" : f.fmt(last))));
+  }
+  el.dataset.points = drawn;
+  fill(el.querySelector(".legend"), legend);
 }
 
 // --- the stream and the router -----------------------------------------------------------------------------
 const HANDLERS = {
   overview: (o) => { state.overview = o; if (state.page === "overview") drawOverview(o); },
   tick: (t) => {
-    if (state.overview) sample(state.overview, t.time);
-    if (state.page === "metrics") drawMetrics();
     setStatus("live · " + new Date(t.time * 1000).toLocaleTimeString());
   },
   problem: (p) => setStatus("the head could not answer: " + p.error, true),
   stream: onStream, tasks: onTasks, task: onTask, actors: onActors, actor: onActor, jobs: onJobs, job: onJob,
-  log: onLog, logfiles: onLogFiles, objects: onObjects, pgs: onPgs, workers: onWorkers, stacks: onStacks,
+  history: onHistory, points: onPoints, log: onLog, logfiles: onLogFiles, objects: onObjects, pgs: onPgs, workers: onWorkers, stacks: onStacks,
 };
 
 function connect() {
@@ -357,6 +439,7 @@ function connect() {
   else if (state.page === "jobs" && arg) q.set("job", arg);
   else if (state.page === "logs" && arg) q.set("log", arg);
   else if (state.page === "stacks" && arg) q.set("worker", arg);
+  else if (state.page === "metrics") q.set("range", $("metrics-range").value);
   else if (state.page === "stream") {
     let since = 0;
     for (const t of state.stream.values()) since = Math.max(since, t.end === null ? 0 : t.end - 2);
@@ -397,7 +480,7 @@ function route() {
       if (page === "actors" && $("actor-log")) $("actor-log").textContent = "";
     }
   }
-  if (state.page === "metrics") drawMetrics();
+  if (state.page === "metrics") drawCharts();
   if (state.page === "overview" && state.overview) drawOverview(state.overview);
   if (state.page === "stream" && state.streamNow) drawStream(state.streamNow);
   connect();
@@ -406,5 +489,6 @@ function route() {
 window.addEventListener("hashchange", route);
 $("stream-window").addEventListener("change", () => state.streamNow && drawStream(state.streamNow));
 $("task-filter-state").addEventListener("change", connect);
+$("metrics-range").addEventListener("change", connect);
 $("task-filter-name").addEventListener("change", connect);
 route();
