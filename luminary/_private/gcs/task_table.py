@@ -110,6 +110,7 @@ class TaskTable:
         self.dropped_at_source = 0
         self._shared = {}      # one object per distinct name, id and resource shape (they repeat)
         self.bad_batches = 0
+        self._counts = None                    # counts() until the next merge
         self.pending = collections.deque()     # (proc, msgpack bytes, records, new tasks) not merged yet
         self.pending_records = 0
         self.pending_cap = min(SYNC_RECORDS, 3 * self.cap)
@@ -178,6 +179,7 @@ class TaskTable:
 
     def apply(self, proc, events, dropped=0):
         """One batch from the process ``proc`` ({wid, pid, node, ...})."""
+        self._counts = None
         self.dropped_at_source += dropped
         intern = self._intern
         proc = {"wid": intern(proc.get("wid")), "node": intern(proc.get("node")), "pid": proc.get("pid")}
@@ -314,10 +316,14 @@ class TaskTable:
         return out
 
     def counts(self):
-        out = {}
-        for r in self.tasks.values():
-            out[r.state] = out.get(r.state, 0) + 1
-        return out
+        """{state: tasks}; cached until the next batch is merged (the samplers ask every second)."""
+        tasks = self.tasks
+        if self._counts is None:
+            out = {}
+            for r in tasks.values():
+                out[r.state] = out.get(r.state, 0) + 1
+            self._counts = out
+        return dict(self._counts)
 
 
 # --- filters, shared by the GCS and the client -----------------------------------------------------

@@ -73,6 +73,9 @@ class RawReply:
         self.data = data
 
 
+JOIN_MAX = 1 << 18    # queued messages up to this many bytes in all leave in one write
+
+
 class ConnectionLost(ConnectionError):
     pass
 
@@ -466,6 +469,8 @@ class Connection(asyncio.Protocol):
                     out = tx.seal(out)
                 if len(out) == 1:
                     self.transport.write(out[0])
+                elif sum(b.nbytes if type(b) is memoryview else len(b) for b in out) <= JOIN_MAX:
+                    self.transport.write(b"".join(out))     # one syscall, not one per message
                 else:
                     for b in out:
                         self.transport.write(b)
