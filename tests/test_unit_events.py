@@ -73,16 +73,23 @@ def test_filters_and_limit():
         apply_filters(rows, [("n", ">", 1)])
 
 
-def test_owner_trace_records_every_state_change():
+def test_owner_traces_failures_retries_and_calls_reported_pending():
+    """The usual path (queued, pushed, finished) is the worker's to tell; the owner notes a
+    failure with its error, and every change of a call the recorder reported as pending."""
     from luminary._private.worker.owner import Call, Owner, State
     owner = Owner(b"w" * 16, {}, set())
     owner.trace = []
     call = Call(b"t" * 12, {"args": ["v", b""]}, b"f", b"", {"CPU": 1.0}, [], 1, 0, False, [], ([], []), "f")
     owner.handle(("submit", call, []))
-    assert [s for c, s in owner.trace] == [State.QUEUED]
+    assert owner.trace == []
     owner.handle(("cancel", call.tid, False, True))
     kinds = [type(s) for c, s in owner.trace]
     assert kinds[-2] is bytes and owner.trace[-1][1] == State.FAILED    # the error, then FAILED
+    owner.trace = []
+    pending = Call(b"u" * 12, {"args": ["v", b""]}, b"f", b"", {"CPU": 1.0}, [], 1, 0, False, [], ([], []), "f")
+    pending.traced = True
+    owner.handle(("submit", pending, []))
+    assert [s for c, s in owner.trace] == [State.QUEUED]
 
 
 def test_prometheus_text_parses():
@@ -144,3 +151,20 @@ def test_records_share_repeated_names_ids_and_resource_shapes():
     table.apply(dict(OWNER, wid=bytes(b"o" * 16)), [_submitted(2, name="".join(["fn"] * 20), node=bytes(b"x" * 16))])
     a, b = table.tasks[_tid(1)], table.tasks[_tid(2)]
     assert a.name is b.name and a.node is b.node and a.owner is b.owner and a.resources is b.resources
+
+
+def test_a_call_finished_within_one_owner_batch_is_told_by_its_worker_alone():
+    """The owner leaves out a call submitted, pushed once and finished between two of its
+    flushes; the worker's record carries the submission, so the task is listed all the same."""
+    info = ["f", None, 1, b"p" * 12, {"CPU": 1.0}, 1.0, 10, 0, OWNER["wid"]]
+    table = TaskTable()
+    table.apply(WORKER, [["W", _tid(1), 1.1, 1.2, None, None, info],
+                         ["W", _tid(2), 1.1, 1.3, "TASK_EXECUTION_EXCEPTION", "boom", info]])
+    ok, bad = table.tasks[_tid(1)].row(True), table.tasks[_tid(2)].row(True)
+    assert ok["state"] == "FINISHED" and ok["name"] == "f" and ok["creation_time_ms"] == 1000
+    assert ok["worker_pid"] == 2 and ok["owner_worker_id"] == OWNER["wid"].hex()
+    assert [e["state"] for e in ok["events"]] == ["PENDING_ARGS_AVAIL", "RUNNING", "FINISHED"]
+    assert bad["state"] == "FAILED" and bad["error_message"] == "boom"
+    # the owner's own record, when it spans batches, agrees and adds no second end
+    table.apply(OWNER, [["O", _tid(1), None, [3, 1.25], None, None, None]])
+    assert [e["state"] for e in table.tasks[_tid(1)].row(True)["events"]].count("FINISHED") == 1

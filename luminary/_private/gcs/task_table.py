@@ -187,7 +187,7 @@ class TaskTable:
         for ev in events:
             r = tasks.get(ev[1])
             if r is None:
-                if len(tasks) >= self.cap and (ev[0] != "O" or ev[2] is None):
+                if len(tasks) >= self.cap and (ev[2] is None if ev[0] == "O" else len(ev) < 7 or ev[6] is None):
                     continue    # a late report on a task already dropped: keep the kept ones
                 r = self._get(ev[1])
             if ev[0] == "O":
@@ -228,6 +228,8 @@ class TaskTable:
                 r.ended = r.ended or ts
                 if state == "FAILED" and r.err_type is None:
                     r.err_type = "TASK_EXECUTION_EXCEPTION"
+                if r.state == state:
+                    continue          # the worker's record already ended it
                 r.state = state
             elif not r.ran:
                 r.state = state
@@ -236,6 +238,19 @@ class TaskTable:
             r.reason = ev[7]
 
     def _worker(self, r, ev, proc):
+        info = ev[6] if len(ev) > 6 else None
+        if info is not None and r.name is None:
+            # a call its owner did not report (it ran and finished within one of the owner's
+            # batches): the worker's record carries the submission too
+            name, r.actor, r.job, r.parent, resources, ts = info[:6]
+            r.name, r.resources = self._intern(name), self._intern(resources)
+            r.args = (int(info[6]) << 16) | min(int(info[7]), 0xFFFF)
+            r.owner = self._intern(info[8])
+            if ts is not None:
+                r.created = ts
+                r.events.extend((_ARGS, ts))
+            if r.state == "NIL":
+                r.state = "PENDING_ARGS_AVAIL"
         if ev[2] is not None:
             r.started = ev[2]
             r.ran = True
@@ -249,6 +264,14 @@ class TaskTable:
                 r.node, r.worker, r.pid = proc.get("node"), proc.get("wid"), proc.get("pid")
         if ev[4] is not None:
             r.err_type, r.err_msg = ev[4], ev[5]
+        if info is not None and ev[3] is not None and r.ostate < 3:
+            # the owner reports a clean call's end only if it spans batches: the answer sent ends it
+            # (a failure the owner retries comes with the owner's record, which moves it on)
+            state = "FAILED" if ev[4] is not None else "FINISHED"
+            r.ostate = OWNER_STATES.index(state)      # a retry after it is a new attempt
+            if r.state != state:
+                r.state = state
+                r.events.extend((r.ostate, ev[3]))
 
     def rows(self, detail=False):
         return [r.row(detail) for r in self.tasks.values()]

@@ -271,6 +271,7 @@ TASK_SPEC = struct({
     "fn?": bytes_(), "path?": list_(str_(1 << 16), 1 << 16), "gpus?": list_(ANYV, 1 << 10),
     "actor?": ID, "method?": NAME, "group?": opt(NAME), "refs?": list_(list_(ANYV, 8), 1 << 20),
     "ncpu?": num(0.0, 1e15), "timeout_s?": num(0.0, 1e9), "max_calls?": int_(1, 1 << 62),
+    "ev?": list_(ANYV, 2),      # task events: [parent task id, submitted at] (worker/events.py)
 })
 ACTOR_SPEC = struct({"cls": bytes_(), "args": list_(ANYV, 8), "owner": ADDRESS, "owner_id": ID}, open=True)
 REGISTER = struct({"worker_id": ID, "pid": int_(1, 1 << 31), "address": ADDRESS, "log_to_driver?": BOOL})

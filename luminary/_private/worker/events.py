@@ -119,7 +119,7 @@ class Recorder:
         self.core = core
         self.kind = kind
         self.recs = {}          # tid -> owner-side record (I/O thread)
-        self.new = 0            # submissions among them
+        self.new = []           # calls submitted since the last flush (I/O thread)
         self.ends = collections.deque()     # (tid, ts, error blob | None) of answered calls (any thread)
         self.starts = collections.deque()   # (tid, ts) of calls that started running (any thread)
         self.dropped = 0
@@ -155,11 +155,13 @@ class Recorder:
             io.post(lambda: io.loop.call_later(FLUSH_S, self._flush))
 
     def submitted(self, call):
-        """A new task or actor call (I/O thread, before the owner handles it): noted in the
-        owner's trace, so it shares that handle's timestamp."""
-        trace = self.core.submitter.owner.trace
-        if trace is not None:
-            trace.append((call, None))
+        """A new task or actor call (I/O thread, before the owner handles it).  Its submission
+        travels in its spec (``ev``: parent, time) to the worker that runs it, whose record tells
+        the usual path; the flush reports it from here only while it is still pending."""
+        call.spec["ev"] = [call.parent, time.time()]
+        self.new.append(call)
+        if not self.armed:
+            self._arm()
 
     def owner_trace(self, trace):
         """The owner's state changes of one ``handle`` (I/O thread), folded into one record per
@@ -174,12 +176,7 @@ class Recorder:
                     self.dropped += 1
                     continue
                 r = recs[call.tid] = ["O", call.tid, None, [], None, None, None]
-            if x is None:                                 # submitted
-                a = call.spec.get("args") or ("v", b"")
-                r[2] = [call.name, call.actor, call.spec.get("job"), call.parent, call.resources, ts,
-                        a[3] if a[0] == "s" else len(a[1]), len(call.arg_refs or ())]
-                self.new += 1
-            elif x.__class__ is bytes:
+            if x.__class__ is bytes:
                 r[5] = x                                  # the error it failed with (decoded at flush)
             else:
                 r[3] += (x, ts)                           # an owner.State (an int on the wire)
@@ -218,21 +215,43 @@ class Recorder:
             if not self.armed:
                 self._arm()
 
-    def ended(self, tid, reply):
-        """The executor answers ``tid`` (any thread)."""
+    def ended(self, spec, reply):
+        """The executor answers the call ``spec`` (any thread)."""
         if self.enabled:
             ends = self.ends
             if len(ends) >= MAX_BUFFER:
                 self.dropped += 1
                 return
-            ends.append((tid, time.time(), reply["rets"][0][1] if reply.get("app_error") and reply.get("rets") else None))
+            ends.append((spec, time.time(), reply["rets"][0][1] if reply.get("app_error") and reply.get("rets") else None))
 
     # --- flushing (I/O thread) -----------------------------------------------------------------
     def _owner_records(self):
         """["O", tid, info, [state, ts, ...], node, error type, error message] per task, and how
-        many of them are new submissions."""
+        many of them are new submissions.  A call submitted since the last flush that is still
+        pending is reported now (with its state) and traced from then on; one that already
+        finished is left to its worker's record, unless the owner noted something about it."""
         recs, self.recs = self.recs, {}
-        new, self.new = self.new, 0
+        calls, self.new = self.new, []
+        now = time.time()
+        new = 0
+        for call in calls:
+            r = recs.get(call.tid)
+            state = call.state
+            if r is None:
+                if state > 2:            # finished: its worker tells it (or it failed: traced)
+                    continue
+                r = recs[call.tid] = ["O", call.tid, None, [], None, None, None]
+            spec = call.spec
+            sub = spec["ev"][1]
+            a = spec.get("args") or ("v", b"")
+            r[2] = [call.name, call.actor, spec.get("job"), call.parent, call.resources, sub,
+                    a[3] if a[0] == "s" else len(a[1]), len(call.arg_refs or ())]
+            new += 1
+            if state <= 2 and not call.traced:
+                call.traced = True       # pending: every later change is noted (Owner._to)
+                r[3] += (state, sub if state < 2 else now)
+                if state == 2 and call.lease is not None:
+                    r[4] = call.lease.grant.get("node_id")
         out = list(recs.values())
         for r in out:
             if r[5] is not None:
@@ -240,22 +259,29 @@ class Recorder:
         return out, new
 
     def _worker_records(self):
-        """["W", tid, started_ts, ended_ts, error type, error message] per task."""
+        """["W", tid, started_ts, ended_ts, error type, error message, info] per task; info (for a
+        call its owner stamped, see owner_trace): [name, actor, job, parent, resources,
+        submitted_ts, args_bytes, n_ref_args, owner worker id] or None."""
         recs = {}
         starts = self.starts
         while starts:
             tid, ts = starts.popleft()
-            recs[tid] = ["W", tid, ts, None, None, None]
+            recs[tid] = ["W", tid, ts, None, None, None, None]
         ends = self.ends
         while ends:
-            tid, ts, err = ends.popleft()
+            spec, ts, err = ends.popleft()
+            tid = spec["tid"]
             r = recs.get(tid)
             if r is None:
-                r = recs[tid] = ["W", tid, None, ts, None, None]
+                r = recs[tid] = ["W", tid, None, ts, None, None, None]
             else:
                 r[3] = ts
             if err is not None:
                 r[4], r[5] = error_fields(err)
+            ev = spec.get("ev") or (None, None)
+            a = spec.get("args") or ("v", b"")
+            r[6] = [spec.get("name"), spec.get("actor"), spec.get("job"), ev[0], spec.get("res") or {}, ev[1],
+                    a[3] if a[0] == "s" else len(a[1]), len(spec.get("refs") or ()), spec.get("owner_id")]
         return list(recs.values())
 
     def _flush(self):
@@ -264,7 +290,7 @@ class Recorder:
         gcs = getattr(core, "gcs", None)
         if gcs is None or gcs.closed:
             return
-        events, new = self._owner_records() if self.recs else ([], 0)
+        events, new = self._owner_records() if self.recs or self.new else ([], 0)
         if self.starts or self.ends:
             events += self._worker_records()
         payload = {"proc": self.proc()}

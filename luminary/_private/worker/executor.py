@@ -121,7 +121,7 @@ class Executor:
     def _reply(self, t, reply):
         self.pending.pop(t.spec["tid"], None)
         if t.state == ExecState.FINISHED:
-            self.core.events.ended(t.spec["tid"], reply)
+            self.core.events.ended(t.spec, reply)
         if t.take_answer():
             t.conn.reply(t.rid, True, reply)
         if t is self.retire_after:
@@ -336,7 +336,7 @@ class Executor:
                 and t.take_answer()):
             tid = t.spec["tid"]
             self.pending.pop(tid, None)
-            self.core.events.ended(tid, reply)
+            self.core.events.ended(t.spec, reply)
             t.conn.reply_from_thread(t.rid, reply)
             return
         self.core.io.post(self._reply, t, reply)

@@ -79,9 +79,13 @@ class Owner(ActorCalls):
 
     def _to(self, call, state):
         assert state in TRANSITIONS[call.state], f"{call!r}: {call.state.name} -> {state.name} is not allowed"
+        trace = self.trace
+        if trace is not None and (call.traced or state == S.FAILED or (state == S.QUEUED and call.state >= S.PUSHED)):
+            # task events: a call's usual path (queued, pushed, finished) is told by the worker that
+            # ran it; the owner notes failures, retries and rebuilds, and every change of a call it
+            # has reported as pending (``traced``, set by the recorder's flush)
+            trace.append((call, state))
         call.state = state
-        if self.trace is not None:
-            self.trace.append((call, state))
 
     # --- submission ------------------------------------------------------------------------------
     def on_submit(self, call, missing):

@@ -33,7 +33,7 @@ class Call:
     __slots__ = ("tid", "spec", "fid", "fn_blob", "resources", "key", "strategy", "locality", "returns",
                  "nret", "retries_left", "retry_exc", "arg_refs", "held", "state", "lease", "actor",
                  "cancelled", "name", "deps_left", "gen_seen", "gen_dropped", "parent", "pushed_at",
-                 "oom_retries_left", "renv")
+                 "oom_retries_left", "renv", "traced")
 
     def __init__(self, tid, spec, fid, fn_blob, resources, returns, nret, max_retries, retry_exc,
                  arg_refs, held, name, actor=None):
@@ -63,6 +63,7 @@ class Call:
         self.pushed_at = None             # when the shell sent it (monotonic seconds; diagnostics)
         self.oom_retries_left = OOM_RETRIES  # runs again after its node ended it for memory
         self.renv = None                  # runtime env wire spec: leased workers must run in it
+        self.traced = False               # task events: every state change is noted (see Owner._to)
 
     def __repr__(self):
         return f"Call({self.name}, {self.tid.hex()[:12]}, {self.state.name})"

@@ -112,9 +112,8 @@ class TaskSubmitter:
         values = core.memory.values
         missing = [ref for _, ref in task.arg_refs if ref.id not in values]
         self.owner.closing = core.shutting_down
-        trace = self.owner.trace
-        if trace is not None:
-            trace.append((task, None))        # submitted (task events: worker/events.py)
+        if self.owner.trace is not None:
+            core.events.submitted(task)       # task events (worker/events.py)
         self._do(self.owner.on_submit, task, missing)
         if core.nm_dead is not None:     # no node manager: nothing can run, fail it at once
             self.feed(("fail_all", core.local_raylet_died()))
