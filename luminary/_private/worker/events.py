@@ -1,22 +1,26 @@
 """Task events and metric deltas of one process, batched to the GCS off the hot path.
 
-    owner (I/O thread)  Owner.trace ──drained after each handle──▶ ┐
-    executor            claim (started), reply (ended) ──────────────▶ Recorder ──────every FLUSH_S──▶
-    user metrics        Counter.inc / Gauge.set / Histogram.observe ▶ registry      task_events (GCS)
+    owner (I/O thread)  submitted calls, Owner.trace (unusual changes) ─┐
+    executor            started, ended (with the spec's submission) ───┼─▶ Recorder ──every FLUSH_S──▶
+    user metrics        Counter.inc / Gauge.set / Histogram.observe ──▶ registry      task_events (GCS)
 
-Recording a state change costs a dict lookup and a list append (one clock read per ``handle``
-on the owner's side, no encoding); the I/O thread flushes at most every FLUSH_S (and at exit)
-in one ``task_events`` notification, decoding error blobs only then.
+A call's usual path is told by the worker that ran it: the owner stamps the spec with
+``ev`` = [parent, submitted at] and the worker's record carries it.  The owner reports only what
+the worker cannot know: calls still pending at a flush (traced from then on), failures it
+decides, retries and rebuilds (``Owner._to``).  So a short call costs its owner a list append and
+two checks.  The I/O thread flushes at most every FLUSH_S (and at exit) in one ``task_events``
+notification (msgpack bytes; the GCS decodes them when asked), decoding error blobs only then.
 ``LUMINARY_TASK_EVENTS=0`` turns task events off (metrics still flow).
 
-Between flushes the changes of one task are gathered into one record per task (a list updated
-in place), so the wire and the GCS see one entry per task per batch:
+Records, one per task per batch:
     ["O", tid, info, [state, ts, state, ts, ...], node_id, error_type, error_message]   owner side
         info: [name, actor_id, job, parent_tid, resources, submitted_ts, args_bytes, n_ref_args] or None
               (sent before); args_bytes: the serialized arguments' size (inline or in the store),
               n_ref_args: how many top-level ObjectRef arguments (their values are not counted)
         state: owner.State (WAITING, QUEUED, PUSHED, FINISHED, FAILED)
-    ["W", tid, started_ts, ended_ts, error_type, error_message]                         worker side
+    ["W", tid, started_ts, ended_ts, error_type, error_message, info]                  worker side
+        info (when it ended): the owner's info fields plus the owner's worker id; parent and
+        submitted_ts are None for a call its owner did not stamp
 An owner record gets an eighth field, why the task waits (e.g. "infeasible: ..."), when the
 owner learns it (``note_reason``: rare, off the per-call path).
 """
