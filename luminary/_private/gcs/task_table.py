@@ -31,6 +31,9 @@ SYNC_RECORDS = 20_000     # waiting records merged at once when nobody asked (a 
 STATES = OWNER_STATES + ("RUNNING",)
 _CODE = {s: i for i, s in enumerate(STATES)}
 _RUNNING = _CODE["RUNNING"]
+_FINISHED = _CODE["FINISHED"]
+_FAILED = _CODE["FAILED"]
+_NO_RESOURCES = {}        # shared by every record that asked for none (actor calls)
 _ARGS = _CODE["PENDING_ARGS_AVAIL"]
 
 
@@ -157,7 +160,12 @@ class TaskTable:
         repeat across tasks, and each batch decodes fresh copies."""
         if v is None:
             return None
-        key = tuple(sorted(v.items())) if type(v) is dict else v
+        if type(v) is dict:
+            if not v:
+                return _NO_RESOURCES
+            key = tuple(sorted(v.items()))
+        else:
+            key = v
         try:
             got = self._shared.get(key)
         except TypeError:
@@ -243,39 +251,41 @@ class TaskTable:
 
     def _worker(self, r, ev, proc):
         info = ev[6] if len(ev) > 6 else None
+        started, ended, err = ev[2], ev[3], ev[4]
         if info is not None and r.name is None:
             # a call its owner did not report (it ran and finished within one of the owner's
             # batches): the worker's record carries the submission too
             name, r.actor, r.job, r.parent, resources, ts = info[:6]
-            r.name, r.resources = self._intern(name), self._intern(resources)
+            shared = self._shared
+            r.name = shared.get(name) or self._intern(name)
+            r.resources = self._intern(resources)
             r.args = (int(info[6]) << 16) | min(int(info[7]), 0xFFFF)
-            r.owner = self._intern(info[8])
+            r.owner = shared.get(info[8]) or self._intern(info[8])
             if ts is not None:
                 r.created = ts
                 r.events.extend((_ARGS, ts))
             if r.state == "NIL":
                 r.state = "PENDING_ARGS_AVAIL"
-        if ev[2] is not None:
-            r.started = ev[2]
+        if started is not None or (ended is not None and r.worker is None):
+            r.node, r.worker, r.pid = proc["node"], proc["wid"], proc["pid"]
+        if started is not None:
+            r.started = started
             r.ran = True
-            r.node, r.worker, r.pid = proc.get("node"), proc.get("wid"), proc.get("pid")
             if r.state not in FINAL:
                 r.state = "RUNNING"
-            r.events.extend((_RUNNING, ev[2]))
-        if ev[3] is not None:
-            r.ended = ev[3]
-            if r.worker is None:
-                r.node, r.worker, r.pid = proc.get("node"), proc.get("wid"), proc.get("pid")
-        if ev[4] is not None:
-            r.err_type, r.err_msg = ev[4], ev[5]
-        if info is not None and ev[3] is not None and r.ostate < 3:
+            r.events.extend((_RUNNING, started))
+        if ended is not None:
+            r.ended = ended
+        if err is not None:
+            r.err_type, r.err_msg = err, ev[5]
+        if info is not None and ended is not None and r.ostate < 3:
             # the owner reports a clean call's end only if it spans batches: the answer sent ends it
             # (a failure the owner retries comes with the owner's record, which moves it on)
-            state = "FAILED" if ev[4] is not None else "FINISHED"
-            r.ostate = OWNER_STATES.index(state)      # a retry after it is a new attempt
+            state, code = ("FAILED", _FAILED) if err is not None else ("FINISHED", _FINISHED)
+            r.ostate = code            # a retry after it is a new attempt
             if r.state != state:
                 r.state = state
-                r.events.extend((r.ostate, ev[3]))
+                r.events.extend((code, ended))
 
     def rows(self, detail=False):
         return [r.row(detail) for r in self.tasks.values()]
