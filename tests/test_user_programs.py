@@ -542,6 +542,32 @@ def test_max_calls_and_gpu_functions_get_fresh_workers(ray_start_fresh):
         once.options(max_calls=2)
 
 
+def test_a_failed_argument_fails_the_dependent_task_with_its_own_header(ray_start):
+    """As Ray: ray::g() says an input could not be computed, then the upstream error; it is
+    still the original exception's class, also for an actor method."""
+    @ray.remote
+    def f():
+        raise ValueError("upstream boom")
+
+    @ray.remote
+    def g(x):
+        return x
+
+    @ray.remote
+    class Echo:
+        def echo(self, x):
+            return x
+
+    for ref in (g.remote(f.remote()), Echo.remote().echo.remote(f.remote())):
+        with pytest.raises(ValueError) as info:
+            ray.get(ref, timeout=30)
+        text = str(info.value)
+        assert isinstance(info.value, ray.exceptions.RayTaskError)
+        assert "At least one of the input arguments for this task could not be computed" in text
+        assert "upstream boom" in text and "f()" in text
+        assert text.index("At least one") < text.index("upstream boom")
+
+
 def test_static_generator_that_raises_keeps_its_earlier_values(ray_start):
     @ray.remote(num_returns=3)
     def gen():

@@ -40,6 +40,23 @@ RETRY_LEASE_S = 0.1      # a failed lease request is retried after this long
 _NONE = pickle.dumps(None, 5)
 
 
+def _upstream_error(call, blob):
+    """The error a call fails with when an argument holds a task's error: as Ray, its own
+    ``ray::name()`` error saying an input could not be computed, then the upstream error's text;
+    still an instance of the original exception's class.  Other errors (lost objects,
+    cancellations) pass on as they are."""
+    try:
+        err = pickle.loads(blob)
+    except Exception:  # noqa: BLE001 - a class that does not unpickle here: pass it on
+        return blob
+    if not isinstance(err, exc.RayTaskError):
+        return blob
+    from .. import serialization
+    text = "  At least one of the input arguments for this task could not be computed:\n" + str(err)
+    wrapped = exc.RayTaskError(call.name, text, err.cause, pid=err.pid, ip=err.ip)
+    return serialization.dumps_error(wrapped.as_instanceof_cause())
+
+
 def _dead_worker_error(call, where):
     return exc.WorkerCrashedError(
         f"The worker running task {call.name} died unexpectedly (killed, crashed, os._exit or out of "
@@ -130,7 +147,7 @@ class Owner(ActorCalls):
         for pos, ref in call.arg_refs:
             kind, data = values[ref.id]
             if kind == "e":
-                return data
+                return _upstream_error(call, data)
             if kind == "s":
                 locality = locality or {}
                 locality[data[0]] = locality.get(data[0], 0) + data[1]
