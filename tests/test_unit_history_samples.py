@@ -83,11 +83,11 @@ def _owner_batch(tid, states, reason=None, info=True):
 def test_task_table_keeps_the_owners_reason_while_the_task_waits():
     t = TaskTable()
     tid = b"t" * 12
-    t.add({"wid": b"w"}, _owner_batch(tid, [1, 2.0]), 1, 1)
-    t.add({"wid": b"w"}, _owner_batch(tid, [], "infeasible: no node has {GPU: 1}", info=False), 1, 0)
+    t.add({"wid": b"w"}, _owner_batch(tid, [1, 2.0]), 1)
+    t.add({"wid": b"w"}, _owner_batch(tid, [], "infeasible: no node has {GPU: 1}", info=False), 1)
     row = t.select([("task_id", "=", tid.hex())], 1, True)[0]
     assert row["state"] == "PENDING_NODE_ASSIGNMENT" and row["pending_reason"].startswith("infeasible")
-    t.add({"wid": b"w"}, _owner_batch(tid, [2, 3.0], info=False), 1, 0)     # a node joined: it was pushed
+    t.add({"wid": b"w"}, _owner_batch(tid, [2, 3.0], info=False), 1)     # a node joined: it was pushed
     assert t.select([("task_id", "=", tid.hex())], 1, True)[0]["pending_reason"] is None
 
 

@@ -40,7 +40,7 @@ def load(path, since=None):
             continue
         if kind == "evb":
             if p.get("blob"):
-                h.table.add(p["proc"], p["blob"], 0, 0)
+                h.table.add(p["proc"], p["blob"], 0)
         elif kind == "ev":      # the older form: records decoded in the log itself
             h.table.apply(p["proc"], p.get("events") or ())
         elif kind == "proc":

@@ -99,9 +99,10 @@ class Observer:
                 self.history.write("proc", time.time(), proc)
         known.update(proc)
         blob = p.get("blob")
-        if blob or p.get("dropped"):
+        if blob:
             # kept as the bytes it came in: decoded only when someone asks (TaskTable.sync)
-            self.tasks.add(known, blob or b"\x90", p.get("n", 0), p.get("new", 0), p.get("dropped", 0))
+            self.tasks.add(known, blob, p.get("n", 0))
+        self.tasks.dropped_at_source += p.get("dropped", 0)
         if p.get("metrics"):
             self.metrics.apply(p["metrics"])
         if self.history is not None and (blob or p.get("metrics")):

@@ -115,16 +115,15 @@ class TaskTable:
         self.bad_batches = 0
         self._counts = None                    # counts() until the next merge
         self._order = collections.deque()      # tids in insertion order (the table's eviction order)
-        self.pending = collections.deque()     # (proc, msgpack bytes, records, new tasks) not merged yet
+        self.pending = collections.deque()     # (proc, msgpack bytes, records) not merged yet
         self.pending_records = 0
         self.pending_cap = min(SYNC_RECORDS, 3 * self.cap)
 
     # --- ingest ---------------------------------------------------------------------------------------
-    def add(self, proc, blob, records, new_tasks, dropped=0):
-        """One batch from the process ``proc`` as the bytes it arrived in: ``records`` records,
-        ``new_tasks`` of them submissions.  Costs a deque append; merged at the next query."""
-        self.dropped_at_source += dropped
-        self.pending.append((proc, blob, records, new_tasks))
+    def add(self, proc, blob, records):
+        """One batch from the process ``proc`` as the bytes it arrived in (``records`` records).
+        Costs a deque append; merged at the next query."""
+        self.pending.append((proc, blob, records))
         self.pending_records += records
         if self.pending_records >= self.pending_cap:
             self.sync()
@@ -142,7 +141,7 @@ class TaskTable:
         gc.disable()          # decoding makes many small containers and none of them are cycles
         try:
             while pending:
-                proc, blob, n, _ = pending.popleft()
+                proc, blob, n = pending.popleft()
                 self.pending_records -= n
                 try:
                     events = msgpack.unpackb(blob, raw=False, strict_map_key=False)

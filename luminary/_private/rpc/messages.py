@@ -424,7 +424,7 @@ MESSAGES = [
     _m("actor_wait_end", N, WORKER, GCS, struct({"actor?": ID, "task": TASK_ID})),
     # observability (gcs/events.py): batched task events and metric deltas, state queries
     _m("task_events", N, OW, GCS, struct({"proc": map_(str_(64), ANYV, 64), "blob?": bytes_(maxlen=1 << 28),
-                                          "n?": int_(0, 1 << 31), "new?": int_(0, 1 << 31),
+                                          "n?": int_(0, 1 << 31),
                                           "metrics?": list_(ANYV, 1 << 20), "dropped?": int_()})),
     _m("state_query", R, OW + (NM,), GCS, struct({"what": str_(64), "filters?": list_(list_(ANYV, 3), 64),
                                                  "limit?": int_(0, 1 << 31), "detail?": BOOL, "id?": str_(256),

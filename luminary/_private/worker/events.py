@@ -230,14 +230,12 @@ class Recorder:
 
     # --- flushing (I/O thread) -----------------------------------------------------------------
     def _owner_records(self):
-        """["O", tid, info, [state, ts, ...], node, error type, error message] per task, and how
-        many of them are new submissions.  A call submitted since the last flush that is still
+        """["O", tid, info, [state, ts, ...], node, error type, error message] per task.  A call submitted since the last flush that is still
         pending is reported now (with its state) and traced from then on; one that already
         finished is left to its worker's record, unless the owner noted something about it."""
         recs, self.recs = self.recs, {}
         calls, self.new = self.new, []
         now = time.time()
-        new = 0
         for call in calls:
             r = recs.get(call.tid)
             state = call.state
@@ -247,10 +245,8 @@ class Recorder:
                 r = recs[call.tid] = ["O", call.tid, None, [], None, None, None]
             spec = call.spec
             sub = spec["ev"][1]
-            a = spec.get("args") or ("v", b"")
             r[2] = [call.name, call.actor, spec.get("job"), call.parent, call.resources, sub,
-                    a[3] if a[0] == "s" else len(a[1]), len(call.arg_refs or ())]
-            new += 1
+                    _args_bytes(spec), len(call.arg_refs or ())]
             if state <= 2 and not call.traced:
                 call.traced = True       # pending: every later change is noted (Owner._to)
                 r[3] += (state, sub if state < 2 else now)
@@ -260,7 +256,7 @@ class Recorder:
         for r in out:
             if r[5] is not None:
                 r[5], r[6] = error_fields(r[5])
-        return out, new
+        return out
 
     def _worker_records(self):
         """["W", tid, started_ts, ended_ts, error type, error message, info] per task; info (for a
@@ -283,9 +279,8 @@ class Recorder:
             if err is not None:
                 r[4], r[5] = error_fields(err)
             ev = spec.get("ev") or (None, None)
-            a = spec.get("args") or ("v", b"")
             r[6] = [spec.get("name"), spec.get("actor"), spec.get("job"), ev[0], spec.get("res") or {}, ev[1],
-                    a[3] if a[0] == "s" else len(a[1]), len(spec.get("refs") or ()), spec.get("owner_id")]
+                    _args_bytes(spec), len(spec.get("refs") or ()), spec.get("owner_id")]
         return list(recs.values())
 
     def _flush(self):
@@ -294,13 +289,13 @@ class Recorder:
         gcs = getattr(core, "gcs", None)
         if gcs is None or gcs.closed:
             return
-        events, new = self._owner_records() if self.recs or self.new else ([], 0)
+        events = self._owner_records() if self.recs or self.new else []
         if self.starts or self.ends:
             events += self._worker_records()
         payload = {"proc": self.proc()}
         if events:
             payload["blob"] = _packb(events)
-            payload["n"], payload["new"] = len(events), new
+            payload["n"] = len(events)
         metrics = REGISTRY.take()
         if metrics:
             payload["metrics"] = metrics
@@ -379,3 +374,9 @@ def list_objects(core, oids=None):
                     "contained": e.contained, "borrowers": len(e.borrowers or ())})
     return {"wid": core.worker_id, "pid": os.getpid(), "node": core.node_id, "addr": core.address, "kind": core.events.kind,
             "objects": out}
+
+
+def _args_bytes(spec):
+    """The serialized arguments' size, inline or in the store."""
+    a = spec.get("args") or ("v", b"")
+    return a[3] if a[0] == "s" else len(a[1])
