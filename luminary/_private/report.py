@@ -90,7 +90,7 @@ def objects_view(h):
     """(ts, rows, stores) of the last object sample, and the largest objects seen in any sample
     (one row per object, largest first, with ``last_seen``); each row's ``created_by`` names
     the task when the log has it."""
-    tasks = h.table.tasks
+    tasks = h.table
     seen = {}
     for ts, p in h.objects:
         for r in p.get("top") or ():

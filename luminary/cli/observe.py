@@ -167,7 +167,7 @@ def cmd_list(args):
             filters = st._check_filters(_parse_filters(args.filter))
             if what == "tasks":
                 rows = h.table.select(filters, args.limit, args.detail)
-                res = {"rows": report.task_rows(h, rows) if args.detail else rows, "total": len(h.table.tasks)}
+                res = {"rows": report.task_rows(h, rows) if args.detail else rows, "total": h.table.size()}
             elif what == "objects":
                 res = {"rows": st.apply_filters(report.objects_view(h)[3], filters, args.limit)}
             else:

@@ -123,15 +123,15 @@ class Observer:
         detail = p.get("detail", False)
         if what == "tasks" and p.get("recent"):
             return {"rows": self._reasons(self.tasks.recent(detail, filters, limit or 100), detail),
-                    "total": len(self.tasks.tasks)}
+                    "total": self.tasks.size()}
         if what == "task":          # one task by id, without a scan (the dashboard's detail pane)
             try:
-                r = self.tasks.tasks.get(bytes.fromhex(p.get("id", "")))
+                r = self.tasks.get(bytes.fromhex(p.get("id", "")))
             except ValueError:
                 r = None
             return {"rows": self._reasons([r.row(True)], True) if r is not None else []}
         if what == "task_counts":
-            return {"counts": self.tasks.counts(), "total": len(self.tasks.tasks),
+            return {"counts": self.tasks.counts(), "total": self.tasks.size(),
                     "dropped": self.tasks.dropped + self.tasks.dropped_at_source}
         if what == "stream":
             return {"rows": self.tasks.stream(p.get("since", 0.0), limit or 5000), "now": time.time()}
@@ -139,7 +139,7 @@ class Observer:
             return dict(self.tasks.summary(), dropped=self.tasks.dropped + self.tasks.dropped_at_source)
         if what == "tasks":
             rows = self._reasons(self.tasks.select(filters, limit, detail), detail)
-            return {"rows": rows, "total": len(self.tasks.tasks),
+            return {"rows": rows, "total": self.tasks.size(),
                     "dropped": self.tasks.dropped + self.tasks.dropped_at_source}
         if what == "actors":
             return {"rows": apply_filters(self.actor_rows(), filters, limit)}

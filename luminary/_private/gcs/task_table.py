@@ -130,10 +130,47 @@ class TaskTable:
 
     @property
     def tasks(self):
-        """tid -> TaskRecord, every batch received merged in."""
+        """tid -> TaskRecord, every batch received merged in (every record built)."""
         if self.pending:
             self.sync()
-        return self._tasks
+        tasks = self._tasks
+        for tid, r in tasks.items():
+            if r.__class__ is list:
+                self._build(tid, r)
+        return tasks
+
+    def size(self):
+        """How many tasks are kept (every batch received merged in)."""
+        if self.pending:
+            self.sync()
+        return len(self._tasks)
+
+    def get(self, tid):
+        """The TaskRecord of ``tid``, or None."""
+        if self.pending:
+            self.sync()
+        r = self._tasks.get(tid)
+        if r.__class__ is list:
+            r = self._build(tid, r)
+        return r
+
+    def _records(self, reverse=False):
+        """Every TaskRecord, oldest first (newest first with ``reverse``), each built as reached."""
+        if self.pending:
+            self.sync()
+        tasks = self._tasks
+        # (building a record replaces the value of a key already there: the iteration goes on)
+        for tid, r in (reversed(tasks.items()) if reverse else tasks.items()):
+            yield self._build(tid, r) if r.__class__ is list else r
+
+    def _build(self, tid, lst):
+        """The TaskRecord of a task kept as the worker's record alone (see ``apply``)."""
+        proc = lst[0]
+        lst[0] = "W"
+        r = TaskRecord(tid)
+        self._worker(r, lst, proc)
+        self._tasks[tid] = r       # the same key: its place in the order is kept
+        return r
 
     def sync(self):
         pending = self.pending
@@ -195,12 +232,36 @@ class TaskTable:
         intern = self._intern
         proc = {"wid": intern(proc.get("wid")), "node": intern(proc.get("node")), "pid": proc.get("pid")}
         tasks = self._tasks
+        shared = self._shared
+        order = self._order
+        cap = self.cap
         for ev in events:
-            r = tasks.get(ev[1])
+            tid = ev[1]
+            r = tasks.get(tid)
             if r is None:
-                if len(tasks) >= self.cap and (ev[2] is None if ev[0] == "O" else len(ev) < 7 or ev[6] is None):
+                kind = ev[0]
+                if kind == "W" and len(ev) > 6 and ev[6] is not None and ev[3] is not None:
+                    # the common case, a call that ran and ended within its owner's batch: the
+                    # worker's record is kept as it came (with its process in place of "W") and
+                    # built into a TaskRecord only when someone looks (``_build``)
+                    if len(tasks) >= cap:
+                        del tasks[order.popleft()]
+                        self.dropped += 1
+                    info = ev[6]
+                    if len(info) < 9:
+                        continue            # malformed: a W info carries nine fields
+                    name, owner = info[0], info[8]
+                    info[0] = shared.get(name) or self._intern(name)
+                    info[8] = shared.get(owner) or self._intern(owner)
+                    ev[0] = proc
+                    tasks[tid] = ev
+                    order.append(tid)
+                    continue
+                if len(tasks) >= cap and (ev[2] is None if kind == "O" else len(ev) < 7 or ev[6] is None):
                     continue    # a late report on a task already dropped: keep the kept ones
-                r = self._get(ev[1])
+                r = self._get(tid)
+            elif r.__class__ is list:
+                r = self._build(tid, r)
             if ev[0] == "O":
                 self._owner(r, ev, proc)
             else:
@@ -213,11 +274,12 @@ class TaskTable:
             r.name, r.resources = self._intern(name), self._intern(resources)
             if len(info) >= 8:
                 r.args = (int(info[6]) << 16) | min(int(info[7]), 0xFFFF)      # one int: small per task
-            r.created = ts
             r.owner = proc.get("wid")
             if r.state == "NIL":
                 r.state = "PENDING_ARGS_AVAIL"
-            r.events.extend((_ARGS, ts))
+            if r.created is None:       # (an owner sends a call's submission with each of its records)
+                r.created = ts
+                r.events.extend((_ARGS, ts))
         trans = ev[3]
         if ev[4] is not None:
             r.node = self._intern(ev[4])
@@ -287,14 +349,14 @@ class TaskTable:
                 r.events.extend((code, ended))
 
     def rows(self, detail=False):
-        return [r.row(detail) for r in self.tasks.values()]
+        return [r.row(detail) for r in self._records()]
 
     def select(self, filters=(), limit=None, detail=False):
         """The rows that pass ``filters``, oldest first, at most ``limit``: rows are built only
         until the limit is reached, and filters on the brief fields test brief rows."""
         out = []
         brief = not detail or all(k in _BRIEF_KEYS for k, _, _ in filters)
-        for r in self.tasks.values():
+        for r in self._records():
             if filters:
                 row = r.row(not brief)
                 if not apply_filters([row], filters):
@@ -312,7 +374,7 @@ class TaskTable:
         """Ray's ``summarize_tasks`` figures, per function: type, counts by state, run time."""
         by = {}
         actor_tasks = 0
-        for r in self.tasks.values():
+        for r in self._records():
             name = r.name or ""
             s = by.get(name)
             if s is None:
@@ -324,12 +386,12 @@ class TaskTable:
                 s["duration_s_total"] += r.ended - r.started
                 s["duration_n"] += 1
             actor_tasks += r.actor is not None
-        return {"summary": by, "total_tasks": len(self.tasks), "total_actor_tasks": actor_tasks}
+        return {"summary": by, "total_tasks": len(self._tasks), "total_actor_tasks": actor_tasks}
 
     def recent(self, detail=False, filters=(), limit=100):
         """The newest ``limit`` rows that pass ``filters``, newest first (without building the rest)."""
         out = []
-        for r in reversed(self.tasks.values()):
+        for r in self._records(reverse=True):
             row = r.row(detail)
             if not filters or apply_filters([row], filters):
                 out.append(row)
@@ -342,7 +404,7 @@ class TaskTable:
         [worker, pid, node, started, ended or None, name, failed, task_id], newest first.  Only
         the newest ``scan`` tasks are looked at, so a poll costs the same with 100,000 kept."""
         out = []
-        for i, r in enumerate(reversed(self.tasks.values())):
+        for i, r in enumerate(self._records(reverse=True)):
             if i >= scan or len(out) >= limit:
                 break
             if r.started is None or (r.ended is not None and r.ended < since):
@@ -353,11 +415,17 @@ class TaskTable:
 
     def counts(self):
         """{state: tasks}; cached until the next batch is merged (the samplers ask every second)."""
-        tasks = self.tasks
+        if self.pending:
+            self.sync()
         if self._counts is None:
             out = {}
-            for r in tasks.values():
-                out[r.state] = out.get(r.state, 0) + 1
+            get = out.get
+            for r in self._tasks.values():
+                if r.__class__ is list:     # a worker's record alone: it ended (see apply)
+                    state = "FINISHED" if r[4] is None else "FAILED"
+                else:
+                    state = r.state
+                out[state] = get(state, 0) + 1
             self._counts = out
         return dict(self._counts)
 

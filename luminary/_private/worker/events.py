@@ -6,16 +6,18 @@
 
 A call's usual path is told by the worker that ran it: the owner stamps the spec with
 ``ev`` = [parent, submitted at] and the worker's record carries it.  The owner reports only what
-the worker cannot know: calls still pending at a flush (traced from then on), failures it
-decides, retries and rebuilds (``Owner._to``).  So a short call costs its owner a list append and
-two checks.  The I/O thread flushes at most every FLUSH_S (and at exit) in one ``task_events``
+the worker cannot know: calls still pending a flush interval after their submission (traced
+from then on), failures it decides, retries and rebuilds (``Owner._to``).  So a short call costs
+its owner a deque append and one look at a flush.  The buffers hold plain values (ids, times,
+sizes), never a call or its spec: keeping those alive until a flush made every call survive a
+young garbage collection and cost the older ones, about 3 µs a call.  The I/O thread flushes at most every FLUSH_S (and at exit) in one ``task_events``
 notification (msgpack bytes; the GCS decodes them when asked), decoding error blobs only then.
 ``LUMINARY_TASK_EVENTS=0`` turns task events off (metrics still flow).
 
 Records, one per task per batch:
     ["O", tid, info, [state, ts, state, ts, ...], node_id, error_type, error_message]   owner side
-        info: [name, actor_id, job, parent_tid, resources, submitted_ts, args_bytes, n_ref_args] or None
-              (sent before); args_bytes: the serialized arguments' size (inline or in the store),
+        info: [name, actor_id, job, parent_tid, resources, submitted_ts, args_bytes, n_ref_args]
+              (the GCS takes the first one); args_bytes: the serialized arguments' size (inline or in the store),
               n_ref_args: how many top-level ObjectRef arguments (their values are not counted)
         state: owner.State (WAITING, QUEUED, PUSHED, FINISHED, FAILED)
     ["W", tid, started_ts, ended_ts, error_type, error_message, info]                  worker side
@@ -123,8 +125,13 @@ class Recorder:
         self.core = core
         self.kind = kind
         self.recs = {}          # tid -> owner-side record (I/O thread)
-        self.new = []           # calls submitted since the last flush (I/O thread)
-        self.ends = collections.deque()     # (tid, ts, error blob | None) of answered calls (any thread)
+        # (submitted at, tid) of calls not yet looked at by a flush, oldest first (I/O thread):
+        # plain values, not the calls, so a call's objects die when it ends, never promoted to
+        # an older garbage-collector generation by this buffer
+        self.new = collections.deque()
+        # (tid, ended at, error blob | None, name, actor, job, parent, resources, submitted at,
+        # args bytes, ref args, owner id) of answered calls (any thread); plain values again
+        self.ends = collections.deque()
         self.starts = collections.deque()   # (tid, ts) of calls that started running (any thread)
         self.dropped = 0
         self.armed = False
@@ -162,8 +169,9 @@ class Recorder:
         """A new task or actor call (I/O thread, before the owner handles it).  Its submission
         travels in its spec (``ev``: parent, time) to the worker that runs it, whose record tells
         the usual path; the flush reports it from here only while it is still pending."""
-        call.spec["ev"] = [call.parent, time.time()]
-        self.new.append(call)
+        ts = time.time()
+        call.spec["ev"] = [call.parent, ts]
+        self.new.append((ts, call.tid))
         if not self.armed:
             self._arm()
 
@@ -179,7 +187,9 @@ class Recorder:
                 if len(recs) >= MAX_BUFFER:
                     self.dropped += 1
                     continue
-                r = recs[call.tid] = ["O", call.tid, None, [], None, None, None]
+                # (rare: a failure, a retry, a rebuild or a call reported pending) with its
+                # submission, which the GCS takes once
+                r = recs[call.tid] = ["O", call.tid, _info(call), [], None, None, None]
             if x.__class__ is bytes:
                 r[5] = x                                  # the error it failed with (decoded at flush)
             else:
@@ -203,7 +213,7 @@ class Recorder:
                 if len(recs) >= MAX_BUFFER:
                     self.dropped += 1
                     continue
-                r = recs[call.tid] = ["O", call.tid, None, [], None, None, None]
+                r = recs[call.tid] = ["O", call.tid, _info(call), [], None, None, None]
             if len(r) == 7:
                 r.append(reason)
             else:
@@ -226,32 +236,42 @@ class Recorder:
             if len(ends) >= MAX_BUFFER:
                 self.dropped += 1
                 return
-            ends.append((spec, time.time(), reply["rets"][0][1] if reply.get("app_error") and reply.get("rets") else None))
+            ev = spec.get("ev") or _NO_EV
+            a = spec.get("args") or _NO_ARGS
+            refs = spec.get("refs")
+            ends.append((spec["tid"], time.time(),
+                         reply["rets"][0][1] if reply.get("app_error") and reply.get("rets") else None,
+                         spec.get("name"), spec.get("actor"), spec.get("job"), ev[0], spec.get("res"), ev[1],
+                         a[3] if a[0] == "s" else len(a[1]), len(refs) if refs else 0, spec.get("owner_id")))
 
     # --- flushing (I/O thread) -----------------------------------------------------------------
     def _owner_records(self):
-        """["O", tid, info, [state, ts, ...], node, error type, error message] per task.  A call submitted since the last flush that is still
-        pending is reported now (with its state) and traced from then on; one that already
-        finished is left to its worker's record, unless the owner noted something about it."""
+        """["O", tid, info, [state, ts, ...], node, error type, error message] per task.  A call
+        still pending a flush interval after its submission is reported (with its state) and
+        traced from then on; one that ended by then is left to its worker's record, unless the
+        owner noted something about it (``owner_trace``)."""
         recs, self.recs = self.recs, {}
-        calls, self.new = self.new, []
+        new = self.new
         now = time.time()
-        for call in calls:
-            r = recs.get(call.tid)
+        young = now - FLUSH_S
+        calls = self.core.submitter.owner.calls
+        while new and new[0][0] <= young:
+            sub, tid = new.popleft()
+            call = calls.get(tid)
+            if call is None or call.traced:
+                continue                 # ended: its worker tells it (or it failed: traced)
             state = call.state
+            if state > 2:
+                continue
+            r = recs.get(tid)
             if r is None:
-                if state > 2:            # finished: its worker tells it (or it failed: traced)
-                    continue
-                r = recs[call.tid] = ["O", call.tid, None, [], None, None, None]
-            spec = call.spec
-            sub = spec["ev"][1]
-            r[2] = [call.name, call.actor, spec.get("job"), call.parent, call.resources, sub,
-                    _args_bytes(spec), len(call.arg_refs or ())]
-            if state <= 2 and not call.traced:
-                call.traced = True       # pending: every later change is noted (Owner._to)
-                r[3] += (state, sub if state < 2 else now)
-                if state == 2 and call.lease is not None:
-                    r[4] = call.lease.grant.get("node_id")
+                r = recs[tid] = ["O", tid, _info(call), [], None, None, None]
+            elif r[2] is None:
+                r[2] = _info(call)
+            call.traced = True           # pending: every later change is noted (Owner._to)
+            r[3] += (state, sub if state < 2 else now)
+            if state == 2 and call.lease is not None:
+                r[4] = call.lease.grant.get("node_id")
         out = list(recs.values())
         for r in out:
             if r[5] is not None:
@@ -259,29 +279,27 @@ class Recorder:
         return out
 
     def _worker_records(self):
-        """["W", tid, started_ts, ended_ts, error type, error message, info] per task; info (for a
-        call its owner stamped, see owner_trace): [name, actor, job, parent, resources,
-        submitted_ts, args_bytes, n_ref_args, owner worker id] or None."""
-        recs = {}
+        """["W", tid, started_ts, ended_ts, error type, error message, info] per task; info (when
+        it ended): [name, actor, job, parent, resources, submitted_ts, args_bytes, n_ref_args,
+        owner worker id] (parent and submitted_ts are None for a call its owner did not stamp)."""
+        started = {}
         starts = self.starts
         while starts:
             tid, ts = starts.popleft()
-            recs[tid] = ["W", tid, ts, None, None, None, None]
+            started[tid] = ts
+        out = []
         ends = self.ends
+        pop = started.pop
         while ends:
-            spec, ts, err = ends.popleft()
-            tid = spec["tid"]
-            r = recs.get(tid)
-            if r is None:
-                r = recs[tid] = ["W", tid, None, ts, None, None, None]
-            else:
-                r[3] = ts
+            tid, ts, err, name, actor, job, parent, res, sub, nbytes, nrefs, owner = ends.popleft()
+            et = em = None
             if err is not None:
-                r[4], r[5] = error_fields(err)
-            ev = spec.get("ev") or (None, None)
-            r[6] = [spec.get("name"), spec.get("actor"), spec.get("job"), ev[0], spec.get("res") or {}, ev[1],
-                    _args_bytes(spec), len(spec.get("refs") or ()), spec.get("owner_id")]
-        return list(recs.values())
+                et, em = error_fields(err)
+            out.append(["W", tid, pop(tid, None), ts, et, em,
+                        [name, actor, job, parent, res or _NO_RES, sub, nbytes, nrefs, owner]])
+        for tid, ts in started.items():
+            out.append(["W", tid, ts, None, None, None, None])
+        return out
 
     def _flush(self):
         self.armed = False
@@ -302,7 +320,7 @@ class Recorder:
         if self.dropped:
             payload["dropped"], self.dropped = self.dropped, 0
         gcs.notify("task_events", payload)
-        if REGISTRY.values and not self.armed:
+        if (REGISTRY.values or self.new) and not self.armed:
             self._arm()
 
     def flush_wait(self, timeout=2.0):
@@ -374,6 +392,19 @@ def list_objects(core, oids=None):
                     "contained": e.contained, "borrowers": len(e.borrowers or ())})
     return {"wid": core.worker_id, "pid": os.getpid(), "node": core.node_id, "addr": core.address, "kind": core.events.kind,
             "objects": out}
+
+
+_NO_EV = (None, None)
+_NO_ARGS = ("v", b"")
+_NO_RES = {}
+
+
+def _info(call):
+    """[name, actor, job, parent, resources, submitted at, args bytes, ref args] of an owner's call."""
+    spec = call.spec
+    ev = spec.get("ev") or _NO_EV
+    return [call.name, call.actor, spec.get("job"), call.parent, call.resources, ev[1],
+            _args_bytes(spec), len(call.arg_refs or ())]
 
 
 def _args_bytes(spec):
