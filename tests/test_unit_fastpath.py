@@ -217,7 +217,10 @@ def test_get_after_the_owner_freed_an_object_never_returns_its_old_bytes(ray_sta
     ref = ray.put(np.full(2 * MB, 7, dtype=np.uint8))
     blob = pickle.dumps(ref)
     assert ray.get(reader.read.remote(blob)) == 7
+    oid = ref.id
     del ref                                 # the owner frees it; the reader's copy is gone too
+    # (a decrement reaches the I/O thread within a few ms, and a later call may overtake it)
+    poll_for(lambda: oid not in state.core.refs.entries, timeout=10, desc="the owner freed the object")
     fresh = ray.put(np.full(2 * MB, 9, dtype=np.uint8))     # likely reuses the same store space
     with pytest.raises(ray.exceptions.ObjectLostError):
         ray.get(reader.read.remote(blob), timeout=30)

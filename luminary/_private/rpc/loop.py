@@ -5,7 +5,8 @@ User code runs on the main thread; every socket is owned by this thread's event 
 the loop once per batch (not once per item), because a thread hand-off costs as much as a message
 to another process.  Reference counting has two cheaper doors: ``add_incref``/``add_increfs``
 (applied before the next batch of posted callbacks) and ``add_decref`` (queued in order with the
-posted callbacks; a run of consecutive decrements reaches ``decref_handler`` as one list).
+posted callbacks; a run of consecutive decrements reaches ``decref_handler`` as one list; they
+wake the loop at most once per DECREF_DELAY_S).
 """
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
 # saves a call per ref, but a list that keeps growing while the main thread keeps dropping refs
 # would be walked by every young-generation garbage collection.
 DECREF_RUN_MAX = 4096
+# A decrement wakes the loop at most once in this many seconds (a timer drains them): a thread
+# that drops one ref per call (``get(a.f.remote())`` in a loop) would otherwise pay a wake-up,
+# and give the loop thread one, on every call.  Anything else posted drains them at once.
+DECREF_DELAY_S = 0.005
 
 
 def new_event_loop():
@@ -37,6 +42,7 @@ class IOThread:
         self.incref_handler = None   # fn(items): items are (oid, owner) or lists of ObjectRefs
         self.decref_handler = None   # fn([oid, ...]), in order with the posted callbacks
         self._wake_pending = False
+        self._decref_timer = False      # a drain of decrements is due within DECREF_DELAY_S
         self._lock = threading.Lock()
         self._started = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -79,8 +85,42 @@ class IOThread:
         """Queue a reference decrement, in order with ``post``ed callbacks (a decrement must
         never overtake the callback that takes its own count, such as a task submission)."""
         self._queue.append(oid)         # a bare oid: no tuple allocated per decrement
-        if not self._wake_pending:
-            self._wake()
+        if not self._wake_pending and not self._decref_timer:
+            self._arm_decrefs()
+
+    def _arm_decrefs(self):
+        """Drain within DECREF_DELAY_S: one wake-up of the loop per window, not per decrement."""
+        with self._lock:
+            if self._wake_pending or self._decref_timer:
+                return
+            self._decref_timer = True
+        try:
+            if self.in_loop():
+                self.loop.call_later(DECREF_DELAY_S, self._decref_drain)
+            else:
+                self.loop.call_soon_threadsafe(self.loop.call_later, DECREF_DELAY_S, self._decref_drain)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _decref_drain(self):
+        with self._lock:
+            self._decref_timer = False
+        self._run_items()
+
+    def post_quiet(self, fn, *args):
+        """``post`` without waking the loop: ``fn(*args)`` runs at the next drain, in order with
+        everything posted.  Only for a caller that makes sure a drain comes: one that is woken
+        by a socket anyway and calls ``run_queued`` first (``Connection.request_from_thread``)."""
+        self._queue.append((fn, args))
+
+    def add_incref_quiet(self, item):
+        """``add_incref`` without waking the loop (as ``post_quiet``)."""
+        self._increfs.append(item)
+
+    def run_queued(self):
+        """(loop thread) Run what is queued now, in order, as a wake-up would."""
+        if self._queue or self._increfs:
+            self._run_items()
 
     def _wake(self):
         with self._lock:
@@ -95,6 +135,9 @@ class IOThread:
     def _drain(self):
         with self._lock:
             self._wake_pending = False
+        self._run_items()
+
+    def _run_items(self):
         if self._increfs:
             self._apply_increfs()
         q = self._queue

@@ -123,6 +123,7 @@ class Connection(asyncio.Protocol):
         self._nonce = os.urandom(NONCE)
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE, strict_map_key=False)
         self._next_id = 0
+        self._thread_id = 1 << 40     # ids of requests sent by request_from_thread (never met by _next_id)
         self._pending = {}
         self._out = []
         self._flush_scheduled = False
@@ -494,10 +495,12 @@ class Connection(asyncio.Protocol):
                     or self.transport.get_write_buffer_size()):
                 direct = False
             else:
-                direct = True
                 fd = self._wfd
                 if fd is None:
-                    fd = self._wfd = os.dup(self.transport.get_extra_info("socket").fileno())
+                    sock = self.transport.get_extra_info("socket")
+                    fd = self._wfd = os.dup(sock.fileno()) if sock is not None else None
+                direct = fd is not None
+            if direct:
                 tx = self._tx
                 out = tx.seal([data]) if tx is not None else [data]
                 payload = out[0] if len(out) == 1 else b"".join(out)
@@ -513,6 +516,48 @@ class Connection(asyncio.Protocol):
                     self.loop.call_soon_threadsafe(self._flush)
         if not direct:
             self.loop.call_soon_threadsafe(self._queue_packed, data)
+
+    def request_from_thread(self, method, payload, callback, before=None):
+        """Send a request from a thread other than the loop's (a driver's main thread calling an
+        actor) straight onto the socket, when nothing else waits to be written on this
+        connection: no hand-off to the loop thread, no wake-up of it.  ``callback(ok, result)``
+        runs on the loop, as for ``request``.  ``before()`` runs under the write lock once the
+        request is sure to be written (before the bytes leave), so whatever the answer's
+        callback relies on can be queued first.  Returns False, having sent nothing, when the
+        connection is busy or closed: the caller goes the usual way."""
+        with self._wlock:
+            if (self.closed or self._out or self._flush_scheduled or self._stage < 3 or self._head is not None
+                    or self.transport.get_write_buffer_size()):
+                return False
+            fd = self._wfd
+            if fd is None:
+                sock = self.transport.get_extra_info("socket")
+                if sock is None:           # not a socket (rpc/memory.py): the loop's way
+                    return False
+                fd = self._wfd = os.dup(sock.fileno())
+            self._thread_id += 1
+            rid = self._thread_id
+            try:
+                data = msgpack.packb([REQ, rid, method, payload], use_bin_type=True)
+            except Exception:  # noqa: BLE001 - the loop's path reports what cannot be encoded
+                return False
+            self._pending[rid] = callback
+            if before is not None:
+                before()
+            tx = self._tx
+            out = tx.seal([data]) if tx is not None else [data]
+            payload = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                n = os.write(fd, payload)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                n = 0                  # a broken socket: the loop's write finds out and closes
+            if n < len(payload):
+                self._head = bytes(memoryview(payload)[n:])
+                self._flush_scheduled = True
+                self.loop.call_soon_threadsafe(self._flush)
+        return True
 
     def _queue_packed(self, data):
         if self.closed:

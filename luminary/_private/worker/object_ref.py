@@ -33,8 +33,8 @@ class ObjectRef:
             try:
                 io = cw.io                      # IOThread.add_decref, inlined: this runs per ref
                 io._queue.append(self.id)
-                if not io._wake_pending:
-                    io._wake()
+                if not io._wake_pending and not io._decref_timer:
+                    io._arm_decrefs()
             except Exception:
                 pass
 

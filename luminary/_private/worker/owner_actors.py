@@ -91,6 +91,36 @@ class ActorCalls:
         else:
             self._complete(call, reply)
 
+    def on_actor_call_written(self, call, incarnation):
+        """An actor call its caller's thread wrote to the actor's connection itself (the actor
+        was ALIVE at ``incarnation``, nothing queued before it): in flight as if pushed here.
+        When the connection it went on was lost first, it is a call lost in flight."""
+        self.calls[call.tid] = call
+        call.deps_left = 0
+        a = self._actor(call.actor)
+        if a.state == "alive" and a.incarnation == incarnation:
+            self._to(call, S.QUEUED)
+            self._to(call, S.PUSHED)
+            a.inflight[call.tid] = call
+        elif a.state == "dead":
+            self._fail(call, a.cause)
+        elif call.retries_left > 0:
+            call.retries_left -= 1
+            self._to(call, S.QUEUED)
+            a.queue.appendleft(call)
+            if a.state == "alive":
+                self._pump(a)
+            elif not self.closing:
+                self._locate(a, incarnation + 1)
+        else:
+            self._fail(call, self._died_in_flight(a.actor_id))
+
+    def _died_in_flight(self, actor_id):
+        return exc.ActorDiedError(
+            error_msg=f"The actor {actor_id.hex()} died while running this call (its worker process "
+                      "exited). The call may or may not have run; set max_task_retries to retry calls "
+                      "on a restarted actor.", actor_id=actor_id.hex())
+
     def on_actor_lost(self, actor_id, incarnation):
         """The connection to the actor's worker (incarnation ``incarnation``) dropped."""
         a = self.actors.get(actor_id)
@@ -108,10 +138,7 @@ class ActorCalls:
                 self._to(call, S.QUEUED)
                 retry.append(call)
             else:
-                self._fail(call, exc.ActorDiedError(
-                    error_msg=f"The actor {actor_id.hex()} died while running this call (its worker process "
-                              "exited). The call may or may not have run; set max_task_retries to retry calls "
-                              "on a restarted actor.", actor_id=actor_id.hex()))
+                self._fail(call, self._died_in_flight(actor_id))
         a.queue.extendleft(reversed(retry))
         if not self.closing:
             self._locate(a, incarnation + 1)

@@ -48,6 +48,8 @@ class TaskSubmitter:
         self.lease_conns = {}          # lease id -> connection to the leased worker
         self.actor_conns = {}          # actor id -> (incarnation, connection)
         self._idle_events = []
+        self.lanes = {}                # actor id -> [posted, taken] (see lane)
+        self.lanes_lock = threading.Lock()
         self._actions = {
             "timer": self._a_timer, "request_lease": self._a_request_lease,
             "cancel_lease_request": self._a_cancel_lease_request, "connect_lease": self._a_connect_lease,
@@ -131,7 +133,65 @@ class TaskSubmitter:
             self.core.io.post(self.feed, ("dep_ready", tid))
 
     def submit_actor_call(self, actor_id, task):
+        lane = self.lanes.get(actor_id)
+        if lane is not None:
+            lane[1] += 1
         self.submit(task, actor_id)
+
+    # --- the caller's thread writes an actor call itself ------------------------------------------
+    def lane(self, actor_id):
+        """(any thread) [calls posted to the I/O thread, calls it took] for one actor: while they
+        differ, a call of this process is on its way to the actor through the I/O thread and a
+        later one must not overtake it."""
+        lane = self.lanes.get(actor_id)
+        if lane is None:
+            with self.lanes_lock:
+                lane = self.lanes.setdefault(actor_id, [0, 0])
+        return lane
+
+    def note_posted(self, lane):
+        with self.lanes_lock:
+            lane[0] += 1
+
+    def try_direct_actor_call(self, actor_id, call, lane):
+        """(the caller's thread) Write a ready actor call straight to the actor's connection when
+        nothing is ahead of it: the actor is ALIVE with its connection open and idle, no call of
+        this process waits for it in the I/O thread or in the owner's queue.  That saves the
+        hand-off to the I/O thread (a wake-up, about 20 us here) on every synchronous call.  The
+        owner learns of the call (``actor_call_written``) from the I/O thread's queue, which the
+        answer's callback runs first, so the answer always finds its call.  These reads of the
+        owner's state from another thread are the one exception to its thread ownership: each
+        is re-checked by the owner when it takes the call.  Returns False when it did not send."""
+        if lane[0] != lane[1]:
+            return False
+        a = self.owner.actors.get(actor_id)
+        if a is None or a.state != "alive" or a.queue:
+            return False
+        ic = self.actor_conns.get(actor_id)
+        if ic is None or ic[0] != a.incarnation:
+            return False
+        incarnation, conn = ic
+        core = self.core
+        if not conn.state.get("pathsent") or core.nm_dead is not None or core.shutting_down:
+            return False
+        if self.owner.trace is not None:
+            core.events.submitted(call)       # stamps the spec before it is packed
+        call.actor = actor_id
+        call.pushed_at = time.monotonic()
+        io = core.io
+        tid = call.tid
+        returns = call.returns
+        me = core.address
+
+        def before():
+            for oid in returns:
+                io.add_incref_quiet((oid, me))
+            io.post_quiet(self._do, self.owner.on_actor_call_written, call, incarnation)
+
+        def answered(ok, reply):
+            io.run_queued()
+            self._do(self.owner.on_actor_reply, actor_id, tid, ok, reply)
+        return conn.request_from_thread("push_task", call.spec, answered, before)
 
     def actor_created(self, actor_id, handle_oid, held, detached):
         if held[0]:
