@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import concurrent.futures
 import gc
 import inspect
+import queue
 import sys
 import threading
 import time
@@ -50,6 +50,46 @@ def _hooks_timed_out(timeout_s):
     print(f"The actor's shutdown hooks (__ray_shutdown__, __del__, atexit) ran longer than {timeout_s:g} s; "
           "ending it now (_system_config actor_graceful_shutdown_timeout_ms sets the limit).", file=sys.stderr)
     procutil.flush_and_exit(1)
+
+
+class CallThreads:
+    """The threads of one concurrency group of a threaded actor: at most ``size`` calls run at
+    once.  Calls are handed over by the I/O thread as they arrive (no hop through the main
+    thread) and taken from one queue; a thread is started only when none is idle, up to
+    ``size``.  Lighter than a ThreadPoolExecutor: no Future per call."""
+
+    def __init__(self, size, name, run):
+        self.size = max(1, int(size))
+        self.name = name
+        self.run = run
+        self.q = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.idle = 0
+        self.started = 0
+
+    def submit(self, t):
+        # ``idle``: threads waiting for a call (or about to) minus calls queued for one
+        with self.lock:
+            self.idle -= 1
+            start = self.idle < 0 and self.started < self.size
+            if start:
+                self.idle += 1
+                self.started += 1
+                n = self.started
+        self.q.put(t)
+        if start:
+            threading.Thread(target=self._loop, name=f"{self.name}_{n}", daemon=True).start()
+
+    def _loop(self):
+        q, lock, run = self.q, self.lock, self.run
+        while True:
+            t = q.get()
+            try:
+                run(t)
+            except BaseException:  # noqa: BLE001 - the call's own errors are its reply; keep the thread
+                traceback.print_exc()
+            with lock:
+                self.idle += 1
 
 
 def _ready():
@@ -214,9 +254,11 @@ class ActorRuntime:
         key = group if group in self.groups else None
         pool = self.pools.get(key)
         if pool is None:
-            size = self.groups.get(key, self.max_concurrency) if key else self.max_concurrency
-            pool = concurrent.futures.ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"actor-{key or 'default'}")
-            self.pools[key] = pool
+            with self._mode_lock:
+                pool = self.pools.get(key)
+                if pool is None:
+                    size = self.groups.get(key, self.max_concurrency) if key else self.max_concurrency
+                    pool = self.pools[key] = CallThreads(size, f"actor-{key or 'default'}", self.executor._run_threaded)
         return pool
 
     # --- async actors -------------------------------------------------------------------------------

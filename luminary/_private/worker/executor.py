@@ -113,8 +113,14 @@ class Executor:
         if "fn" in spec:
             self.functions.setdefault(spec["fid"], spec["fn"])
         actor = self.actor
-        if actor is not None and actor.is_async and actor.schedule(t):
-            return DEFERRED
+        if actor is not None:
+            if actor.is_async:
+                if actor.schedule(t):
+                    return DEFERRED
+            elif actor.threaded and "cls" not in spec:
+                # straight to the group's threads: no hop through the main thread
+                actor.pool_for(spec.get("group")).submit(t)
+                return DEFERRED
         self.queue.put(t)
         return DEFERRED
 
@@ -226,14 +232,14 @@ class Executor:
                 if "cls" in t.spec:
                     self.create_actor(t)
                     continue
+                if self.actor is not None and self.actor.threaded:
+                    self.actor.pool_for(t.spec.get("group")).submit(t)
+                    continue
                 if not t.claim():
                     continue
                 self.core.events.running(t.spec["tid"])
                 if "timeout_s" in t.spec:
                     self.core.io.post(self.arm_timeout, t)
-                if self.actor is not None and self.actor.threaded:
-                    self.actor.pool_for(t.spec.get("group")).submit(self._run_threaded, t)
-                    continue
                 self.running = t
                 reply = self.execute(t)
                 self.running = None
@@ -250,6 +256,12 @@ class Executor:
                 continue
 
     def _run_threaded(self, t):
+        """(a thread of a threaded actor's group, see actor_executor.CallThreads)"""
+        if not t.claim():
+            return
+        self.core.events.running(t.spec["tid"])
+        if "timeout_s" in t.spec:
+            self.core.io.post(self.arm_timeout, t)
         reply = self.execute(t)
         t.finish()
         self.finish(t, reply)
@@ -325,14 +337,15 @@ class Executor:
 
         A call that finished with values held in the reply itself, with nothing queued behind it,
         is answered from this thread straight onto the socket when the connection is idle
-        (``reply_from_thread``): no hand-off to the I/O thread.  With calls queued, the I/O
-        thread writes the answers, several per write.  Values in the store, generators and third-party borrowers
+        (``reply_from_thread``): no hand-off to the I/O thread.  With other calls queued or
+        running (pipelined tasks, a threaded actor's group), the I/O thread writes the answers,
+        several per write, and the threads do not queue for the socket.  Values in the store, generators and third-party borrowers
         go through the I/O thread, which keeps their messages in order."""
         third = reply.pop("_register", None)
         if third:
             self.core.io.post(self._register_then_reply, t, reply, third)
             return
-        if (DIRECT_REPLY and t.state == ExecState.FINISHED and self.queue.empty() and _inline(t.spec, reply)
+        if (DIRECT_REPLY and t.state == ExecState.FINISHED and len(self.pending) <= 1 and _inline(t.spec, reply)
                 and t.take_answer()):
             tid = t.spec["tid"]
             self.pending.pop(tid, None)

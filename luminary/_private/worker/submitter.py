@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 Task = Call
 WAITING, QUEUED, PUSHED, DONE = State.WAITING, State.QUEUED, State.PUSHED, State.FINISHED
 CHECK_THREADS = os.environ.get("LUMINARY_CHECK_THREADS", "") not in ("", "0")
+DIRECT_MAX = int(os.environ.get("LUMINARY_DIRECT_MAX", "1"))
 _LOG = {"info": logger.info, "warning": logger.warning, "error": logger.error}
 
 
@@ -140,13 +141,13 @@ class TaskSubmitter:
 
     # --- the caller's thread writes an actor call itself ------------------------------------------
     def lane(self, actor_id):
-        """(any thread) [calls posted to the I/O thread, calls it took] for one actor: while they
-        differ, a call of this process is on its way to the actor through the I/O thread and a
-        later one must not overtake it."""
+        """(any thread) [calls posted to the I/O thread, calls it took, calls written directly
+        and not answered yet] for one actor: while the first two differ, a call of this process
+        is on its way to the actor through the I/O thread and a later one must not overtake it."""
         lane = self.lanes.get(actor_id)
         if lane is None:
             with self.lanes_lock:
-                lane = self.lanes.setdefault(actor_id, [0, 0])
+                lane = self.lanes.setdefault(actor_id, [0, 0, 0])
         return lane
 
     def note_posted(self, lane):
@@ -155,17 +156,19 @@ class TaskSubmitter:
 
     def try_direct_actor_call(self, actor_id, call, lane):
         """(the caller's thread) Write a ready actor call straight to the actor's connection when
-        nothing is ahead of it: the actor is ALIVE with its connection open and idle, no call of
-        this process waits for it in the I/O thread or in the owner's queue.  That saves the
-        hand-off to the I/O thread (a wake-up, about 20 us here) on every synchronous call.  The
+        nothing of this process is ahead of it or in flight to it: the actor is ALIVE with its
+        connection open and idle, and no call of this process waits for it in the I/O thread, in
+        the owner's queue or in the actor.  That saves the hand-off to the I/O thread (a wake-up,
+        about 20 us here) on every synchronous call; a burst of calls goes the usual way after its
+        first, so the I/O thread writes them several to a system call.  The
         owner learns of the call (``actor_call_written``) from the I/O thread's queue, which the
         answer's callback runs first, so the answer always finds its call.  These reads of the
         owner's state from another thread are the one exception to its thread ownership: each
         is re-checked by the owner when it takes the call.  Returns False when it did not send."""
-        if lane[0] != lane[1]:
+        if lane[0] != lane[1] or lane[2] >= DIRECT_MAX:
             return False
         a = self.owner.actors.get(actor_id)
-        if a is None or a.state != "alive" or a.queue:
+        if a is None or a.state != "alive" or a.queue or len(a.inflight) >= DIRECT_MAX:
             return False
         ic = self.actor_conns.get(actor_id)
         if ic is None or ic[0] != a.incarnation:
@@ -183,12 +186,18 @@ class TaskSubmitter:
         returns = call.returns
         me = core.address
 
+        lock = self.lanes_lock
+
         def before():
             for oid in returns:
                 io.add_incref_quiet((oid, me))
             io.post_quiet(self._do, self.owner.on_actor_call_written, call, incarnation)
+            with lock:
+                lane[2] += 1
 
         def answered(ok, reply):
+            with lock:
+                lane[2] -= 1
             io.run_queued()
             self._do(self.owner.on_actor_reply, actor_id, tid, ok, reply)
         return conn.request_from_thread("push_task", call.spec, answered, before)
