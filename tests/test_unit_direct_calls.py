@@ -157,3 +157,42 @@ def test_a_dropped_ref_is_freed_soon_without_anything_else_happening(ray_start):
     del ref
     poll_for(lambda: oid not in state.core.refs.entries and oid not in state.core.memory.values,
              timeout=5, desc="the dropped return value freed")
+
+
+@ray.remote
+def square(x):
+    return x * x
+
+
+@ray.remote(max_retries=1)
+def die_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return os.getpid()
+
+
+def test_synchronous_tasks_in_a_loop_return_their_own_results(ray_start):
+    assert [ray.get(square.remote(i)) for i in range(300)] == [i * i for i in range(300)]
+    # the same mixed with a burst in flight and tasks with ObjectRef arguments
+    refs = [square.remote(i) for i in range(50)]
+    assert ray.get(square.remote(ray.put(7))) == 49
+    assert ray.get(square.remote(3)) == 9
+    assert ray.get(refs) == [i * i for i in range(50)]
+
+
+def test_a_synchronous_task_whose_worker_dies_is_retried(ray_start, tmp_path):
+    assert ray.get(square.remote(2)) == 4          # a lease for the key is up and idle
+    pid = ray.get(die_once.remote(str(tmp_path / "died")), timeout=60)
+    assert pid > 0
+    assert ray.get(square.remote(5)) == 25
+
+
+@pytest.mark.skipif(IS_RAY, reason="Luminary's leases")
+def test_synchronous_tasks_go_on_after_their_lease_went_back(ray_start):
+    from luminary._private.worker import state
+    owner = state.core.submitter.owner
+    for round_ in range(3):
+        assert [ray.get(square.remote(i)) for i in range(20)] == [i * i for i in range(20)]
+        poll_for(lambda: not owner.leases, timeout=10, desc="the idle lease returned")
+    assert ray.get(square.remote(9)) == 81

@@ -107,20 +107,16 @@ class IOThread:
             self._decref_timer = False
         self._run_items()
 
-    def post_quiet(self, fn, *args):
-        """``post`` without waking the loop: ``fn(*args)`` runs at the next drain, in order with
-        everything posted.  Only for a caller that makes sure a drain comes: one that is woken
-        by a socket anyway and calls ``run_queued`` first (``Connection.request_from_thread``)."""
-        self._queue.append((fn, args))
-
     def add_incref_quiet(self, item):
-        """``add_incref`` without waking the loop (as ``post_quiet``)."""
+        """``add_incref`` without waking the loop: applied at the next drain or ``apply_increfs``
+        (for a caller that makes sure one comes before the count matters)."""
         self._increfs.append(item)
 
-    def run_queued(self):
-        """(loop thread) Run what is queued now, in order, as a wake-up would."""
-        if self._queue or self._increfs:
-            self._run_items()
+    def apply_increfs(self):
+        """(loop thread) Apply the increments queued now (early is always safe: it only keeps
+        an object alive longer)."""
+        if self._increfs:
+            self._apply_increfs()
 
     def _wake(self):
         with self._lock:

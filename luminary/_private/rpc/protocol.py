@@ -521,9 +521,9 @@ class Connection(asyncio.Protocol):
         """Send a request from a thread other than the loop's (a driver's main thread calling an
         actor) straight onto the socket, when nothing else waits to be written on this
         connection: no hand-off to the loop thread, no wake-up of it.  ``callback(ok, result)``
-        runs on the loop, as for ``request``.  ``before()`` runs under the write lock once the
-        request is sure to be written (before the bytes leave), so whatever the answer's
-        callback relies on can be queued first.  Returns False, having sent nothing, when the
+        runs on the loop, as for ``request``.  ``before()`` runs under the write lock just before
+        the bytes leave, so whatever the answer's callback relies on can be queued first; it
+        may raise to send nothing after all (it must then have changed nothing).  Returns False, having sent nothing, when the
         connection is busy or closed: the caller goes the usual way."""
         with self._wlock:
             if (self.closed or self._out or self._flush_scheduled or self._stage < 3 or self._head is not None
@@ -541,9 +541,12 @@ class Connection(asyncio.Protocol):
                 data = msgpack.packb([REQ, rid, method, payload], use_bin_type=True)
             except Exception:  # noqa: BLE001 - the loop's path reports what cannot be encoded
                 return False
-            self._pending[rid] = callback
             if before is not None:
-                before()
+                try:
+                    before()
+                except Exception:  # noqa: BLE001 - the caller changed its mind: nothing was sent
+                    return False
+            self._pending[rid] = callback
             tx = self._tx
             out = tx.seal([data]) if tx is not None else [data]
             payload = out[0] if len(out) == 1 else b"".join(out)

@@ -29,14 +29,10 @@ from . import options as opt
 from . import signatures, state
 from .object_ref import ObjectRef, ObjectRefGenerator
 from .remote_function import _auto_init, prepare_args
-from .submitter import Task
+from .submitter import DIRECT_CALLS, Task
 
 logger = logging.getLogger(__name__)
 
-# a caller's thread writes a plain actor call to the actor's connection itself when nothing is
-# ahead of it (TaskSubmitter.try_direct_actor_call); LUMINARY_DIRECT_CALLS=0 sends every call
-# through the I/O thread
-DIRECT_CALLS = os.environ.get("LUMINARY_DIRECT_CALLS", "1") not in ("0", "false", "False", "")
 HANDLE_TAG = b"\xac"
 
 

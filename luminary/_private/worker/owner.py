@@ -122,6 +122,19 @@ class Owner(ActorCalls):
         elif call.deps_left == 0:
             self._ready(call)
 
+    def on_task_written(self, call, lease):
+        """A task another thread of this process wrote to the idle ``lease`` itself
+        (TaskSubmitter.try_direct_task): in flight on it as if pushed here.  A lease dropped in
+        the meantime still answers on its connection (and a lost connection fails the call as
+        any lost worker does), so the call is followed on it all the same."""
+        self.calls[call.tid] = call
+        call.deps_left = 0
+        self._to(call, S.QUEUED)
+        lease.idle_timer = False
+        self._to(call, S.PUSHED)
+        call.lease = lease
+        lease.inflight[call.tid] = call
+
     def on_dep_ready(self, tid):
         call = self.calls.get(tid)
         if call is None or call.deps_left <= 0:

@@ -11,7 +11,7 @@ from ..config import DEFAULT_MAX_RETRIES
 from . import options as opt
 from . import signatures, state
 from .object_ref import ObjectRef, ObjectRefGenerator
-from .submitter import Task
+from .submitter import DIRECT_CALLS, Task
 
 
 class RemoteFunction:
@@ -143,7 +143,11 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     spec = {"tid": tid, "fid": fid, "name": name, "args": spec_args, "nret": nret,
             "owner": core.address, "owner_id": core.worker_id, "job": core.job_id,
             "ns": core.namespace}
-    refs = [ObjectRef(oid, core.address) for oid in returns]
+    # a plain task (one return value, no ObjectRef inside its arguments) may go straight from
+    # this thread to an idle lease (TaskSubmitter.try_direct_task); its return ref is counted
+    # then without waking the I/O thread
+    direct = DIRECT_CALLS and nret == 1 and not held_oids and not arg_refs
+    refs = [ObjectRef(oid, core.address, _register=not direct) for oid in returns]
     max_retries = options.get("max_retries")
     if max_retries is None:
         max_retries = DEFAULT_MAX_RETRIES
@@ -178,6 +182,11 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     if "max_calls" in spec:       # a queue of its own, one call in flight per worker (never pipelined)
         task.key = task.key + (("max_calls", spec["max_calls"]),)
     task.parent = core.current_task_id        # cancel(recursive=True) of the caller reaches this task
+    if direct:
+        if (strategy is None and renv is None and "max_calls" not in spec
+                and core.submitter.try_direct_task(task)):
+            return refs[0]
+        core.io.add_incref((returns[0], core.address))
     core.io.post(core.submitter.submit, task)
     if nret == "streaming":
         return ObjectRefGenerator(tid, core.address)

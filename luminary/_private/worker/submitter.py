@@ -1,6 +1,8 @@
 """The shell around the owner state machine (owner.py), on the I/O thread.
 
     main thread ─ post(submit) ─▶ shell.submit ─▶ Owner.on_submit ─▶ actions
+    main thread ─ a plain call written to an idle connection itself (try_direct_*) ─┐
+                  └─ (handler, args) into ``written``, taken before any other event ◀┘
     socket replies, timers, values arriving ─▶ events ─▶ Owner ─▶ actions ─▶ executed here:
         request_lease / connect_lease / push ──▶ node managers, leased workers
         locate_actor / connect_actor / push_actor ──▶ GCS, actors' workers
@@ -11,6 +13,7 @@ Everything socket- or timer-shaped lives here; every decision lives in the Owner
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pickle
@@ -26,8 +29,15 @@ logger = logging.getLogger(__name__)
 Task = Call
 WAITING, QUEUED, PUSHED, DONE = State.WAITING, State.QUEUED, State.PUSHED, State.FINISHED
 CHECK_THREADS = os.environ.get("LUMINARY_CHECK_THREADS", "") not in ("", "0")
-DIRECT_MAX = int(os.environ.get("LUMINARY_DIRECT_MAX", "1"))
+# a caller's thread writes a plain actor call or task to an idle connection itself when nothing
+# of its own is ahead of it or in flight there (try_direct_actor_call, try_direct_task);
+# LUMINARY_DIRECT_CALLS=0 sends every call through the I/O thread
+DIRECT_CALLS = os.environ.get("LUMINARY_DIRECT_CALLS", "1") not in ("0", "false", "False", "")
 _LOG = {"info": logger.info, "warning": logger.warning, "error": logger.error}
+
+
+class _NotNow(Exception):
+    """Raised by a ``before`` of ``request_from_thread``: do not send after all."""
 
 
 class _Live:
@@ -49,7 +59,9 @@ class TaskSubmitter:
         self.lease_conns = {}          # lease id -> connection to the leased worker
         self.actor_conns = {}          # actor id -> (incarnation, connection)
         self._idle_events = []
-        self.lanes = {}                # actor id -> [posted, taken] (see lane)
+        self.written = collections.deque()   # (Owner handler, args) of calls written by other threads
+        self.direct_leases = set()     # leases with a task written by another thread, not answered
+        self.lanes = {}                # actor id -> [posted, taken, written] (see lane)
         self.lanes_lock = threading.Lock()
         self._actions = {
             "timer": self._a_timer, "request_lease": self._a_request_lease,
@@ -78,6 +90,8 @@ class TaskSubmitter:
     def feed(self, event):
         self._check_thread()
         self.owner.closing = self.core.shutting_down
+        if self.written:
+            self._take_written()
         self._run(self.owner.handle(event))
 
     def _do(self, method, *args):
@@ -86,11 +100,24 @@ class TaskSubmitter:
             self._check_thread()
         owner = self.owner
         owner.closing = self.core.shutting_down
+        if self.written:
+            self._take_written()
         method(*args)
         out = owner.out
         if out or owner.trace:
             owner.out = []
             self._run(out)
+
+    def _take_written(self):
+        """(I/O thread) The owner takes the calls other threads wrote to a connection themselves
+        (``try_direct_*``), before any other event: whatever happens next (an answer, a lost
+        connection, a lease's idle timer, a query) finds them in flight.  Their return refs'
+        increments come first, so a value or an error stored for them is kept."""
+        self.core.io.apply_increfs()
+        written = self.written
+        while written:
+            fn, args = written.popleft()
+            fn(*args)            # an Owner handler: it only appends actions to owner.out
 
     def _check_thread(self):
         if CHECK_THREADS and not self.core.io.in_loop():
@@ -165,10 +192,10 @@ class TaskSubmitter:
         answer's callback runs first, so the answer always finds its call.  These reads of the
         owner's state from another thread are the one exception to its thread ownership: each
         is re-checked by the owner when it takes the call.  Returns False when it did not send."""
-        if lane[0] != lane[1] or lane[2] >= DIRECT_MAX:
+        if lane[0] != lane[1] or lane[2]:
             return False
         a = self.owner.actors.get(actor_id)
-        if a is None or a.state != "alive" or a.queue or len(a.inflight) >= DIRECT_MAX:
+        if a is None or a.state != "alive" or a.queue or a.inflight:
             return False
         ic = self.actor_conns.get(actor_id)
         if ic is None or ic[0] != a.incarnation:
@@ -187,19 +214,71 @@ class TaskSubmitter:
         me = core.address
 
         lock = self.lanes_lock
+        written = self.written
+        owner = self.owner
 
         def before():
             for oid in returns:
                 io.add_incref_quiet((oid, me))
-            io.post_quiet(self._do, self.owner.on_actor_call_written, call, incarnation)
+            written.append((owner.on_actor_call_written, (call, incarnation)))
             with lock:
                 lane[2] += 1
 
         def answered(ok, reply):
             with lock:
                 lane[2] -= 1
-            io.run_queued()
-            self._do(self.owner.on_actor_reply, actor_id, tid, ok, reply)
+            self._do(owner.on_actor_reply, actor_id, tid, ok, reply)
+        return conn.request_from_thread("push_task", call.spec, answered, before)
+
+    def try_direct_task(self, call):
+        """(the caller's thread) Write a ready task straight to an idle lease of its scheduling
+        key (its function already sent on that connection, nothing queued for the key, nothing
+        in flight on the lease): no hand-off to the I/O thread on a synchronous task.  As for
+        actor calls, the owner takes it (``task_written``) before any other event.  A lease the
+        owner is returning at that very moment still answers: the call is followed on it, and a
+        worker that went away fails it as any lost worker does (retries).  Returns False when it
+        did not send."""
+        owner = self.owner
+        kq = owner.keys.get(call.key)
+        if kq is None or kq.queue:
+            return False
+        core = self.core
+        if core.nm_dead is not None or core.shutting_down:
+            return False
+        for lease in kq.leases:
+            if lease.inflight or lease.dead or lease.grant.get("gpu_ids"):
+                continue
+            lease_id = lease.lease_id
+            conn = self.lease_conns.get(lease_id)
+            if conn is None or conn.state.get("lease") != lease_id or lease_id in self.direct_leases:
+                continue
+            fns = conn.state.get("fns")
+            if not fns or call.fid not in fns:
+                continue
+            break
+        else:
+            return False
+        if owner.trace is not None:
+            core.events.submitted(call)       # stamps the spec before it is packed
+        call.pushed_at = time.monotonic()
+        io = core.io
+        tid = call.tid
+        returns = call.returns
+        me = core.address
+        written = self.written
+        busy = self.direct_leases
+
+        def before():
+            if conn.state.get("lease") != lease_id:
+                raise _NotNow()
+            for oid in returns:
+                io.add_incref_quiet((oid, me))
+            written.append((owner.on_task_written, (call, lease)))
+            busy.add(lease_id)
+
+        def answered(ok, reply):
+            busy.discard(lease_id)
+            self._do(owner.on_push_reply, lease_id, tid, ok, reply)
         return conn.request_from_thread("push_task", call.spec, answered, before)
 
     def actor_created(self, actor_id, handle_oid, held, detached):
@@ -223,6 +302,7 @@ class TaskSubmitter:
         self.feed(("cancel", ids.task_of(oid), force, recursive))
 
     def is_actor_call(self, oid):
+        self._sync_written()
         call = self.owner.calls.get(ids.task_of(oid))
         return call is not None and call.actor is not None
 
@@ -256,14 +336,24 @@ class TaskSubmitter:
                 core.delete_stored([(oid, v[1][0])])
             idx += 1
 
+    def _sync_written(self):
+        """(I/O thread) Before reading the owner's state outside an event: take written calls."""
+        if self.written:
+            self._take_written()
+            out = self.owner.take()
+            if out:
+                self._run(out)
+
     def reconstruct(self, oid, node_id, why):
         self._check_thread()
+        self._sync_written()
         result = self.owner.reconstruct(oid, node_id, why)
         self._run(self.owner.take())
         return result
 
     def fail_infeasible(self, p):
         self._check_thread()
+        self._sync_written()
         done = self.owner.on_infeasible(p["lease_id"], p["missing"])
         self._run(self.owner.take())
         return done
@@ -283,6 +373,7 @@ class TaskSubmitter:
 
     def describe(self, refs):
         """(I/O thread) One line per pending ref: where its call is, or who owns it."""
+        self._sync_written()
         now = time.monotonic()
         me = self.core.address
         out = []
@@ -309,6 +400,7 @@ class TaskSubmitter:
         ev = threading.Event()
 
         def check():
+            self._sync_written()
             if not any(c.state in LIVE for c in self.owner.calls.values()):
                 ev.set()
             else:
@@ -349,15 +441,24 @@ class TaskSubmitter:
         def connected(conn, err):
             if conn is not None:
                 self.lease_conns[lease_id] = conn
+                with conn._wlock:
+                    conn.state["lease"] = lease_id     # what try_direct_task checks under the lock
                 conn.close_callbacks.append(lambda c: self.feed(("lease_lost", lease_id)))
             self.feed(("lease_connected", lease_id, conn is not None, err))
         self.core.with_conn(address, connected)
 
+    def _unlease(self, lease_id):
+        conn = self.lease_conns.pop(lease_id, None)
+        if conn is not None:
+            with conn._wlock:
+                if conn.state.get("lease") == lease_id:
+                    conn.state["lease"] = None
+
     def _a_forget_lease(self, lease_id):
-        self.lease_conns.pop(lease_id, None)
+        self._unlease(lease_id)
 
     def _a_return_lease(self, lease_id, nm, kill):
-        self.lease_conns.pop(lease_id, None)
+        self._unlease(lease_id)
         nm = nm or self.core.nm
         if not nm.closed:
             nm.notify("return_lease", {"lease_id": lease_id, "kill": True} if kill else {"lease_id": lease_id})
