@@ -168,3 +168,33 @@ def test_a_call_finished_within_one_owner_batch_is_told_by_its_worker_alone():
     # the owner's own record, when it spans batches, agrees and adds no second end
     table.apply(OWNER, [["O", _tid(1), None, [3, 1.25], None, None, None]])
     assert [e["state"] for e in table.tasks[_tid(1)].row(True)["events"]].count("FINISHED") == 1
+
+
+def test_counts_stay_equal_to_a_recount_through_random_records_and_evictions():
+    """counts() is kept as records change (no pass over the table per sample): after every
+    batch of random owner and worker records, in any order, with the cap evicting, it equals
+    a recount of the rows."""
+    import collections
+    import random
+    rng = random.Random(7)
+    table = TaskTable(cap=40)
+    info = lambda: ["f", None, 1, None, {}, 1.0, 10, 0, OWNER["wid"]]  # noqa: E731
+    for _ in range(300):
+        batch = []
+        for _ in range(rng.randint(1, 12)):
+            i = rng.randint(0, 120)
+            kind = rng.random()
+            if kind < 0.35:      # a worker's record of a call that ended (the fast path when new)
+                err = "TASK_EXECUTION_EXCEPTION" if rng.random() < 0.2 else None
+                batch.append(["W", _tid(i), 1.0, 1.5, err, "boom" if err else None, info()])
+            elif kind < 0.5:     # running, no info
+                batch.append(["W", _tid(i), 1.0, None, None, None, None])
+            else:                # the owner: submitted and some states
+                states = rng.choice([(0,), (0, 1), (0, 1, 2), (0, 1, 2, 3), (0, 1, 2, 4), (1, 2, 1, 2, 3)])
+                batch.append(_submitted(i, states=states) if rng.random() < 0.6
+                             else ["O", _tid(i), None, [states[-1], 2.0], None, None, None])
+        table.apply(WORKER if rng.random() < 0.5 else OWNER, batch)
+        counts = table.counts()
+        recount = collections.Counter(r.state for r in table.tasks.values())
+        assert counts == dict(recount)
+        assert sum(counts.values()) == len(table.tasks) <= 40

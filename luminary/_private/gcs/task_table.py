@@ -113,7 +113,7 @@ class TaskTable:
         self.dropped_at_source = 0
         self._shared = {}      # one object per distinct name, id and resource shape (they repeat)
         self.bad_batches = 0
-        self._counts = None                    # counts() until the next merge
+        self._n = {}                           # state -> tasks, kept as records change (counts())
         self._order = collections.deque()      # tids in insertion order (the table's eviction order)
         self.pending = collections.deque()     # (proc, msgpack bytes, records) not merged yet
         self.pending_records = 0
@@ -212,22 +212,28 @@ class TaskTable:
             got = self._shared[key] = v
         return got
 
+    def _evict(self):
+        """Drop the oldest task (from a queue: next(iter(dict)) walks every slot deleted before
+        it, and the table churning at its cap cost 50 us a task and growing)."""
+        v = self._tasks.pop(self._order.popleft())
+        n = self._n
+        state = _state_of(v)
+        n[state] = n.get(state, 0) - 1
+        self.dropped += 1
+
     def _get(self, tid):
         r = self._tasks.get(tid)
         if r is None:
             tasks = self._tasks
             if len(tasks) >= self.cap:
-                # the oldest, from a queue: next(iter(dict)) walks every slot deleted before it
-                # (the table churning at its cap cost 50 us a task and growing)
-                del tasks[self._order.popleft()]
-                self.dropped += 1
+                self._evict()
             r = tasks[tid] = TaskRecord(tid)
             self._order.append(tid)
+            self._n["NIL"] = self._n.get("NIL", 0) + 1
         return r
 
     def apply(self, proc, events, dropped=0):
         """One batch from the process ``proc`` ({wid, pid, node, ...})."""
-        self._counts = None
         self.dropped_at_source += dropped
         intern = self._intern
         proc = {"wid": intern(proc.get("wid")), "node": intern(proc.get("node")), "pid": proc.get("pid")}
@@ -235,6 +241,7 @@ class TaskTable:
         shared = self._shared
         order = self._order
         cap = self.cap
+        n = self._n
         for ev in events:
             tid = ev[1]
             r = tasks.get(tid)
@@ -244,28 +251,33 @@ class TaskTable:
                     # the common case, a call that ran and ended within its owner's batch: the
                     # worker's record is kept as it came (with its process in place of "W") and
                     # built into a TaskRecord only when someone looks (``_build``)
-                    if len(tasks) >= cap:
-                        del tasks[order.popleft()]
-                        self.dropped += 1
                     info = ev[6]
                     if len(info) < 9:
                         continue            # malformed: a W info carries nine fields
+                    if len(tasks) >= cap:
+                        self._evict()
                     name, owner = info[0], info[8]
                     info[0] = shared.get(name) or self._intern(name)
                     info[8] = shared.get(owner) or self._intern(owner)
                     ev[0] = proc
                     tasks[tid] = ev
                     order.append(tid)
+                    state = "FINISHED" if ev[4] is None else "FAILED"
+                    n[state] = n.get(state, 0) + 1
                     continue
                 if len(tasks) >= cap and (ev[2] is None if kind == "O" else len(ev) < 7 or ev[6] is None):
                     continue    # a late report on a task already dropped: keep the kept ones
                 r = self._get(tid)
             elif r.__class__ is list:
                 r = self._build(tid, r)
+            before = r.state
             if ev[0] == "O":
                 self._owner(r, ev, proc)
             else:
                 self._worker(r, ev, proc)
+            if r.state != before:
+                n[before] -= 1
+                n[r.state] = n.get(r.state, 0) + 1
 
     def _owner(self, r, ev, proc):
         info = ev[2]
@@ -414,20 +426,18 @@ class TaskTable:
         return out
 
     def counts(self):
-        """{state: tasks}; cached until the next batch is merged (the samplers ask every second)."""
+        """{state: tasks}, kept up to date as records change (the samplers ask every second)."""
         if self.pending:
             self.sync()
-        if self._counts is None:
-            out = {}
-            get = out.get
-            for r in self._tasks.values():
-                if r.__class__ is list:     # a worker's record alone: it ended (see apply)
-                    state = "FINISHED" if r[4] is None else "FAILED"
-                else:
-                    state = r.state
-                out[state] = get(state, 0) + 1
-            self._counts = out
-        return dict(self._counts)
+        return {state: k for state, k in self._n.items() if k > 0}
+
+
+def _state_of(v):
+    """The state of a kept task: a TaskRecord's, or that of a worker's record kept as it came
+    (it ended: see ``TaskTable.apply``)."""
+    if v.__class__ is list:
+        return "FINISHED" if v[4] is None else "FAILED"
+    return v.state
 
 
 # --- filters, shared by the GCS and the client -----------------------------------------------------
