@@ -399,3 +399,23 @@ def test_random_event_sequences_keep_the_invariants():
                 assert t.tid not in w.owner.calls
             else:
                 assert w.owner.calls.get(t.tid) is t, (round_, t)
+
+
+def test_an_actor_call_its_worker_refuses_fails_instead_of_waiting_forever():
+    """An error answer (the worker could not accept the request) is not a lost connection: the
+    call fails with the reason at once; a lost connection is still left to actor_lost."""
+    from luminary._private.rpc.protocol import ConnectionLost
+    from luminary._private.rpc.messages import RemoteError
+    w = World()
+    aid = b"r" * 16
+    c1, c2 = actor_call(w, aid), actor_call(w, aid)
+    w.feed("submit", c1, [])
+    w.feed("submit", c2, [])
+    w.feed("actor_located", aid, True, {"state": "ALIVE", "incarnation": 0, "address": "unix:/actor"})
+    w.feed("actor_connected", aid, 0, True)
+    w.feed("actor_reply", aid, c1.tid, False, RemoteError("push_task: field 'ev' is not a list", "BadMessage"))
+    assert c1.state == State.FAILED
+    err = pickle.loads(w.stored[c1.returns[0]][1])
+    assert isinstance(err, exc.RaySystemError) and "refused" in str(err) and "'ev'" in str(err)
+    w.feed("actor_reply", aid, c2.tid, False, ConnectionLost("connection lost"))
+    assert c2.state == State.PUSHED          # actor_lost decides (retry or ActorDiedError)

@@ -341,7 +341,7 @@ class TaskTable:
                 r.state = "PENDING_ARGS_AVAIL"
         if started is not None or (ended is not None and r.worker is None):
             r.node, r.worker, r.pid = proc["node"], proc["wid"], proc["pid"]
-        if started is not None:
+        if started is not None and not r.ran:      # (a worker may tell a start twice: once is kept)
             r.started = started
             r.ran = True
             if r.state not in FINAL:

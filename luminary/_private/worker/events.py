@@ -117,22 +117,23 @@ class Recorder:
     """One per core worker; ``core.events``.
 
     The owner's changes of one ``handle`` are folded into one record per task with one clock
-    read (``owner_trace``); a call that starts running appends ``(tid, ts)`` and one that ends
-    ``(tid, ts, error)``.  Records are packed once per flush, and the GCS keeps the packed bytes
+    read (``owner_trace``); a call that ends appends one tuple of plain values, and the calls
+    running at a flush are read from the executor's table.  Records are packed once per flush, and the GCS keeps the packed bytes
     until someone asks (gcs/task_table.py)."""
 
     def __init__(self, core, kind):
         self.core = core
         self.kind = kind
         self.recs = {}          # tid -> owner-side record (I/O thread)
-        # (submitted at, tid) of calls not yet looked at by a flush, oldest first (I/O thread):
-        # plain values, not the calls, so a call's objects die when it ends, never promoted to
-        # an older garbage-collector generation by this buffer
-        self.new = collections.deque()
+        # ids of the calls submitted since the last flush, and in the interval before (looked at
+        # by the next flush, a flush interval or more after their submission): plain values, not
+        # the calls, so a call's objects die when it ends, never promoted to an older
+        # garbage-collector generation by this buffer
+        self.new = []
+        self.prev = []
         # (tid, ended at, error blob | None, name, actor, job, parent, resources, submitted at,
         # args bytes, ref args, owner id) of answered calls (any thread); plain values again
         self.ends = collections.deque()
-        self.starts = collections.deque()   # (tid, ts) of calls that started running (any thread)
         self.dropped = 0
         self.armed = False
         self.closed = False
@@ -167,11 +168,11 @@ class Recorder:
 
     def submitted(self, call):
         """A new task or actor call (I/O thread, before the owner handles it).  Its submission
-        travels in its spec (``ev``: parent, time) to the worker that runs it, whose record tells
+        travels in its spec (``ev``: [parent, time]) to the worker that runs it (any thread: a
+        direct call is stamped by its caller's thread), whose record tells
         the usual path; the flush reports it from here only while it is still pending."""
-        ts = time.time()
-        call.spec["ev"] = [call.parent, ts]
-        self.new.append((ts, call.tid))
+        call.spec["ev"] = [call.parent, time.time()]
+        self.new.append(call.tid)
         if not self.armed:
             self._arm()
 
@@ -221,28 +222,36 @@ class Recorder:
         if not self.armed:
             self._arm()
 
-    def running(self, tid):
-        """The executor starts running ``tid`` (on the thread that runs it: a deque, which the
-        I/O thread drains, is the one structure both threads touch)."""
-        if self.enabled:
-            self.starts.append((tid, time.time()))
-            if not self.armed:
-                self._arm()
+    def running(self):
+        """The executor starts running a call (any thread): the next flush reports the calls
+        running then (from the executor's table, see ``_worker_records``), so nothing is kept
+        per call here."""
+        if self.enabled and not self.armed:
+            self._arm()
 
-    def ended(self, spec, reply):
-        """The executor answers the call ``spec`` (any thread)."""
+    def ended(self, t, reply):
+        """The executor answers the call ``t`` (an ExecTask; any thread)."""
         if self.enabled:
             ends = self.ends
             if len(ends) >= MAX_BUFFER:
                 self.dropped += 1
                 return
+            spec = t.spec
+            now = time.time()
+            started = t.started
+            if started is not None and not t.told:
+                started = now - (time.monotonic() - started)     # (claim() notes a monotonic time)
+            else:
+                started = None                  # told at a flush while it ran (or never ran)
             ev = spec.get("ev") or _NO_EV
             a = spec.get("args") or _NO_ARGS
             refs = spec.get("refs")
-            ends.append((spec["tid"], time.time(),
+            ends.append((spec["tid"], started, now,
                          reply["rets"][0][1] if reply.get("app_error") and reply.get("rets") else None,
                          spec.get("name"), spec.get("actor"), spec.get("job"), ev[0], spec.get("res"), ev[1],
                          a[3] if a[0] == "s" else len(a[1]), len(refs) if refs else 0, spec.get("owner_id")))
+            if not self.armed:
+                self._arm()
 
     # --- flushing (I/O thread) -----------------------------------------------------------------
     def _owner_records(self):
@@ -251,12 +260,10 @@ class Recorder:
         traced from then on; one that ended by then is left to its worker's record, unless the
         owner noted something about it (``owner_trace``)."""
         recs, self.recs = self.recs, {}
-        new = self.new
+        old, self.prev, self.new = self.prev, self.new, []
         now = time.time()
-        young = now - FLUSH_S
         calls = self.core.submitter.owner.calls
-        while new and new[0][0] <= young:
-            sub, tid = new.popleft()
+        for tid in old:
             call = calls.get(tid)
             if call is None or call.traced:
                 continue                 # ended: its worker tells it (or it failed: traced)
@@ -269,7 +276,7 @@ class Recorder:
             elif r[2] is None:
                 r[2] = _info(call)
             call.traced = True           # pending: every later change is noted (Owner._to)
-            r[3] += (state, sub if state < 2 else now)
+            r[3] += (state, _submitted_at(call.spec) if state < 2 else now)
             if state == 2 and call.lease is not None:
                 r[4] = call.lease.grant.get("node_id")
         out = list(recs.values())
@@ -281,24 +288,23 @@ class Recorder:
     def _worker_records(self):
         """["W", tid, started_ts, ended_ts, error type, error message, info] per task; info (when
         it ended): [name, actor, job, parent, resources, submitted_ts, args_bytes, n_ref_args,
-        owner worker id] (parent and submitted_ts are None for a call its owner did not stamp)."""
-        started = {}
-        starts = self.starts
-        while starts:
-            tid, ts = starts.popleft()
-            started[tid] = ts
+        owner worker id] (parent and submitted_ts are None for a call its owner did not stamp).
+        Calls running now that were not told yet are told (started, no end, no info)."""
         out = []
         ends = self.ends
-        pop = started.pop
         while ends:
-            tid, ts, err, name, actor, job, parent, res, sub, nbytes, nrefs, owner = ends.popleft()
+            tid, start, ts, err, name, actor, job, parent, res, sub, nbytes, nrefs, owner = ends.popleft()
             et = em = None
             if err is not None:
                 et, em = error_fields(err)
-            out.append(["W", tid, pop(tid, None), ts, et, em,
-                        [name, actor, job, parent, res or _NO_RES, sub, nbytes, nrefs, owner]])
-        for tid, ts in started.items():
-            out.append(["W", tid, ts, None, None, None, None])
+            out.append(["W", tid, start, ts, et, em, [name, actor, job, parent, res or _NO_RES, sub, nbytes, nrefs, owner]])
+        ex = getattr(self.core, "executor", None)
+        if ex is not None and ex.pending:
+            now, mono = time.time(), time.monotonic()
+            for t in list(ex.pending.values()):
+                if t.state == 1 and not t.told and t.started is not None:     # ExecState.RUNNING
+                    t.told = True
+                    out.append(["W", t.spec["tid"], now - (mono - t.started), None, None, None, None])
         return out
 
     def _flush(self):
@@ -307,8 +313,8 @@ class Recorder:
         gcs = getattr(core, "gcs", None)
         if gcs is None or gcs.closed:
             return
-        events = self._owner_records() if self.recs or self.new else []
-        if self.starts or self.ends:
+        events = self._owner_records() if self.recs or self.new or self.prev else []
+        if self.ends or getattr(self.core, "executor", None) is not None:
             events += self._worker_records()
         payload = {"proc": self.proc()}
         if events:
@@ -320,7 +326,7 @@ class Recorder:
         if self.dropped:
             payload["dropped"], self.dropped = self.dropped, 0
         gcs.notify("task_events", payload)
-        if (REGISTRY.values or self.new) and not self.armed:
+        if (REGISTRY.values or self.new or self.prev) and not self.armed:
             self._arm()
 
     def flush_wait(self, timeout=2.0):
@@ -402,9 +408,14 @@ _NO_RES = {}
 def _info(call):
     """[name, actor, job, parent, resources, submitted at, args bytes, ref args] of an owner's call."""
     spec = call.spec
-    ev = spec.get("ev") or _NO_EV
-    return [call.name, call.actor, spec.get("job"), call.parent, call.resources, ev[1],
+    return [call.name, call.actor, spec.get("job"), call.parent, call.resources, _submitted_at(spec),
             _args_bytes(spec), len(call.arg_refs or ())]
+
+
+def _submitted_at(spec):
+    """When the owner stamped the call (``ev``: [parent, time]), or None."""
+    ev = spec.get("ev")
+    return ev[1] if ev else None
 
 
 def _args_bytes(spec):

@@ -44,7 +44,7 @@ TRANSITIONS = {
 
 class ExecTask:
     __slots__ = ("spec", "conn", "rid", "lock", "state", "cancel_requested", "answered", "afut", "thread",
-                 "timed_out", "started")
+                 "timed_out", "started", "told")
 
     def __init__(self, spec, conn, rid):
         self.spec = spec
@@ -58,6 +58,7 @@ class ExecTask:
         self.thread = None     # ident of the thread running it (threaded actors)
         self.timed_out = False # it ran past its timeout_s
         self.started = None    # monotonic time it started running (live stacks say for how long)
+        self.told = False      # task events: a flush reported it running (worker/events.py)
 
     def _move(self, state):
         assert state in TRANSITIONS[self.state], f"call {self.spec.get('name')}: {self.state.name} -> {state.name}"

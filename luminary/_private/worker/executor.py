@@ -127,7 +127,7 @@ class Executor:
     def _reply(self, t, reply):
         self.pending.pop(t.spec["tid"], None)
         if t.state == ExecState.FINISHED:
-            self.core.events.ended(t.spec, reply)
+            self.core.events.ended(t, reply)
         if t.take_answer():
             t.conn.reply(t.rid, True, reply)
         if t is self.retire_after:
@@ -237,7 +237,7 @@ class Executor:
                     continue
                 if not t.claim():
                     continue
-                self.core.events.running(t.spec["tid"])
+                self.core.events.running()
                 if "timeout_s" in t.spec:
                     self.core.io.post(self.arm_timeout, t)
                 self.running = t
@@ -259,7 +259,7 @@ class Executor:
         """(a thread of a threaded actor's group, see actor_executor.CallThreads)"""
         if not t.claim():
             return
-        self.core.events.running(t.spec["tid"])
+        self.core.events.running()
         if "timeout_s" in t.spec:
             self.core.io.post(self.arm_timeout, t)
         reply = self.execute(t)
@@ -349,7 +349,7 @@ class Executor:
                 and t.take_answer()):
             tid = t.spec["tid"]
             self.pending.pop(tid, None)
-            self.core.events.ended(t.spec, reply)
+            self.core.events.ended(t, reply)
             t.conn.reply_from_thread(t.rid, reply)
             return
         self.core.io.post(self._reply, t, reply)

@@ -72,11 +72,17 @@ class ActorCalls:
             self.out.append(("push_actor", a.actor_id, a.incarnation, call))
 
     def on_actor_reply(self, actor_id, tid, ok, reply):
-        if not ok:
+        if not ok and isinstance(reply, ConnectionError):
             return    # the connection dropped: actor_lost handles every call in flight on it
         a = self.actors.get(actor_id)
         call = a.inflight.pop(tid, None) if a is not None else None
         if call is None:
+            return
+        if not ok:
+            # the actor's worker refused this one request (a payload it could not accept): the
+            # call fails with that reason instead of waiting for an answer that never comes
+            self._fail(call, exc.RaySystemError(f"The actor's worker refused the call {call.name}: {reply}"))
+            self._pump(a)
             return
         if reply.get("cancelled"):
             # as Ray: a cancelled actor call raises an error that is both a RayTaskError and a
