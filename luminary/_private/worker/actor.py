@@ -243,6 +243,7 @@ class ActorMethod:
         self._name = name
         self._meta = meta
         self._options = options or {}
+        self._fixed = None       # what every call of it carries (see _call_constants), made once
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"Actor methods cannot be called directly. Instead of running "
@@ -262,7 +263,23 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, self._meta, dict(self._options, **options))
 
     def remote(self, *args, **kwargs):
-        return submit_actor_call(self._handle, self._name, self._meta, self._options, args, kwargs)
+        fixed = self._fixed
+        if fixed is None:
+            handle = self._handle
+            if self._options:
+                fixed = self._fixed = _call_constants(handle, self._name, self._meta, self._options)
+            else:
+                # ``handle.m`` makes a new ActorMethod each time: the plain method's constants are
+                # kept on the handle (a dict of tuples: no reference back to the handle, whose
+                # refcount ends the actor when the last one goes)
+                cache = handle.__dict__.get("_fixed")
+                if cache is None:
+                    cache = handle.__dict__["_fixed"] = {}
+                fixed = cache.get(self._name)
+                if fixed is None:
+                    fixed = cache[self._name] = _call_constants(handle, self._name, self._meta, {})
+                self._fixed = fixed
+        return submit_actor_call(self._handle, self._name, fixed, args, kwargs)
 
     def bind(self, *args, **kwargs):
         """A lazy call of this method on this actor: a node of a task graph (luminary.dag)."""
@@ -270,45 +287,15 @@ class ActorMethod:
         return bind(self, args, kwargs)
 
 
-def submit_actor_call(handle, method, meta, options, args, kwargs):
-    sig = meta.get("sig")
-    if sig is not None:
-        signatures.check_call(sig, args, kwargs, f"{handle._meta['class_name']}.{method}")
-    core = state.require_core()
+def _call_constants(handle, method, meta, options):
+    """What every call of one method (with one set of options) carries, worked out once:
+    (signature, max pending calls, num_returns, name, concurrency group, timeout_s, max task
+    retries, retry_exceptions)."""
     hmeta = handle._meta
-    limit = hmeta.get("max_pending_calls", -1)
-    pending = None
-    if limit and limit > 0:
-        pending = core.actor_pending.setdefault(handle._actor_id, [])
-        values = core.memory.values
-        pending[:] = [o for o in pending if o not in values]
-        if len(pending) >= limit:
-            raise exc.PendingCallsLimitExceeded(
-                f"The actor {hmeta['class_name']} already has {limit} calls pending from this caller "
-                "(max_pending_calls). Wait for some results before submitting more.")
-    spec_args, arg_refs, held_oids, held_owners = prepare_args(core, args, kwargs)
     nret = options.get("num_returns", meta.get("num_returns", 1))
-    tid = ids.new_task_id()
-    if isinstance(nret, int):
-        returns = [ids.object_id(tid, i + 1) for i in range(nret)]
-    elif nret == "dynamic":
-        returns = [ids.object_id(tid, 1)]
-    else:
-        returns = []
     name = options.get("name") or f"{hmeta['class_name']}.{method}"
-    spec = {"tid": tid, "fid": b"", "name": name, "args": spec_args, "nret": nret, "owner": core.address,
-            "owner_id": core.worker_id, "job": core.job_id, "actor": handle._actor_id, "method": method,
-            "group": options.get("concurrency_group") or meta.get("concurrency_group")}
+    group = options.get("concurrency_group") or meta.get("concurrency_group")
     timeout_s = options.get("timeout_s", meta.get("timeout_s"))
-    if timeout_s:
-        spec["timeout_s"] = float(timeout_s)
-    # a plain call (one return value, no ObjectRef inside its arguments) may go straight from
-    # this thread to the actor (TaskSubmitter.try_direct_actor_call); its return ref is counted
-    # then without waking the I/O thread
-    direct = DIRECT_CALLS and nret == 1 and not held_oids and not arg_refs
-    refs = [ObjectRef(oid, core.address, _register=not direct) for oid in returns]
-    if pending is not None and returns:
-        pending.append(returns[0])
     retries = options.get("max_task_retries")
     if retries is None:
         retries = meta.get("max_task_retries")
@@ -319,17 +306,58 @@ def submit_actor_call(handle, method, meta, options, args, kwargs):
     retry_exc = options.get("retry_exceptions")
     if retry_exc is None:
         retry_exc = _decode_retry_exceptions(meta.get("retry_exceptions"))
-    task = Task(tid, spec, b"", b"", {}, returns, nret, retries, retry_exc or False,
+    return (meta.get("sig"), hmeta.get("max_pending_calls", -1), nret, name, group,
+            float(timeout_s) if timeout_s else None, retries, retry_exc or False)
+
+
+def submit_actor_call(handle, method, fixed, args, kwargs):
+    sig, limit, nret, name, group, timeout_s, retries, retry_exc = fixed
+    if sig is not None:
+        signatures.check_call(sig, args, kwargs, f"{handle._meta['class_name']}.{method}")
+    core = state.require_core()
+    actor_id = handle._actor_id
+    pending = None
+    if limit and limit > 0:
+        pending = core.actor_pending.setdefault(actor_id, [])
+        values = core.memory.values
+        pending[:] = [o for o in pending if o not in values]
+        if len(pending) >= limit:
+            raise exc.PendingCallsLimitExceeded(
+                f"The actor {handle._meta['class_name']} already has {limit} calls pending from this caller "
+                "(max_pending_calls). Wait for some results before submitting more.")
+    spec_args, arg_refs, held_oids, held_owners = prepare_args(core, args, kwargs)
+    tid = ids.new_task_id()
+    if nret == 1:
+        returns = [tid + _FIRST_RETURN]
+    elif isinstance(nret, int):
+        returns = [ids.object_id(tid, i + 1) for i in range(nret)]
+    elif nret == "dynamic":
+        returns = [ids.object_id(tid, 1)]
+    else:
+        returns = []
+    spec = {"tid": tid, "fid": b"", "name": name, "args": spec_args, "nret": nret, "owner": core.address,
+            "owner_id": core.worker_id, "job": core.job_id, "actor": actor_id, "method": method,
+            "group": group}
+    if timeout_s:
+        spec["timeout_s"] = timeout_s
+    # a plain call (one return value, no ObjectRef inside its arguments) may go straight from
+    # this thread to the actor (TaskSubmitter.try_direct_actor_call); its return ref is counted
+    # then without waking the I/O thread
+    direct = DIRECT_CALLS and nret == 1 and not held_oids and not arg_refs
+    refs = [ObjectRef(oid, core.address, _register=not direct) for oid in returns]
+    if pending is not None and returns:
+        pending.append(returns[0])
+    task = Task(tid, spec, b"", b"", _NO_RESOURCES, returns, nret, retries, retry_exc,
                 arg_refs, (held_oids, held_owners), name)
     task.parent = core.current_task_id
     sub = core.submitter
-    lane = sub.lane(handle._actor_id)
+    lane = sub.lane(actor_id)
     if direct:
-        if sub.try_direct_actor_call(handle._actor_id, task, lane):
+        if sub.try_direct_actor_call(actor_id, task, lane):
             return refs[0]
         core.io.add_incref((returns[0], core.address))
     sub.note_posted(lane)
-    core.io.post(core.actor_submitter.submit, handle._actor_id, task, handle._ref)
+    core.io.post(core.actor_submitter.submit, actor_id, task, handle._ref)
     if nret == "streaming":
         return ObjectRefGenerator(tid, core.address)
     if nret == 1 or nret == "dynamic":
@@ -337,6 +365,10 @@ def submit_actor_call(handle, method, meta, options, args, kwargs):
     if nret == 0:
         return None
     return refs
+
+
+_NO_RESOURCES = {}       # an actor call asks for none (shared: nothing writes to it)
+_FIRST_RETURN = ids.object_id(b"\0" * 12, 1)[12:]
 
 
 class ActorSubmitter:

@@ -121,6 +121,17 @@ def prepare_args(core, args, kwargs):
     return spec_args, arg_refs, held_oids, held_owners
 
 
+_strategies = None
+
+
+def _load_strategies():
+    """luminary.util.scheduling_strategies (imported at the first task: it imports this module)."""
+    global _strategies
+    from ...util import scheduling_strategies
+    _strategies = scheduling_strategies
+    return _strategies
+
+
 def submit_task(rf: RemoteFunction, args, kwargs, options):
     if rf._sig is not None:
         signatures.check_call(rf._sig, args, kwargs, rf._name)
@@ -156,9 +167,9 @@ def submit_task(rf: RemoteFunction, args, kwargs, options):
     retry_exc = options.get("retry_exceptions", False)
     if isinstance(retry_exc, (list, tuple)):
         retry_exc = list(retry_exc)
-    from ...util.scheduling_strategies import resolve_strategy, wire_strategy
-    strategy, pg_ctx = resolve_strategy(options, core)
-    strategy, resources = wire_strategy(strategy, opt.resources_of(options))
+    strategies = _strategies or _load_strategies()
+    strategy, pg_ctx = strategies.resolve_strategy(options, core)
+    strategy, resources = strategies.wire_strategy(strategy, opt.resources_of(options))
     spec["res"] = resources
     if options.get("timeout_s"):
         spec["timeout_s"] = float(options["timeout_s"])
