@@ -131,8 +131,7 @@ class Recorder:
         # garbage-collector generation by this buffer
         self.new = []
         self.prev = []
-        # (tid, ended at, error blob | None, name, actor, job, parent, resources, submitted at,
-        # args bytes, ref args, owner id) of answered calls (any thread); plain values again
+        # the worker records of answered calls, as tuples of plain values (any thread appends)
         self.ends = collections.deque()
         self.dropped = 0
         self.armed = False
@@ -246,10 +245,12 @@ class Recorder:
             ev = spec.get("ev") or _NO_EV
             a = spec.get("args") or _NO_ARGS
             refs = spec.get("refs")
-            ends.append((spec["tid"], started, now,
-                         reply["rets"][0][1] if reply.get("app_error") and reply.get("rets") else None,
-                         spec.get("name"), spec.get("actor"), spec.get("job"), ev[0], spec.get("res"), ev[1],
-                         a[3] if a[0] == "s" else len(a[1]), len(refs) if refs else 0, spec.get("owner_id")))
+            # the record as it goes on the wire (tuples pack as arrays), the error's blob in the
+            # error-type slot until the flush decodes it
+            ends.append(("W", spec["tid"], started, now,
+                         reply["rets"][0][1] if reply.get("app_error") and reply.get("rets") else None, None,
+                         (spec.get("name"), spec.get("actor"), spec.get("job"), ev[0], spec.get("res"), ev[1],
+                          a[3] if a[0] == "s" else len(a[1]), len(refs) if refs else 0, spec.get("owner_id"))))
             if not self.armed:
                 self._arm()
 
@@ -290,14 +291,13 @@ class Recorder:
         it ended): [name, actor, job, parent, resources, submitted_ts, args_bytes, n_ref_args,
         owner worker id] (parent and submitted_ts are None for a call its owner did not stamp).
         Calls running now that were not told yet are told (started, no end, no info)."""
-        out = []
         ends = self.ends
-        while ends:
-            tid, start, ts, err, name, actor, job, parent, res, sub, nbytes, nrefs, owner = ends.popleft()
-            et = em = None
-            if err is not None:
-                et, em = error_fields(err)
-            out.append(["W", tid, start, ts, et, em, [name, actor, job, parent, res or _NO_RES, sub, nbytes, nrefs, owner]])
+        popleft = ends.popleft
+        out = [popleft() for _ in range(len(ends))]      # (other threads may append meanwhile)
+        for i, r in enumerate(out):
+            if r[4] is not None:           # an error's blob: its type and message now
+                et, em = error_fields(r[4])
+                out[i] = ("W", r[1], r[2], r[3], et, em, r[6])
         ex = getattr(self.core, "executor", None)
         if ex is not None and ex.pending:
             now, mono = time.time(), time.monotonic()
@@ -402,7 +402,6 @@ def list_objects(core, oids=None):
 
 _NO_EV = (None, None)
 _NO_ARGS = ("v", b"")
-_NO_RES = {}
 
 
 def _info(call):
