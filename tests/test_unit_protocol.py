@@ -117,3 +117,52 @@ def test_bad_payloads_fail_one_request_and_keep_the_connection(tmp_path):
         conn.close()
         server.close()
     run(main())
+
+
+def test_a_request_from_another_thread_goes_out_when_idle_and_steps_aside_when_not(tmp_path):
+    """``request_from_thread``: another thread writes a request straight to an idle socket
+    (its ``before`` runs under the write lock first, its answer comes on the loop); with
+    output queued on the loop it sends nothing and says so; a ``before`` that raises sends
+    nothing; a closed connection refuses."""
+    import threading
+    secret = os.urandom(32)
+
+    async def main():
+        server, addr = await _server(tmp_path, secret, {"add": lambda c, p: p[0] + p[1]})
+        conn = await protocol.connect(addr, secret, bind({}))
+        loop = asyncio.get_event_loop()
+        got = loop.create_future()
+        order = []
+
+        def from_thread():
+            sent = conn.request_from_thread("add", [20, 22], lambda ok, r: got.set_result((ok, r, list(order))),
+                                            before=lambda: order.append("before"))
+            order.append(("sent", sent))
+        t = threading.Thread(target=from_thread)
+        t.start()
+        await loop.run_in_executor(None, t.join)
+        assert await got == (True, 42, ["before", ("sent", True)])
+
+        conn.request("add", [1, 1], lambda ok, r: None)      # queued on the loop, not flushed yet
+        assert conn.request_from_thread("add", [1, 2], lambda ok, r: None) is False
+
+        def refuse():
+            raise RuntimeError("changed my mind")
+        await _until(lambda: not conn._out and not conn._flush_scheduled)   # the queued one left
+        answered = []
+        assert conn.request_from_thread("add", [1, 2], lambda ok, r: answered.append(r), before=refuse) is False
+        assert await conn.call("add", [5, 5]) == 10        # nothing half-sent: the stream is intact
+        assert answered == []
+        conn.close()
+        await _until(lambda: conn.closed)
+        assert conn.request_from_thread("add", [1, 2], lambda ok, r: None) is False
+        server.close()
+    run(main())
+
+
+async def _until(predicate, timeout=5.0):
+    """Yield to the loop until ``predicate()`` holds (fails after ``timeout`` seconds)."""
+    deadline = asyncio.get_event_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_event_loop().time() < deadline, "timed out waiting on the loop"
+        await asyncio.sleep(0)
