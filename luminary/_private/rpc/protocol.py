@@ -491,31 +491,43 @@ class Connection(asyncio.Protocol):
             self.loop.call_soon_threadsafe(self.reply, rid, True, value)
             return
         with self._wlock:
-            if (self.closed or self._out or self._flush_scheduled or self._stage < 3
-                    or self.transport.get_write_buffer_size()):
-                direct = False
-            else:
-                fd = self._wfd
-                if fd is None:
-                    sock = self.transport.get_extra_info("socket")
-                    fd = self._wfd = os.dup(sock.fileno()) if sock is not None else None
-                direct = fd is not None
-            if direct:
-                tx = self._tx
-                out = tx.seal([data]) if tx is not None else [data]
-                payload = out[0] if len(out) == 1 else b"".join(out)
-                try:
-                    n = os.write(fd, payload)
-                except (BlockingIOError, InterruptedError):
-                    n = 0
-                except OSError:
-                    n = 0                  # a broken socket: the loop's write finds out and closes
-                if n < len(payload):
-                    self._head = bytes(memoryview(payload)[n:])
-                    self._flush_scheduled = True
-                    self.loop.call_soon_threadsafe(self._flush)
-        if not direct:
+            fd = self._idle_fd()
+            if fd is not None:
+                self._write_now(fd, data)
+        if fd is None:
             self.loop.call_soon_threadsafe(self._queue_packed, data)
+
+    def _idle_fd(self):
+        """(under ``_wlock``) Our own dup of the socket when nothing waits to be written on this
+        connection (so a write from another thread cannot interleave), else None; None too
+        when the transport is not a socket (rpc/memory.py)."""
+        if (self.closed or self._out or self._flush_scheduled or self._stage < 3 or self._head is not None
+                or self.transport.get_write_buffer_size()):
+            return None
+        fd = self._wfd
+        if fd is None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is None:
+                return None
+            fd = self._wfd = os.dup(sock.fileno())
+        return fd
+
+    def _write_now(self, fd, data):
+        """(under ``_wlock``, from any thread) Seal and write one message; what the socket does
+        not take now is left for the loop to write first."""
+        tx = self._tx
+        out = tx.seal([data]) if tx is not None else [data]
+        payload = out[0] if len(out) == 1 else b"".join(out)
+        try:
+            n = os.write(fd, payload)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            n = 0                  # a broken socket: the loop's write finds out and closes
+        if n < len(payload):
+            self._head = bytes(memoryview(payload)[n:])
+            self._flush_scheduled = True
+            self.loop.call_soon_threadsafe(self._flush)
 
     def request_from_thread(self, method, payload, callback, before=None):
         """Send a request from a thread other than the loop's (a driver's main thread calling an
@@ -523,18 +535,12 @@ class Connection(asyncio.Protocol):
         connection: no hand-off to the loop thread, no wake-up of it.  ``callback(ok, result)``
         runs on the loop, as for ``request``.  ``before()`` runs under the write lock just before
         the bytes leave, so whatever the answer's callback relies on can be queued first; it
-        may raise to send nothing after all (it must then have changed nothing).  Returns False, having sent nothing, when the
-        connection is busy or closed: the caller goes the usual way."""
+        may raise to send nothing after all (it must then have changed nothing).  Returns False,
+        having sent nothing, when the connection is busy or closed: the caller goes the usual way."""
         with self._wlock:
-            if (self.closed or self._out or self._flush_scheduled or self._stage < 3 or self._head is not None
-                    or self.transport.get_write_buffer_size()):
-                return False
-            fd = self._wfd
+            fd = self._idle_fd()
             if fd is None:
-                sock = self.transport.get_extra_info("socket")
-                if sock is None:           # not a socket (rpc/memory.py): the loop's way
-                    return False
-                fd = self._wfd = os.dup(sock.fileno())
+                return False
             self._thread_id += 1
             rid = self._thread_id
             try:
@@ -547,19 +553,7 @@ class Connection(asyncio.Protocol):
                 except Exception:  # noqa: BLE001 - the caller changed its mind: nothing was sent
                     return False
             self._pending[rid] = callback
-            tx = self._tx
-            out = tx.seal([data]) if tx is not None else [data]
-            payload = out[0] if len(out) == 1 else b"".join(out)
-            try:
-                n = os.write(fd, payload)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError:
-                n = 0                  # a broken socket: the loop's write finds out and closes
-            if n < len(payload):
-                self._head = bytes(memoryview(payload)[n:])
-                self._flush_scheduled = True
-                self.loop.call_soon_threadsafe(self._flush)
+            self._write_now(fd, data)
         return True
 
     def _queue_packed(self, data):

@@ -60,8 +60,8 @@ class TaskSubmitter:
         self.actor_conns = {}          # actor id -> (incarnation, connection)
         self._idle_events = []
         self.written = collections.deque()   # (Owner handler, args) of calls written by other threads
-        self.direct_leases = set()     # leases with a task written by another thread, not answered
-        self.lanes = {}                # actor id -> [posted, taken, written] (see lane)
+        self.direct_busy = set()       # actors and leases with a call written by another thread, not answered
+        self.lanes = {}                # actor id -> [posted, taken] (see lane)
         self.lanes_lock = threading.Lock()
         self._actions = {
             "timer": self._a_timer, "request_lease": self._a_request_lease,
@@ -168,13 +168,13 @@ class TaskSubmitter:
 
     # --- the caller's thread writes an actor call itself ------------------------------------------
     def lane(self, actor_id):
-        """(any thread) [calls posted to the I/O thread, calls it took, calls written directly
-        and not answered yet] for one actor: while the first two differ, a call of this process
-        is on its way to the actor through the I/O thread and a later one must not overtake it."""
+        """(any thread) [calls posted to the I/O thread, calls it took] for one actor: while they
+        differ, a call of this process is on its way to the actor through the I/O thread and a
+        later one must not overtake it."""
         lane = self.lanes.get(actor_id)
         if lane is None:
             with self.lanes_lock:
-                lane = self.lanes.setdefault(actor_id, [0, 0, 0])
+                lane = self.lanes.setdefault(actor_id, [0, 0])
         return lane
 
     def note_posted(self, lane):
@@ -187,12 +187,11 @@ class TaskSubmitter:
         connection open and idle, and no call of this process waits for it in the I/O thread, in
         the owner's queue or in the actor.  That saves the hand-off to the I/O thread (a wake-up,
         about 20 us here) on every synchronous call; a burst of calls goes the usual way after its
-        first, so the I/O thread writes them several to a system call.  The
-        owner learns of the call (``actor_call_written``) from the I/O thread's queue, which the
-        answer's callback runs first, so the answer always finds its call.  These reads of the
+        first, so the I/O thread writes them several to a system call.  The owner takes the call
+        (``actor_call_written``) from ``written`` before any other event.  These reads of the
         owner's state from another thread are the one exception to its thread ownership: each
         is re-checked by the owner when it takes the call.  Returns False when it did not send."""
-        if lane[0] != lane[1] or lane[2]:
+        if lane[0] != lane[1] or actor_id in self.direct_busy:
             return False
         a = self.owner.actors.get(actor_id)
         if a is None or a.state != "alive" or a.queue or a.inflight:
@@ -204,31 +203,10 @@ class TaskSubmitter:
         core = self.core
         if not conn.state.get("pathsent") or core.nm_dead is not None or core.shutting_down:
             return False
-        if self.owner.trace is not None:
-            core.events.submitted(call)       # stamps the spec before it is packed
         call.actor = actor_id
-        call.pushed_at = time.monotonic()
-        io = core.io
-        tid = call.tid
-        returns = call.returns
-        me = core.address
-
-        lock = self.lanes_lock
-        written = self.written
-        owner = self.owner
-
-        def before():
-            for oid in returns:
-                io.add_incref_quiet((oid, me))
-            written.append((owner.on_actor_call_written, (call, incarnation)))
-            with lock:
-                lane[2] += 1
-
-        def answered(ok, reply):
-            with lock:
-                lane[2] -= 1
-            self._do(owner.on_actor_reply, actor_id, tid, ok, reply)
-        return conn.request_from_thread("push_task", call.spec, answered, before)
+        owner, tid = self.owner, call.tid
+        return self._write_direct(conn, call, actor_id, (owner.on_actor_call_written, (call, incarnation)),
+                                  lambda ok, reply: self._do(owner.on_actor_reply, actor_id, tid, ok, reply))
 
     def try_direct_task(self, call):
         """(the caller's thread) Write a ready task straight to an idle lease of its scheduling
@@ -250,7 +228,7 @@ class TaskSubmitter:
                 continue
             lease_id = lease.lease_id
             conn = self.lease_conns.get(lease_id)
-            if conn is None or conn.state.get("lease") != lease_id or lease_id in self.direct_leases:
+            if conn is None or conn.state.get("lease") != lease_id or lease_id in self.direct_busy:
                 continue
             fns = conn.state.get("fns")
             if not fns or call.fid not in fns:
@@ -258,27 +236,35 @@ class TaskSubmitter:
             break
         else:
             return False
-        if owner.trace is not None:
+        tid = call.tid
+        return self._write_direct(conn, call, lease_id, (owner.on_task_written, (call, lease)),
+                                  lambda ok, reply: self._do(owner.on_push_reply, lease_id, tid, ok, reply),
+                                  still=lambda: conn.state.get("lease") == lease_id)
+
+    def _write_direct(self, conn, call, busy_key, taken, answer, still=None):
+        """(the caller's thread) Push ``call`` on ``conn`` from this thread.  Under the
+        connection's write lock, before the bytes leave: ``still()`` (when given) must hold, the
+        return refs' increments are queued (without waking the I/O thread), ``taken`` (the
+        owner's handler and its arguments) joins ``written`` and ``busy_key`` (the actor or the
+        lease) is marked as having a direct call in flight until ``answer`` runs."""
+        core = self.core
+        if self.owner.trace is not None:
             core.events.submitted(call)       # stamps the spec before it is packed
         call.pushed_at = time.monotonic()
-        io = core.io
-        tid = call.tid
-        returns = call.returns
-        me = core.address
-        written = self.written
-        busy = self.direct_leases
+        io, me, returns = core.io, core.address, call.returns
+        written, busy = self.written, self.direct_busy
 
         def before():
-            if conn.state.get("lease") != lease_id:
+            if still is not None and not still():
                 raise _NotNow()
             for oid in returns:
                 io.add_incref_quiet((oid, me))
-            written.append((owner.on_task_written, (call, lease)))
-            busy.add(lease_id)
+            written.append(taken)
+            busy.add(busy_key)
 
         def answered(ok, reply):
-            busy.discard(lease_id)
-            self._do(owner.on_push_reply, lease_id, tid, ok, reply)
+            busy.discard(busy_key)
+            answer(ok, reply)
         return conn.request_from_thread("push_task", call.spec, answered, before)
 
     def actor_created(self, actor_id, handle_oid, held, detached):
