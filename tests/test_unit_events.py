@@ -187,6 +187,12 @@ def test_counts_stay_equal_to_a_recount_through_random_records_and_evictions():
             if kind < 0.35:      # a worker's record of a call that ended (the fast path when new)
                 err = "TASK_EXECUTION_EXCEPTION" if rng.random() < 0.2 else None
                 batch.append(["W", _tid(i), 1.0, 1.5, err, "boom" if err else None, info()])
+            elif kind < 0.42:    # a group of clean ends (the worker's usual record)
+                tids = rng.sample(range(121), rng.randint(1, 4))
+                flat = []
+                for t in tids:
+                    flat += [_tid(t), 1.0 if rng.random() < 0.8 else None, 1.5, 0.9, 10 << 16]
+                batch.append(["E", ["f", None, 1, None, {}, OWNER["wid"]], flat, 0.0])
             elif kind < 0.5:     # running, no info
                 batch.append(["W", _tid(i), 1.0, None, None, None, None])
             else:                # the owner: submitted and some states
@@ -198,3 +204,58 @@ def test_counts_stay_equal_to_a_recount_through_random_records_and_evictions():
         recount = collections.Counter(r.state for r in table.tasks.values())
         assert counts == dict(recount)
         assert sum(counts.values()) == len(table.tasks) <= 40
+
+
+def test_clean_ends_travel_by_group_and_read_back_as_full_rows():
+    """A worker's clean ends are batched by (name, owner, parent, actor, resources): threads
+    ending calls at once lose none, each call keeps its own times, argument sizes and resource
+    shape, and a malformed group loses only its own batch."""
+    import threading
+    import time
+    import types
+
+    import msgpack
+
+    from luminary._private.worker import events as E
+
+    rec = E.Recorder(types.SimpleNamespace(io=None), "WORKER")
+    rec.armed = True                           # (no loop to arm a flush on)
+    owner = OWNER["wid"]
+
+    def call(i, res):
+        spec = {"tid": _tid(i), "name": "f", "job": 1, "owner_id": owner, "args": ["v", b"x" * i],
+                "ev": [b"p" * 12, 100.0 + i], "res": res}
+        if i % 3 == 0:
+            spec["refs"] = [[b"r", "unix:/x"]] * 2
+        return types.SimpleNamespace(spec=spec, started=time.monotonic(), told=False)
+
+    ok = {"rets": [["v", b"r"]]}
+    calls = [call(i, {"CPU": 1.0} if i % 2 else {"CPU": 0.5}) for i in range(400)]
+    threads = [threading.Thread(target=lambda part=calls[k::4]: [rec.ended(c, ok) for c in part]) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failed = call(999, None)
+    rec.ended(failed, {"app_error": True, "rets": [["e", __import__("pickle").dumps(ValueError("boom"))]]})
+    records = rec._worker_records()
+    assert sorted(r[0] for r in records) == ["E", "E", "W"]       # two resource shapes, one failure
+    table = TaskTable()
+    table.add(WORKER, msgpack.packb(records, use_bin_type=True), len(records))
+    table.add(WORKER, msgpack.packb([["E", ["f", None, 1, None, None, owner], [_tid(5000), "x", 1.0, 1.0, 0], 0.0]]), 1)
+    assert table.size() == 401 and table.bad_batches == 1
+    assert table.counts() == {"FINISHED": 400, "FAILED": 1}
+    row = table.get(_tid(7)).row(True)
+    assert row["state"] == "FINISHED" and row["name"] == "f" and row["worker_pid"] == 2
+    assert row["required_resources"] == {"CPU": 1.0} and row["args_bytes"] == 7 and row["args_object_refs"] == 0
+    assert row["creation_time_ms"] == 107000 and row["parent_task_id"] == (b"p" * 12).hex()
+    assert row["start_time_ms"] is not None and row["owner_worker_id"] == owner.hex()
+    row = table.get(_tid(6)).row(True)
+    assert row["required_resources"] == {"CPU": 0.5} and row["args_object_refs"] == 2
+    assert table.get(_tid(999)).row(True)["error_message"] == "boom"
+    # a group's call its owner reported pending first is merged into the owner's record
+    table.apply(OWNER, [_submitted(7000, ts=1.0)])
+    table.apply(WORKER, [["E", ["f", None, 1, None, None, owner], [_tid(7000), 1.0, 1.1, 1.0, 0], 0.1]])
+    row = table.get(_tid(7000)).row(True)
+    assert row["state"] == "FINISHED" and row["start_time_ms"] == 1100
+    assert [e["state"] for e in row["events"]][-2:] == ["RUNNING", "FINISHED"]

@@ -35,6 +35,7 @@ _FINISHED = _CODE["FINISHED"]
 _FAILED = _CODE["FAILED"]
 _NO_RESOURCES = {}        # shared by every record that asked for none (actor calls)
 _ARGS = _CODE["PENDING_ARGS_AVAIL"]
+_TS = (float, type(None))     # a time in a record, or none
 
 
 def job_hex(job):
@@ -135,7 +136,7 @@ class TaskTable:
             self.sync()
         tasks = self._tasks
         for tid, r in tasks.items():
-            if r.__class__ is list:
+            if r.__class__ is not TaskRecord:
                 self._build(tid, r)
         return tasks
 
@@ -150,7 +151,7 @@ class TaskTable:
         if self.pending:
             self.sync()
         r = self._tasks.get(tid)
-        if r.__class__ is list:
+        if r is not None and r.__class__ is not TaskRecord:
             r = self._build(tid, r)
         return r
 
@@ -161,12 +162,17 @@ class TaskTable:
         tasks = self._tasks
         # (building a record replaces the value of a key already there: the iteration goes on)
         for tid, r in (reversed(tasks.items()) if reverse else tasks.items()):
-            yield self._build(tid, r) if r.__class__ is list else r
+            yield r if r.__class__ is TaskRecord else self._build(tid, r)
 
     def _build(self, tid, lst):
-        """The TaskRecord of a task kept as the worker's record alone (see ``apply``)."""
-        proc = lst[0]
-        lst[0] = "W"
+        """The TaskRecord of a task kept as the worker's record alone (see ``apply`` and
+        ``_ended_group``)."""
+        if lst.__class__ is tuple:
+            proc = lst[0][0]
+            lst = _w_record(*lst)
+        else:
+            proc = lst[0]
+            lst[0] = "W"
         r = TaskRecord(tid)
         self._worker(r, lst, proc)
         self._tasks[tid] = r       # the same key: its place in the order is kept
@@ -243,6 +249,9 @@ class TaskTable:
         cap = self.cap
         n = self._n
         for ev in events:
+            if ev[0] == "E":
+                self._ended_group(proc, ev)
+                continue
             tid = ev[1]
             r = tasks.get(tid)
             if r is None:
@@ -268,7 +277,7 @@ class TaskTable:
                 if len(tasks) >= cap and (ev[2] is None if kind == "O" else len(ev) < 7 or ev[6] is None):
                     continue    # a late report on a task already dropped: keep the kept ones
                 r = self._get(tid)
-            elif r.__class__ is list:
+            elif r.__class__ is not TaskRecord:
                 r = self._build(tid, r)
             before = r.state
             if ev[0] == "O":
@@ -278,6 +287,46 @@ class TaskTable:
             if r.state != before:
                 n[before] -= 1
                 n[r.state] = n.get(r.state, 0) + 1
+
+    def _ended_group(self, proc, ev):
+        """A worker's clean ends of one group (``["E", info, flat]``, worker/events.py): each
+        task not in the table yet is kept as (group, index) into the batch's flat list, so a
+        call costs the table one small tuple; one already there (its owner reported it, or it
+        was told running) is merged as a "W" record."""
+        info, flat, off = ev[1], ev[2], ev[3]
+        if len(info) != 6 or flat.__class__ is not list or len(flat) % 5 or off.__class__ is not float:
+            raise ValueError("malformed E record")
+        intern, shared = self._intern, self._shared
+        name, owner = info[0], info[5]
+        info[0] = shared.get(name) or intern(name)
+        info[5] = shared.get(owner) or intern(owner)
+        info[4] = intern(info[4])
+        grp = (proc, info, flat, off)
+        tasks, order, cap = self._tasks, self._order, self.cap
+        n = self._n
+        kept = 0
+        for i in range(0, len(flat), 5):
+            tid = flat[i]
+            if (tid.__class__ is not bytes or flat[i + 4].__class__ is not int or flat[i + 1].__class__ not in _TS
+                    or flat[i + 2].__class__ is not float or flat[i + 3].__class__ not in _TS):
+                raise ValueError("malformed E record")
+            r = tasks.get(tid)
+            if r is None:
+                if len(tasks) >= cap:
+                    self._evict()
+                tasks[tid] = (grp, i)
+                order.append(tid)
+                kept += 1
+                continue
+            if r.__class__ is not TaskRecord:
+                r = self._build(tid, r)
+            before = r.state
+            self._worker(r, _w_record(grp, i), proc)
+            if r.state != before:
+                n[before] -= 1
+                n[r.state] = n.get(r.state, 0) + 1
+        if kept:
+            n["FINISHED"] = n.get("FINISHED", 0) + kept
 
     def _owner(self, r, ev, proc):
         info = ev[2]
@@ -434,10 +483,20 @@ class TaskTable:
 
 def _state_of(v):
     """The state of a kept task: a TaskRecord's, or that of a worker's record kept as it came
-    (it ended: see ``TaskTable.apply``)."""
+    (it ended: see ``TaskTable.apply``), or a clean end kept in its group (``_ended_group``)."""
     if v.__class__ is list:
         return "FINISHED" if v[4] is None else "FAILED"
+    if v.__class__ is tuple:
+        return "FINISHED"
     return v.state
+
+
+def _w_record(grp, i):
+    """The "W" record of the call at ``i`` in a group of clean ends."""
+    _, (name, actor, job, parent, resources, owner), flat, off = grp
+    args, started = flat[i + 4], flat[i + 1]
+    return ["W", flat[i], None if started is None else started + off, flat[i + 2] + off, None, None,
+            [name, actor, job, parent, resources, flat[i + 3], args >> 16, args & 0xFFFF, owner]]
 
 
 # --- filters, shared by the GCS and the client -----------------------------------------------------

@@ -312,7 +312,8 @@ class ActorRuntime:
         async with self.sem_for(spec.get("group")):
             if not t.claim():
                 return
-            self.core.events.running()
+            if not self.core.events.armed:
+                self.core.events.running()
             if "timeout_s" in spec:
                 self.core.io.post(ex.arm_timeout, t)
             start = time.perf_counter()

@@ -18,6 +18,8 @@ import enum
 import threading
 import time
 
+from .owner_records import members
+
 
 # One lock for every call's state: each critical section is a few bytecodes and none nests, so
 # sharing it costs nothing measurable and saves a lock allocation per call.
@@ -32,7 +34,7 @@ class ExecState(enum.IntEnum):
     BOUNCED = 4
 
 
-E = ExecState
+E = members(ExecState)     # (fast member reads, see owner_records.members)
 TRANSITIONS = {
     E.QUEUED: {E.RUNNING, E.CANCELLED, E.BOUNCED},
     E.RUNNING: {E.FINISHED},

@@ -25,7 +25,7 @@ from .. import ids, procutil, serialization
 from ..rpc.protocol import DEFERRED
 from .actor import _ActorExit
 from .core import ObjectLocationLost
-from .execution import ExecState, ExecTask
+from .execution import E as ExecState, ExecTask
 
 
 def procutil_name(class_name):
@@ -237,7 +237,8 @@ class Executor:
                     continue
                 if not t.claim():
                     continue
-                self.core.events.running()
+                if not self.core.events.armed:
+                    self.core.events.running()
                 if "timeout_s" in t.spec:
                     self.core.io.post(self.arm_timeout, t)
                 self.running = t
@@ -259,7 +260,8 @@ class Executor:
         """(a thread of a threaded actor's group, see actor_executor.CallThreads)"""
         if not t.claim():
             return
-        self.core.events.running()
+        if not self.core.events.armed:
+            self.core.events.running()
         if "timeout_s" in t.spec:
             self.core.io.post(self.arm_timeout, t)
         reply = self.execute(t)
