@@ -124,8 +124,10 @@ def test_every_message_sent_is_in_the_table_with_its_kind():
         assert m.TABLE[name].kind == kind, f"{where}:{line} sends {name!r} as a {kind}"
     names = {n for _, _, n, _ in sent} | {"register_worker", "register_driver"}   # core.start(register_as)
     # handled but sent by nothing in the package today, or sent with a computed name (list_objects
-    # to every core worker, the CLI's list_actors, the live stacks' fan-out through stacks._ask)
-    assert set(m.TABLE) - names == {"kill_worker", "list_objects", "list_actors", "node_stacks", "dump_stacks"}
+    # to every core worker, the CLI's list_actors, the live stacks' fan-out through stacks._ask,
+    # push_call or push_task as submitter.wire_payload chooses)
+    assert set(m.TABLE) - names == {"kill_worker", "list_objects", "list_actors", "node_stacks", "dump_stacks",
+                                    "push_call"}
 
 
 # --- the edge: a bad message fails alone and the connection keeps serving --------------------------
@@ -268,3 +270,32 @@ def test_schema_checks_are_cheap():
         check(spec)
     per_call = (time.perf_counter() - start) / 10000
     assert per_call < 20e-6, per_call     # ~1 us here; generous for a loaded machine
+
+
+def test_a_call_sent_as_its_own_fields_and_a_template_is_rebuilt_checked_and_bounded():
+    """push_call carries only a call's own fields and the id of a template its owner sent once
+    on the connection: the worker rebuilds the whole spec; a template it never received, a
+    template with a field a spec may not have, or more templates than the cap are refused with
+    an error naming the problem (the connection goes on)."""
+    import types
+
+    conn = types.SimpleNamespace(state={})
+    got = []
+    h = m.push_handlers(lambda c, spec: got.append(spec) or "ran")
+    tpl = {"fid": b"", "name": "A.f", "nret": 1, "owner": "unix:/tmp/x", "owner_id": b"w" * 16, "job": 1,
+           "actor": b"a" * 16, "method": "f", "group": None}
+    h["call_template"](conn, m.TABLE["call_template"].check({"id": 7, "spec": dict(tpl)}))
+    call = {"tpl": 7, "tid": b"t" * 12, "args": ["v", b"x"], "ev": [None, 1.0]}
+    assert h["push_call"](conn, m.TABLE["push_call"].check(dict(call))) == "ran"
+    assert got[0] == dict(tpl, tid=b"t" * 12, args=["v", b"x"], ev=[None, 1.0])
+    m.TABLE["push_task"].check(got[0])            # the rebuilt spec is a valid push_task
+    with pytest.raises(ValueError, match="never sent"):
+        h["push_call"](conn, dict(call, tpl=8))
+    with pytest.raises(m.BadMessage, match="not a field"):
+        m.TABLE["call_template"].check({"id": 9, "spec": dict(tpl, tid=b"t" * 12)})
+    with pytest.raises(m.BadMessage, match="not a field"):
+        m.TABLE["push_call"].check(dict(call, name="B.g"))      # only a call's own fields ride along
+    for i in range(m.MAX_TEMPLATES - 1):
+        h["call_template"](conn, {"id": 100 + i, "spec": tpl})
+    with pytest.raises(ValueError, match="call templates on one connection"):
+        h["call_template"](conn, {"id": 1 << 20, "spec": tpl})

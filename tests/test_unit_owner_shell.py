@@ -72,7 +72,7 @@ class FakeWorker:
         self.node, self.address, self.fns = node, address, {}
 
     def handlers(self):
-        return messages.TABLE.bind({"push_task": self.push_task, "cancel_task": lambda c, p: None})
+        return messages.TABLE.bind({**messages.push_handlers(self.push_task), "cancel_task": lambda c, p: None})
 
     def push_task(self, conn, spec):
         node = self.node
@@ -197,7 +197,7 @@ class FakeGcs:
             reply = _run_spec(instance, spec, {})
             self.peers.note()
             return reply
-        await self.net.serve(a["address"], messages.TABLE.bind({"push_task": push_task,
+        await self.net.serve(a["address"], messages.TABLE.bind({**messages.push_handlers(push_task),
                                                                 "cancel_task": lambda c, p: None}))
 
     def _died(self, aid, a, address):

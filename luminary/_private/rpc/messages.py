@@ -265,14 +265,44 @@ RENV = struct({"key": str_(64), "env_vars?": map_(str_(1 << 12), str_(1 << 20), 
                "pip?": struct({"packages": list_(str_(1 << 12), 1 << 12), "options": list_(str_(1 << 12), 256)}),
                "config?": map_(str_(64), ANYV, 8), "user?": map_(str_(64), ANYV, 16)})
 
-TASK_SPEC = struct({
+_TASK_FIELDS = {
     "tid": TASK_ID, "fid": bytes_(maxlen=64), "name": NAME, "args": list_(ANYV, 8), "nret": NRET,
     "owner": ADDRESS, "owner_id": ID, "job": JOB, "ns?": opt(NAME), "res?": RESOURCES, "pg?": ANYV,
     "fn?": bytes_(), "path?": list_(str_(1 << 16), 1 << 16), "gpus?": list_(ANYV, 1 << 10),
     "actor?": ID, "method?": NAME, "group?": opt(NAME), "refs?": list_(list_(ANYV, 8), 1 << 20),
     "ncpu?": num(0.0, 1e15), "timeout_s?": num(0.0, 1e9), "max_calls?": int_(1, 1 << 62),
     "ev?": list_(ANYV, 2),      # task events: [parent task id, submitted at] (worker/events.py)
-})
+}
+TASK_SPEC = struct(_TASK_FIELDS)
+# A call's own fields; the rest of its spec is a template its owner sent once on the connection
+# (call_template, then push_call naming it): an actor method's calls differ only in these.
+_PER_CALL = ("tid", "args", "refs?", "ev?")
+CALL_TEMPLATE = struct({"id": int_(0, 1 << 31),
+                        "spec": struct({k: t for k, t in _TASK_FIELDS.items() if k not in _PER_CALL})})
+PUSH_CALL = struct({"tpl": int_(0, 1 << 31), **{k: _TASK_FIELDS[k] for k in _PER_CALL}})
+MAX_TEMPLATES = 4096     # call templates per connection (a worker refuses more)
+
+
+def push_handlers(push_task):
+    """A worker's handlers of push_task, call_template and push_call around one ``push_task(conn,
+    spec)``: a connection's templates are kept in its state, and a push_call's spec is its
+    template with the call's own fields, handed to ``push_task``."""
+    def call_template(conn, p):
+        tpls = conn.state.get("tpls")
+        if tpls is None:
+            tpls = conn.state["tpls"] = {}
+        if len(tpls) >= MAX_TEMPLATES and p["id"] not in tpls:
+            raise ValueError(f"more than {MAX_TEMPLATES} call templates on one connection")
+        tpls[p["id"]] = p["spec"]
+
+    def push_call(conn, p):
+        tpl = conn.state.get("tpls", {}).get(p.pop("tpl"))
+        if tpl is None:
+            raise ValueError("push_call names a call template this connection never sent")
+        spec = tpl.copy()
+        spec.update(p)
+        return push_task(conn, spec)
+    return {"push_task": push_task, "call_template": call_template, "push_call": push_call}
 ACTOR_SPEC = struct({"cls": bytes_(), "args": list_(ANYV, 8), "owner": ADDRESS, "owner_id": ID}, open=True)
 REGISTER = struct({"worker_id": ID, "pid": int_(1, 1 << 31), "address": ADDRESS, "log_to_driver?": BOOL})
 VIEW = map_(ID, struct({"address": ADDRESS, "total": AMOUNTS, "available": AMOUNTS}), 1 << 16)
@@ -442,6 +472,8 @@ MESSAGES = [
                                            "contained?": list_(list_(ANYV, 2), 1 << 20)})),
     # --- handled by workers only ------------------------------------------------------------------
     _m("push_task", R, OW, WORKER, TASK_SPEC),
+    _m("call_template", N, OW, WORKER, CALL_TEMPLATE),
+    _m("push_call", R, OW, WORKER, PUSH_CALL),
     _m("cancel_task", N, OW, WORKER, struct({"tid": TASK_ID, "force?": BOOL, "recursive?": BOOL})),
     _m("create_actor", R, GCS, WORKER, struct({
         "actor_id": ID, "incarnation": int_(0, 1 << 31), "checkpoint": opt(bytes_()),

@@ -15,6 +15,7 @@ already queued.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
 import pickle
@@ -307,11 +308,11 @@ def _call_constants(handle, method, meta, options):
     if retry_exc is None:
         retry_exc = _decode_retry_exceptions(meta.get("retry_exceptions"))
     return (meta.get("sig"), hmeta.get("max_pending_calls", -1), nret, name, group,
-            float(timeout_s) if timeout_s else None, retries, retry_exc or False)
+            float(timeout_s) if timeout_s else None, retries, retry_exc or False, [None])
 
 
 def submit_actor_call(handle, method, fixed, args, kwargs):
-    sig, limit, nret, name, group, timeout_s, retries, retry_exc = fixed
+    sig, limit, nret, name, group, timeout_s, retries, retry_exc, template = fixed
     if sig is not None:
         signatures.check_call(sig, args, kwargs, f"{handle._meta['class_name']}.{method}")
     core = state.require_core()
@@ -350,6 +351,11 @@ def submit_actor_call(handle, method, fixed, args, kwargs):
     task = Task(tid, spec, b"", b"", _NO_RESOURCES, returns, nret, retries, retry_exc,
                 arg_refs, (held_oids, held_owners), name)
     task.parent = core.current_task_id
+    # the fields every call of this method shares, sent once per connection (wire_payload)
+    tpl = template[0]
+    if tpl is None or tpl[1]["owner"] is not core.address:
+        tpl = template[0] = (next(_TEMPLATE_IDS), {k: v for k, v in spec.items() if k != "tid" and k != "args"})
+    task.tpl = tpl
     sub = core.submitter
     lane = sub.lane(actor_id)
     if direct:
@@ -368,6 +374,7 @@ def submit_actor_call(handle, method, fixed, args, kwargs):
 
 
 _NO_RESOURCES = {}       # an actor call asks for none (shared: nothing writes to it)
+_TEMPLATE_IDS = itertools.count()
 _FIRST_RETURN = ids.object_id(b"\0" * 12, 1)[12:]
 
 

@@ -257,7 +257,7 @@ class Recorder:
         ev = g("ev") or _NO_EV
         a = spec["args"]
         refs = g("refs")
-        if reply.get("app_error") and reply.get("rets"):
+        if "app_error" in reply and reply.get("rets"):
             # (rare) a failure: one record of its own, the error's blob in the error-type slot
             # until the flush decodes it
             off = _time() - now
@@ -273,13 +273,17 @@ class Recorder:
             key = (spec["name"], spec["owner_id"], ev[0], g("actor"), tuple(res.items()) if res else None)
             vals = (spec["tid"], started, now, ev[1],
                     ((a[3] if a[0] == "s" else len(a[1])) << 16) | (min(len(refs), 0xFFFF) if refs else 0))
-            with self.lock:
+            lock = self.lock
+            lock.acquire()          # (cheaper than ``with``; nothing below raises but MemoryError)
+            try:
                 self.nends += 1
                 grp = self.groups.get(key)
                 if grp is None:
                     self.groups[key] = [key[0], key[3], spec["job"], key[2], res, key[1], list(vals)]
                 else:
                     grp[6] += vals
+            finally:
+                lock.release()
         if not self.armed:
             self._arm()
 

@@ -22,6 +22,7 @@ import traceback
 
 from ... import exceptions as exc
 from .. import ids, procutil, serialization
+from ..rpc import messages
 from ..rpc.protocol import DEFERRED
 from .actor import _ActorExit
 from .core import ObjectLocationLost
@@ -89,7 +90,7 @@ class Executor:
 
     def handlers(self):
         """What a worker handles beyond its core (registered by CoreWorker with the table)."""
-        return {"push_task": self.h_push_task, "cancel_task": self.h_cancel_task,
+        return {**messages.push_handlers(self.h_push_task), "cancel_task": self.h_cancel_task,
                 "create_actor": self.h_create_actor}
 
     # --- I/O thread -------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class Call:
     __slots__ = ("tid", "spec", "fid", "fn_blob", "resources", "key", "strategy", "locality", "returns",
                  "nret", "retries_left", "retry_exc", "arg_refs", "held", "state", "lease", "actor",
                  "cancelled", "name", "deps_left", "gen_seen", "gen_dropped", "parent", "pushed_at",
-                 "oom_retries_left", "renv", "traced")
+                 "oom_retries_left", "renv", "traced", "tpl")
 
     def __init__(self, tid, spec, fid, fn_blob, resources, returns, nret, max_retries, retry_exc,
                  arg_refs, held, name, actor=None):
@@ -51,7 +51,7 @@ class Call:
         self.resources = resources
         self.strategy = None
         self.locality = None
-        self.key = tuple(sorted(resources.items()))
+        self.key = tuple(sorted(resources.items())) if resources else ()
         self.returns = returns
         self.nret = nret
         self.retries_left = max_retries
@@ -71,6 +71,7 @@ class Call:
         self.oom_retries_left = OOM_RETRIES  # runs again after its node ended it for memory
         self.renv = None                  # runtime env wire spec: leased workers must run in it
         self.traced = False               # task events: every state change is noted (see Owner._to)
+        self.tpl = None                   # (id, spec less its own fields): see submitter.wire_payload
 
     def __repr__(self):
         return f"Call({self.name}, {self.tid.hex()[:12]}, {self.state.name})"

@@ -22,6 +22,7 @@ import time
 
 from ... import exceptions as exc
 from .. import ids
+from ..rpc import messages
 from .owner import LIVE, Call, Owner, State
 
 logger = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ class TaskSubmitter:
         def answered(ok, reply):
             busy.discard(busy_key)
             answer(ok, reply)
-        return conn.request_from_thread("push_task", call.spec, answered, before)
+        return conn.request_from_thread(*wire_payload(conn, call, call.spec, False), answered, before)
 
     def actor_created(self, actor_id, handle_oid, held, detached):
         if held[0]:
@@ -551,7 +552,8 @@ class TaskSubmitter:
             conn.state["pathsent"] = True
             spec = dict(spec, path=self.core.code_path())
         call.pushed_at = time.monotonic()
-        conn.request("push_task", spec, lambda ok, r: self._do(self.owner.on_actor_reply, actor_id, tid, ok, r))
+        conn.request(*wire_payload(conn, call, spec, True),
+                     lambda ok, r: self._do(self.owner.on_actor_reply, actor_id, tid, ok, r))
 
     def _a_cancel_actor_call(self, actor_id, incarnation, tid):
         inc, conn = self.actor_conns.get(actor_id, (None, None))
@@ -570,3 +572,30 @@ class TaskSubmitter:
             else:
                 self._a_kill_actor(actor_id)
         self.core.gcs.request("wait_actor", {"actor_id": actor_id, "wait": False}, answered)
+
+
+def wire_payload(conn, call, spec, may_define):
+    """(message, payload) that pushes ``call`` on ``conn``: its own fields and the id of its
+    template (``push_call``) once the connection has the template, else the whole ``spec``
+    (``push_task``).  The I/O thread (``may_define``) sends a template the first time;
+    other threads only use those sent: a template is marked sent once its definition is
+    queued, and a thread writes only to an idle connection, so the definition is ahead."""
+    tpl = call.tpl
+    if tpl is None or spec is not call.spec:        # (a spec with extra fields for this connection)
+        return "push_task", spec
+    state = conn.state
+    sent = state.get("tpls")
+    if sent is None:
+        sent = state["tpls"] = set()
+    tpl_id = tpl[0]
+    if tpl_id not in sent:
+        if not may_define or len(sent) >= messages.MAX_TEMPLATES:
+            return "push_task", spec
+        conn.notify("call_template", {"id": tpl_id, "spec": tpl[1]})
+        sent.add(tpl_id)
+    p = {"tpl": tpl_id, "tid": spec["tid"], "args": spec["args"]}
+    if "ev" in spec:
+        p["ev"] = spec["ev"]
+    if "refs" in spec:
+        p["refs"] = spec["refs"]
+    return "push_call", p
