@@ -262,6 +262,24 @@ def test_actor_ends_when_last_handle_goes(ray_start):
     poll_for(lambda: _gone(pid), timeout=20, desc="actor process to exit after its last handle went away")
 
 
+def test_a_method_alone_keeps_its_actor_and_the_last_reference_ends_it_without_a_gc(ray_start):
+    """A handle keeps the methods called on it, but nothing there points back at the handle: a
+    method object kept alone still calls the actor, and dropping the last reference ends the
+    actor by reference counting alone (the garbage collector off)."""
+    import gc
+    c = Counter.remote()
+    pid = ray.get(c.pid.remote())
+    m = c.inc
+    del c
+    assert ray.get(m.remote()) == 1
+    gc.disable()
+    try:
+        del m
+        poll_for(lambda: _gone(pid), timeout=20, desc="actor process to exit after its last reference went away")
+    finally:
+        gc.enable()
+
+
 def test_detached_actor_survives_its_handle(ray_start):
     c = Counter.options(name="detached-one", lifetime="detached").remote()
     ray.get(c.inc.remote())

@@ -147,22 +147,33 @@ class TaskTable:
         return len(self._tasks)
 
     def get(self, tid):
-        """The TaskRecord of ``tid``, or None."""
+        """The TaskRecord of ``tid``, or None (to read: see ``_view``)."""
         if self.pending:
             self.sync()
         r = self._tasks.get(tid)
         if r is not None and r.__class__ is not TaskRecord:
-            r = self._build(tid, r)
+            r = self._view(tid, r)
         return r
 
     def _records(self, reverse=False):
-        """Every TaskRecord, oldest first (newest first with ``reverse``), each built as reached."""
+        """Every TaskRecord, oldest first (newest first with ``reverse``), each built as reached
+        and, for a task kept as its worker's record, not kept (``_view``)."""
         if self.pending:
             self.sync()
-        tasks = self._tasks
-        # (building a record replaces the value of a key already there: the iteration goes on)
-        for tid, r in (reversed(tasks.items()) if reverse else tasks.items()):
-            yield r if r.__class__ is TaskRecord else self._build(tid, r)
+        view = self._view
+        for tid, r in (reversed(self._tasks.items()) if reverse else self._tasks.items()):
+            yield r if r.__class__ is TaskRecord else view(tid, r)
+
+    def _view(self, tid, v):
+        """A TaskRecord to read of a task kept as its worker's record alone, built for the reader
+        and left out of the table: a query over 100,000 finished tasks does not turn the table's
+        compact records into full ones (0.2 KiB a task instead of 0.7)."""
+        r = TaskRecord(tid)
+        if v.__class__ is tuple:
+            self._worker(r, _w_record(*v), v[0][0])
+        else:
+            self._worker(r, v, v[0])      # (the record as it came, its process in the kind's place)
+        return r
 
     def _build(self, tid, lst):
         """The TaskRecord of a task kept as the worker's record alone (see ``apply`` and

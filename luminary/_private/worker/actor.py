@@ -214,7 +214,12 @@ class ActorHandle:
         if name not in methods:
             raise AttributeError(f"'ActorHandle' object for {self._meta['class_name']} has no method {name!r}. "
                                  f"Its methods are: {', '.join(sorted(m for m in methods if not m.startswith('__')))}.")
-        return ActorMethod(self, name, methods[name])
+        # kept in the instance dict, so the next ``handle.name`` is a plain attribute read (no
+        # __getattr__, no new object per call); the method holds a twin of this handle (same
+        # id, meta and handle ref, which keeps the actor alive as this one does) rather than
+        # this one, so no cycle delays the end of an actor whose last handle goes
+        m = self.__dict__[name] = ActorMethod(ActorHandle(self._actor_id, self._meta, self._ref), name, methods[name])
+        return m
 
     def __reduce__(self):
         return (_rebuild_handle, (self._actor_id, self._meta, self._ref))
