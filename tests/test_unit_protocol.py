@@ -135,13 +135,16 @@ def test_a_request_from_another_thread_goes_out_when_idle_and_steps_aside_when_n
         order = []
 
         def from_thread():
-            sent = conn.request_from_thread("add", [20, 22], lambda ok, r: got.set_result((ok, r, list(order))),
+            sent = conn.request_from_thread("add", [20, 22],
+                                            lambda ok, r: loop.call_soon(got.set_result, (ok, r, list(order))),
                                             before=lambda: order.append("before"))
             order.append(("sent", sent))
         t = threading.Thread(target=from_thread)
         t.start()
         await loop.run_in_executor(None, t.join)
-        assert await got == (True, 42, ["before", ("sent", True)])
+        ok, r, seen = await got
+        assert (ok, r) == (True, 42) and seen[0] == "before"      # before() ran before the bytes left
+        assert order == ["before", ("sent", True)]
 
         conn.request("add", [1, 1], lambda ok, r: None)      # queued on the loop, not flushed yet
         assert conn.request_from_thread("add", [1, 2], lambda ok, r: None) is False

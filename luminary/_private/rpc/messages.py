@@ -105,6 +105,14 @@ class _NoneT(_Type):
         out.append(f"{ind}if {var} is not None: _fail({path}, {self.what!r}, {var})")
 
 
+class _Stamp(_Type):
+    what = "a time, or [parent task id, time]"
+
+    def emit(self, var, path, out, ind, depth):
+        out.append(f"{ind}if not ({var}.__class__ is float or ({var}.__class__ is list and len({var}) == 2 "
+                   f"and {var}[1].__class__ is float)): _fail({path}, {self.what!r}, {var})")
+
+
 class _Opt(_Type):
     def __init__(self, t):
         self.t, self.what = t, f"{t.what} or None"
@@ -271,7 +279,7 @@ _TASK_FIELDS = {
     "fn?": bytes_(), "path?": list_(str_(1 << 16), 1 << 16), "gpus?": list_(ANYV, 1 << 10),
     "actor?": ID, "method?": NAME, "group?": opt(NAME), "refs?": list_(list_(ANYV, 8), 1 << 20),
     "ncpu?": num(0.0, 1e15), "timeout_s?": num(0.0, 1e9), "max_calls?": int_(1, 1 << 62),
-    "ev?": list_(ANYV, 2),      # task events: [parent task id, submitted at] (worker/events.py)
+    "ev?": _Stamp(),            # task events: submitted at, or [parent task id, submitted at] (worker/events.py)
 }
 TASK_SPEC = struct(_TASK_FIELDS)
 # A call's own fields; the rest of its spec is a template its owner sent once on the connection

@@ -5,7 +5,7 @@
     user metrics        Counter.inc / Gauge.set / Histogram.observe ──▶ registry      task_events (GCS)
 
 A call's usual path is told by the worker that ran it: the owner stamps the spec with
-``ev`` = [parent, submitted at] and the worker's record carries it.  The owner reports only what
+``ev`` = [parent, submitted at] (the time alone for a call without a parent) and the worker's record carries it.  The owner reports only what
 the worker cannot know: calls still pending a flush interval after their submission (traced
 from then on), failures it decides, retries and rebuilds (``Owner._to``).  So a short call costs
 its owner a deque append and one look at a flush.  The buffers hold plain values (ids, times,
@@ -181,7 +181,8 @@ class Recorder:
         travels in its spec (``ev``: [parent, time]) to the worker that runs it (any thread: a
         direct call is stamped by its caller's thread), whose record tells
         the usual path; the flush reports it from here only while it is still pending."""
-        call.spec["ev"] = [call.parent, time.time()]
+        parent = call.parent
+        call.spec["ev"] = _time() if parent is None else [parent, _time()]   # (a float alone: no parent)
         self.new.append(call.tid)
         if not self.armed:
             self._arm()
@@ -254,7 +255,13 @@ class Recorder:
         now = _mono()
         started = None if t.told else t.started     # (told at a flush while it ran: None)
         g = spec.get
-        ev = g("ev") or _NO_EV
+        ev = g("ev")
+        if ev.__class__ is float:
+            parent, sub = None, ev
+        elif ev:
+            parent, sub = ev
+        else:
+            parent = sub = None
         a = spec["args"]
         refs = g("refs")
         if "app_error" in reply and reply.get("rets"):
@@ -265,13 +272,13 @@ class Recorder:
                 self.nends += 1
                 self.failed.append(("W", spec["tid"], None if started is None else started + off, now + off,
                                     reply["rets"][0][1], None,
-                                    (spec["name"], g("actor"), spec["job"], ev[0], g("res"), ev[1],
+                                    (spec["name"], g("actor"), spec["job"], parent, g("res"), sub,
                                      a[3] if a[0] == "s" else len(a[1]), len(refs) if refs else 0,
                                      spec["owner_id"])))
         else:
             res = g("res")
-            key = (spec["name"], spec["owner_id"], ev[0], g("actor"), tuple(res.items()) if res else None)
-            vals = (spec["tid"], started, now, ev[1],
+            key = (spec["name"], spec["owner_id"], parent, g("actor"), tuple(res.items()) if res else None)
+            vals = (spec["tid"], started, now, sub,
                     ((a[3] if a[0] == "s" else len(a[1])) << 16) | (min(len(refs), 0xFFFF) if refs else 0))
             lock = self.lock
             lock.acquire()          # (cheaper than ``with``; nothing below raises but MemoryError)
@@ -432,7 +439,6 @@ def list_objects(core, oids=None):
             "objects": out}
 
 
-_NO_EV = (None, None)
 _NO_ARGS = ("v", b"")
 
 
@@ -446,6 +452,8 @@ def _info(call):
 def _submitted_at(spec):
     """When the owner stamped the call (``ev``: [parent, time]), or None."""
     ev = spec.get("ev")
+    if ev.__class__ is float:
+        return ev
     return ev[1] if ev else None
 
 
