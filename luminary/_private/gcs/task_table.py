@@ -428,7 +428,24 @@ class TaskTable:
         until the limit is reached, and filters on the brief fields test brief rows."""
         out = []
         brief = not detail or all(k in _BRIEF_KEYS for k, _, _ in filters)
-        for r in self._records():
+        # a task kept as its worker's clean end is FINISHED: a filter that wants another state
+        # passes over it without building it
+        skip_ended = any(k == "state" and op in ("=", "==") and str(v).upper() != "FINISHED" for k, op, v in filters)
+        if skip_ended and self.pending:
+            self.sync()
+        view = self._view
+        for tid, r in (self._tasks.items() if skip_ended else ()):
+            if r.__class__ is not TaskRecord:
+                if r.__class__ is tuple:
+                    continue
+                r = view(tid, r)
+            row = r.row(not brief)
+            if not apply_filters([row], filters):
+                continue
+            out.append(r.row(True) if detail and brief else row)
+            if limit is not None and len(out) >= limit:
+                break
+        for r in (() if skip_ended else self._records()):
             if filters:
                 row = r.row(not brief)
                 if not apply_filters([row], filters):
@@ -446,7 +463,33 @@ class TaskTable:
         """Ray's ``summarize_tasks`` figures, per function: type, counts by state, run time."""
         by = {}
         actor_tasks = 0
-        for r in self._records():
+        if self.pending:
+            self.sync()
+        groups = {}            # the clean ends kept by group, summed per group first
+        records = []
+        for tid, v in self._tasks.items():
+            if v.__class__ is tuple:
+                g = groups.get(id(v[0]))
+                if g is None:
+                    g = groups[id(v[0])] = [v[0], []]
+                g[1].append(v[1])
+            else:
+                records.append(v if v.__class__ is TaskRecord else self._view(tid, v))
+        for grp, idx in groups.values():
+            name, actor = grp[1][0] or "", grp[1][1]
+            s = by.get(name)
+            if s is None:
+                s = by[name] = {"func_or_class_name": name, "type": "ACTOR_TASK" if actor else "NORMAL_TASK",
+                                "state_counts": {}, "duration_s_total": 0.0, "duration_n": 0}
+            counts = s["state_counts"]
+            counts["FINISHED"] = counts.get("FINISHED", 0) + len(idx)
+            flat = grp[2]
+            timed = [flat[i + 2] - flat[i + 1] for i in idx if flat[i + 1] is not None]
+            s["duration_s_total"] += sum(timed)
+            s["duration_n"] += len(timed)
+            if actor is not None:
+                actor_tasks += len(idx)
+        for r in records:
             name = r.name or ""
             s = by.get(name)
             if s is None:
