@@ -189,6 +189,8 @@ def test_counts_stay_equal_to_a_recount_through_random_records_and_evictions():
                 batch.append(["W", _tid(i), 1.0, 1.5, err, "boom" if err else None, info()])
             elif kind < 0.42:    # a group of clean ends (the worker's usual record)
                 tids = rng.sample(range(121), rng.randint(1, 4))
+                if rng.random() < 0.1:
+                    tids.append(tids[0])         # (a group naming a task twice: merged one by one)
                 flat = []
                 for t in tids:
                     flat += [_tid(t), 1.0 if rng.random() < 0.8 else None, 1.5, 0.9, 10 << 16]
