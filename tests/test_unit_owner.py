@@ -419,3 +419,47 @@ def test_an_actor_call_its_worker_refuses_fails_instead_of_waiting_forever():
     assert isinstance(err, exc.RaySystemError) and "refused" in str(err) and "'ev'" in str(err)
     w.feed("actor_reply", aid, c2.tid, False, ConnectionLost("connection lost"))
     assert c2.state == State.PUSHED          # actor_lost decides (retry or ActorDiedError)
+
+
+def _stored_error(w, call):
+    kind, blob = w.stored[call.returns[0]]
+    assert kind == "e"
+    return pickle.loads(blob)
+
+
+@pytest.mark.parametrize("when", ["before the grant", "while connecting"])
+def test_a_lease_ended_for_memory_before_anything_ran_on_it_never_strands_the_queue(when):
+    """The node's memory monitor may end a leased worker before the owner pushed anything to
+    it (the grant still on its way, or the connection being made).  The first queued call then
+    pays as if it had run there: a call without retries fails with OutOfMemoryError, a
+    retriable one spends one memory retry and the queue asks for another lease; nothing is
+    left waiting on a lease that is gone (it was: the call stayed queued forever)."""
+    w = World()
+    c = w.task(retries=0)
+    _, key, lease_id, req, _ = one(w.feed("submit", c, []), "request_lease")
+    grant_ = {"worker_id": b"x" * 16, "address": "unix:/w"}
+    if when == "before the grant":
+        w.feed("lease_oom", lease_id, "memory low")
+        out = w.feed("lease_reply", key, lease_id, True, grant_, None, req)
+        assert one(out, "return_lease")[1] == lease_id and "connect_lease" not in kinds(out)
+    else:
+        w.feed("lease_reply", key, lease_id, True, grant_, None, req)
+        w.feed("lease_oom", lease_id, "memory low")
+        assert "push" not in kinds(w.feed("lease_connected", lease_id, True))    # (too late: it is gone)
+    assert c.state == State.FAILED and isinstance(_stored_error(w, c), exc.OutOfMemoryError)
+    r = w.task(retries=2)
+    _, key, lease_id, req, _ = one(w.feed("submit", r, []), "request_lease")
+    w.feed("lease_reply", key, lease_id, True, {"worker_id": b"y" * 16, "address": "unix:/w2"}, None, req)
+    out = w.feed("lease_oom", lease_id, "memory low")
+    assert r.state == State.QUEUED and r.oom_retries_left < 15 and "request_lease" in kinds(out)
+
+
+def test_an_idle_lease_ended_for_memory_is_not_used_again():
+    w = World()
+    c = w.task()
+    lease_id, out = grant(w, w.feed("submit", c, []))
+    w.feed("push_reply", lease_id, c.tid, True, ok_reply())
+    w.feed("lease_oom", lease_id, "memory low")           # idle: nothing to charge
+    d = w.task()
+    out = w.feed("submit", d, [])
+    assert "request_lease" in kinds(out) and "push" not in kinds(out) and d.state == State.QUEUED

@@ -72,6 +72,7 @@ class Owner(ActorCalls):
         self.calls: dict[bytes, Call] = {}
         self.keys: dict[tuple, KeyQueue] = {}
         self.leases: dict[bytes, Lease] = {}
+        self.oom_early: dict[bytes, str] = {}   # lease id -> why its worker was ended before its grant came
         self.actors: dict[bytes, Actor] = {}
         self.by_handle: dict[bytes, bytes] = {}
         self.lineage: dict[bytes, Call] = {}
@@ -256,6 +257,12 @@ class Owner(ActorCalls):
             elif kq.queue:
                 self._dispatch(kq)
             return
+        oom = self.oom_early.pop(lease_id, None)
+        if oom is not None:
+            # its worker was ended for memory before this grant arrived: nothing ran there yet
+            self.out.append(("return_lease", lease_id, nm, True))
+            self._oom_before_push(kq, oom)
+            return
         if not kq.queue:
             self.out.append(("return_lease", lease_id, nm, False))
             return
@@ -375,10 +382,33 @@ class Owner(ActorCalls):
         return isinstance(getattr(err, "cause", err), tuple(call.retry_exc))
 
     def on_lease_oom(self, lease_id, message):
+        """The node manager is ending a leased worker for memory.  Calls in flight there fail
+        with OutOfMemoryError (or are retried) when their replies fail; a lease that had run
+        nothing yet (still connecting, idle, or its grant not here yet) costs the first queued
+        call of its key the same, and the queue asks for another lease: never a call left
+        waiting on a lease that is gone."""
         lease = self.leases.get(lease_id)
-        if lease is not None:
-            lease.oom = message
-            self._drop_lease(lease)       # it is about to die: push it nothing more
+        if lease is None:
+            if len(self.oom_early) < 1024 and any(lease_id in kq.requests for kq in self.keys.values()):
+                self.oom_early[lease_id] = message     # granted, the grant still on its way
+            return
+        lease.oom = message
+        self._drop_lease(lease)       # it is about to die: push it nothing more
+        if not lease.inflight:
+            self._oom_before_push(lease.kq, message)
+
+    def _oom_before_push(self, kq, message):
+        if kq.queue and not self.closing:
+            call = kq.queue.popleft()
+            if call.retries_left > 0 and call.oom_retries_left > 0:
+                call.oom_retries_left -= 1
+                kq.queue.appendleft(call)
+                self.out.append(("log", "warning", f"the worker leased for {call.name} was ended for memory; "
+                                                   f"retrying ({call.oom_retries_left} memory retries left)"))
+            else:
+                self._fail(call, exc.OutOfMemoryError(message))
+        if kq.queue and not self.closing:
+            self._dispatch(kq)
 
     def _worker_died(self, call, kq, lease=None):
         if lease is not None and lease.oom and not call.cancelled:
