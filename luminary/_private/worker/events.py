@@ -5,13 +5,15 @@
     user metrics        Counter.inc / Gauge.set / Histogram.observe ──▶ registry      task_events (GCS)
 
 A call's usual path is told by the worker that ran it: the owner stamps the spec with
-``ev`` = [parent, submitted at] (the time alone for a call without a parent) and the worker's record carries it.  The owner reports only what
-the worker cannot know: calls still pending a flush interval after their submission (traced
-from then on), failures it decides, retries and rebuilds (``Owner._to``).  So a short call costs
-its owner a deque append and one look at a flush.  The buffers hold plain values (ids, times,
-sizes), never a call or its spec: keeping those alive until a flush made every call survive a
-young garbage collection and cost the older ones, about 3 µs a call.  The I/O thread flushes at most every FLUSH_S (and at exit) in one ``task_events``
-notification (msgpack bytes; the GCS decodes them when asked), decoding error blobs only then.
+``ev`` = [parent, submitted at] (the time alone for a call without a parent) and the worker's
+record carries it.  The owner reports only what the worker cannot know: calls still pending a
+flush interval after their submission (traced from then on), failures it decides, retries and
+rebuilds (``Owner._to``).  So a short call costs its owner a list append and one look at a
+flush.  The buffers hold plain values (ids, times, sizes), never a call or its spec: keeping
+those alive until a flush made every call survive a young garbage collection and cost the
+older ones, about 3 µs a call.  The I/O thread flushes at most every FLUSH_S (and at exit) in
+one ``task_events`` notification (msgpack bytes; the GCS decodes them when asked), decoding
+error blobs only then.
 ``LUMINARY_TASK_EVENTS=0`` turns task events off (metrics still flow).
 
 Records, one per task per batch:
@@ -242,8 +244,8 @@ class Recorder:
 
     def ended(self, t, reply):
         """The executor answers the call ``t`` (an ExecTask; any thread).  A clean end goes into
-        its group (same name, owner, parent and actor): five plain values appended to the
-        group's flat list, the group's fields sent once per batch."""
+        its group (same name, owner, parent, actor and resource shape): five plain values
+        appended to the group's flat list, the group's fields sent once per batch."""
         if not self.enabled:
             return
         if self.nends >= MAX_BUFFER:
@@ -439,9 +441,6 @@ def list_objects(core, oids=None):
             "objects": out}
 
 
-_NO_ARGS = ("v", b"")
-
-
 def _info(call):
     """[name, actor, job, parent, resources, submitted at, args bytes, ref args] of an owner's call."""
     spec = call.spec
@@ -450,7 +449,7 @@ def _info(call):
 
 
 def _submitted_at(spec):
-    """When the owner stamped the call (``ev``: [parent, time]), or None."""
+    """When the owner stamped the call (``ev``: the time, or [parent, time]), or None."""
     ev = spec.get("ev")
     if ev.__class__ is float:
         return ev
