@@ -169,7 +169,7 @@ class TaskTable:
     def _view(self, tid, v):
         """A TaskRecord to read of a task kept as its worker's record alone, built for the reader
         and left out of the table: a query over 100,000 finished tasks does not turn the table's
-        compact records into full ones (0.2 KiB a task instead of 0.7)."""
+        compact records into full ones (about 0.4 KiB a task instead of 0.7)."""
         r = TaskRecord(tid)
         if v.__class__ is tuple:
             self._worker(r, _w_record(*v), v[0][0])
