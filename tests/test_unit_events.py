@@ -226,7 +226,7 @@ def test_clean_ends_travel_by_group_and_read_back_as_full_rows():
 
     def call(i, res):
         spec = {"tid": _tid(i), "name": "f", "job": 1, "owner_id": owner, "args": ["v", b"x" * i],
-                "ev": [b"p" * 12, 100.0 + i], "res": res}
+                "ev": 100.0 + i, "par": b"p" * 12, "res": res}
         if i % 3 == 0:
             spec["refs"] = [[b"r", "unix:/x"]] * 2
         return types.SimpleNamespace(spec=spec, started=time.monotonic(), told=False)

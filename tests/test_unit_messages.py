@@ -285,9 +285,9 @@ def test_a_call_sent_as_its_own_fields_and_a_template_is_rebuilt_checked_and_bou
     tpl = {"fid": b"", "name": "A.f", "nret": 1, "owner": "unix:/tmp/x", "owner_id": b"w" * 16, "job": 1,
            "actor": b"a" * 16, "method": "f", "group": None}
     h["call_template"](conn, m.TABLE["call_template"].check({"id": 7, "spec": dict(tpl)}))
-    call = {"tpl": 7, "tid": b"t" * 12, "args": ["v", b"x"], "ev": [None, 1.0]}
+    call = {"tpl": 7, "tid": b"t" * 12, "args": ["v", b"x"], "ev": 1.0, "par": b"p" * 12}
     assert h["push_call"](conn, m.TABLE["push_call"].check(dict(call))) == "ran"
-    assert got[0] == dict(tpl, tid=b"t" * 12, args=["v", b"x"], ev=[None, 1.0])
+    assert got[0] == dict(tpl, tid=b"t" * 12, args=["v", b"x"], ev=1.0, par=b"p" * 12)
     m.TABLE["push_task"].check(got[0])            # the rebuilt spec is a valid push_task
     with pytest.raises(ValueError, match="never sent"):
         h["push_call"](conn, dict(call, tpl=8))

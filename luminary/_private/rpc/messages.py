@@ -106,11 +106,10 @@ class _NoneT(_Type):
 
 
 class _Stamp(_Type):
-    what = "a time, or [parent task id, time]"
+    what = "a time (a float)"
 
     def emit(self, var, path, out, ind, depth):
-        out.append(f"{ind}if not ({var}.__class__ is float or ({var}.__class__ is list and len({var}) == 2 "
-                   f"and {var}[1].__class__ is float)): _fail({path}, {self.what!r}, {var})")
+        out.append(f"{ind}if {var}.__class__ is not float: _fail({path}, {self.what!r}, {var})")
 
 
 class _Opt(_Type):
@@ -279,12 +278,13 @@ _TASK_FIELDS = {
     "fn?": bytes_(), "path?": list_(str_(1 << 16), 1 << 16), "gpus?": list_(ANYV, 1 << 10),
     "actor?": ID, "method?": NAME, "group?": opt(NAME), "refs?": list_(list_(ANYV, 8), 1 << 20),
     "ncpu?": num(0.0, 1e15), "timeout_s?": num(0.0, 1e9), "max_calls?": int_(1, 1 << 62),
-    "ev?": _Stamp(),            # task events: submitted at, or [parent task id, submitted at] (worker/events.py)
+    "ev?": _Stamp(),            # task events: when it was submitted (worker/events.py)
+    "par?": TASK_ID,            # task events: the task that submitted it
 }
 TASK_SPEC = struct(_TASK_FIELDS)
 # A call's own fields; the rest of its spec is a template its owner sent once on the connection
 # (call_template, then push_call naming it): an actor method's calls differ only in these.
-_PER_CALL = ("tid", "args", "refs?", "ev?")
+_PER_CALL = ("tid", "args", "refs?", "ev?", "par?")
 CALL_TEMPLATE = struct({"id": int_(0, 1 << 31),
                         "spec": struct({k: t for k, t in _TASK_FIELDS.items() if k not in _PER_CALL})})
 PUSH_CALL = struct({"tpl": int_(0, 1 << 31), **{k: _TASK_FIELDS[k] for k in _PER_CALL}})

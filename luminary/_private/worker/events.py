@@ -5,8 +5,8 @@
     user metrics        Counter.inc / Gauge.set / Histogram.observe ──▶ registry      task_events (GCS)
 
 A call's usual path is told by the worker that ran it: the owner stamps the spec with
-``ev`` = [parent, submitted at] (the time alone for a call without a parent) and the worker's
-record carries it.  The owner reports only what the worker cannot know: calls still pending a
+``ev`` = submitted at (and ``par`` = the task that submitted it, if any), and the worker's
+record carries them.  The owner reports only what the worker cannot know: calls still pending a
 flush interval after their submission (traced from then on), failures it decides, retries and
 rebuilds (``Owner._to``).  So a short call costs its owner a list append and one look at a
 flush.  The buffers hold plain values (ids, times, sizes), never a call or its spec: keeping
@@ -180,11 +180,13 @@ class Recorder:
 
     def submitted(self, call):
         """A new task or actor call (I/O thread, before the owner handles it).  Its submission
-        travels in its spec (``ev``: [parent, time]) to the worker that runs it (any thread: a
+        travels in its spec (``ev``: the time, ``par``: the parent task) to the worker that runs it (any thread: a
         direct call is stamped by its caller's thread), whose record tells
         the usual path; the flush reports it from here only while it is still pending."""
-        parent = call.parent
-        call.spec["ev"] = _time() if parent is None else [parent, _time()]   # (a float alone: no parent)
+        spec = call.spec
+        spec["ev"] = _time()
+        if call.parent is not None:
+            spec["par"] = call.parent         # (a field of its own: no list to make and decode)
         self.new.append(call.tid)
         if not self.armed:
             self._arm()
@@ -257,13 +259,8 @@ class Recorder:
         now = _mono()
         started = None if t.told else t.started     # (told at a flush while it ran: None)
         g = spec.get
-        ev = g("ev")
-        if ev.__class__ is float:
-            parent, sub = None, ev
-        elif ev:
-            parent, sub = ev
-        else:
-            parent = sub = None
+        sub = g("ev")
+        parent = g("par")
         a = spec["args"]
         refs = g("refs")
         if "app_error" in reply and reply.get("rets"):
@@ -449,11 +446,8 @@ def _info(call):
 
 
 def _submitted_at(spec):
-    """When the owner stamped the call (``ev``: the time, or [parent, time]), or None."""
-    ev = spec.get("ev")
-    if ev.__class__ is float:
-        return ev
-    return ev[1] if ev else None
+    """When the owner stamped the call (``ev``), or None."""
+    return spec.get("ev")
 
 
 def _args_bytes(spec):

@@ -596,6 +596,8 @@ def wire_payload(conn, call, spec, may_define):
     p = {"tpl": tpl_id, "tid": spec["tid"], "args": spec["args"]}
     if "ev" in spec:
         p["ev"] = spec["ev"]
+        if "par" in spec:
+            p["par"] = spec["par"]
     if "refs" in spec:
         p["refs"] = spec["refs"]
     return "push_call", p
