@@ -359,6 +359,14 @@ def test_random_event_sequences_keep_the_invariants():
                     run("lease_reply", key, lease_id, True, None, None, req)
                 else:
                     run("spill_unreachable", key, lease_id)
+            elif r < 0.53 and (pending_leases or connecting or pushed):
+                # the node's memory monitor ends a leased worker: its grant may still be on the
+                # way, its connection being made, or calls in flight on it
+                pool = [p[1] for p in pending_leases] + connecting + [p[0] for p in pushed]
+                if rng.random() < 0.7:
+                    run("lease_oom", rng.choice(pool), "memory low")
+                else:
+                    run("lease_lost", rng.choice(pool))      # (or its connection closed)
             elif r < 0.58 and connecting:
                 run("lease_connected", connecting.pop(0), rng.random() < 0.9)
             elif r < 0.8 and pushed:

@@ -242,6 +242,7 @@ class Owner(ActorCalls):
             self.out.append(("request_lease", key, lease_id, dict(req, no_spill=True), grant["spillback"]))
             return
         kq.requests.discard(lease_id)
+        oom = self.oom_early.pop(lease_id, None) if self.oom_early else None   # (whatever the answer)
         if ok and isinstance(grant, dict) and "error" in grant:
             err = exc.RuntimeEnvSetupError(grant["message"]) if grant.get("type") == "RuntimeEnvSetupError" \
                 else exc.TaskUnschedulableError(grant["message"])
@@ -257,7 +258,6 @@ class Owner(ActorCalls):
             elif kq.queue:
                 self._dispatch(kq)
             return
-        oom = self.oom_early.pop(lease_id, None)
         if oom is not None:
             # its worker was ended for memory before this grant arrived: nothing ran there yet
             self.out.append(("return_lease", lease_id, nm, True))
@@ -274,6 +274,7 @@ class Owner(ActorCalls):
         """The node a spillback named could not be reached."""
         kq = self.keys[key]
         kq.requests.discard(lease_id)
+        self.oom_early.pop(lease_id, None)
         self._dispatch(kq)
 
     def on_redispatch(self, key):
@@ -559,6 +560,7 @@ class Owner(ActorCalls):
                     f"(resources asked: {kq.resources}). Lower the request or add a node with these resources.")
                 self.out.append(("cancel_lease_request", lease_id))
                 kq.requests.discard(lease_id)
+                self.oom_early.pop(lease_id, None)
                 while kq.queue:
                     self._fail(kq.queue.popleft(), err)
                 return True
@@ -669,6 +671,8 @@ class Owner(ActorCalls):
         def place(call, where):
             assert call.tid not in placed, f"{call!r} is both in {placed[call.tid]} and {where}"
             placed[call.tid] = where
+        for lease_id in self.oom_early:         # (noted only for a lease asked for and not granted yet)
+            assert any(lease_id in kq.requests for kq in self.keys.values()), lease_id.hex()
         for kq in self.keys.values():
             assert len(kq.requests) <= MAX_PENDING_LEASES + 1, (kq.key, len(kq.requests))
             for call in kq.queue:
@@ -696,6 +700,10 @@ class Owner(ActorCalls):
             if call.actor is None:
                 if call.state == S.WAITING:
                     assert call.deps_left > 0 and tid not in placed, call
+                elif call.state == S.PUSHED and call.lease is not None and call.lease.dead:
+                    # in flight on a lease dropped (its worker lost or ended for memory): its
+                    # reply, or the failed request, ends it
+                    assert call.lease.inflight.get(tid) is call and tid not in placed, call
                 else:
                     assert call.deps_left == 0 and tid in placed, call
             else:
