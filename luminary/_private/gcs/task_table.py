@@ -36,8 +36,9 @@ _FINISHED = _CODE["FINISHED"]
 _FAILED = _CODE["FAILED"]
 _NO_RESOURCES = {}        # shared by every record that asked for none (actor calls)
 _ARGS = _CODE["PENDING_ARGS_AVAIL"]
-_TS = (float, type(None))     # a time in a record, or none
-_TS_SET, _BYTES, _INT, _FLOAT = frozenset(_TS), frozenset((bytes,)), frozenset((int,)), frozenset((float,))
+# the types a group of clean ends may hold (checked in bulk, see _ended_group)
+_TS_SET = frozenset((float, type(None)))     # a time, or none
+_BYTES, _INT, _FLOAT = frozenset((bytes,)), frozenset((int,)), frozenset((float,))
 
 
 def job_hex(job):
@@ -231,28 +232,21 @@ class TaskTable:
             got = self._shared[key] = v
         return got
 
-    def _evict(self):
-        """Drop the oldest task (from a queue: next(iter(dict)) walks every slot deleted before
-        it, and the table churning at its cap cost 50 us a task and growing)."""
-        v = self._tasks.pop(self._order.popleft())
-        n = self._n
-        state = _state_of(v)
-        n[state] = n.get(state, 0) - 1
-        self.dropped += 1
-
-    def _evict_n(self, k):
-        """Drop the ``k`` oldest tasks (``_evict``, in one pass)."""
+    def _evict(self, k=1):
+        """Drop the ``k`` oldest tasks, in one pass (from a queue: next(iter(dict)) walks every
+        slot deleted before it, and the table churning at its cap cost 50 us a task and growing)."""
         popleft, pop = self._order.popleft, self._tasks.pop
         gone = [pop(popleft()) for _ in range(k)]
         n = self._n
         finished = 0
         for v in gone:
-            if v.__class__ is tuple:
+            if v.__class__ is tuple:       # (a clean end kept in its group: FINISHED)
                 finished += 1
             else:
                 state = _state_of(v)
                 n[state] -= 1
-        n["FINISHED"] -= finished
+        if finished:
+            n["FINISHED"] -= finished
         self.dropped += k
 
     def _get(self, tid):
@@ -344,7 +338,7 @@ class TaskTable:
             n["FINISHED"] = n.get("FINISHED", 0) + len(tids)
             over = len(tasks) - self.cap
             if over > 0:
-                self._evict_n(over)
+                self._evict(over)
             return
         for i in range(0, len(flat), 5):
             tid = flat[i]

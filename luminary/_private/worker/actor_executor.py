@@ -310,12 +310,8 @@ class ActorRuntime:
         ex = self.executor
         spec = t.spec
         async with self.sem_for(spec.get("group")):
-            if not t.claim():
+            if not ex.claim(t):
                 return
-            if not self.core.events.armed:
-                self.core.events.running()
-            if "timeout_s" in spec:
-                self.core.io.post(ex.arm_timeout, t)
             start = time.perf_counter()
             nret = spec["nret"]
             try:

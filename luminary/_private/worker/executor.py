@@ -236,12 +236,8 @@ class Executor:
                 if self.actor is not None and self.actor.threaded:
                     self.actor.pool_for(t.spec.get("group")).submit(t)
                     continue
-                if not t.claim():
+                if not self.claim(t):
                     continue
-                if not self.core.events.armed:
-                    self.core.events.running()
-                if "timeout_s" in t.spec:
-                    self.core.io.post(self.arm_timeout, t)
                 self.running = t
                 reply = self.execute(t)
                 self.running = None
@@ -259,15 +255,23 @@ class Executor:
 
     def _run_threaded(self, t):
         """(a thread of a threaded actor's group, see actor_executor.CallThreads)"""
-        if not t.claim():
+        if not self.claim(t):
             return
-        if not self.core.events.armed:
-            self.core.events.running()
-        if "timeout_s" in t.spec:
-            self.core.io.post(self.arm_timeout, t)
         reply = self.execute(t)
         t.finish()
         self.finish(t, reply)
+
+    def claim(self, t):
+        """(the thread that runs ``t``) Take a queued call to run: False if it was cancelled
+        first; else its task events know a call runs and its timeout is armed."""
+        if not t.claim():
+            return False
+        events = self.core.events
+        if not events.armed:
+            events.running()
+        if "timeout_s" in t.spec:
+            self.core.io.post(self.arm_timeout, t)
+        return True
 
     def create_actor(self, t):
         from .actor_executor import ActorRuntime

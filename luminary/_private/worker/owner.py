@@ -400,27 +400,27 @@ class Owner(ActorCalls):
 
     def _oom_before_push(self, kq, message):
         if kq.queue and not self.closing:
-            call = kq.queue.popleft()
-            if call.retries_left > 0 and call.oom_retries_left > 0:
-                call.oom_retries_left -= 1
-                kq.queue.appendleft(call)
-                self.out.append(("log", "warning", f"the worker leased for {call.name} was ended for memory; "
-                                                   f"retrying ({call.oom_retries_left} memory retries left)"))
-            else:
-                self._fail(call, exc.OutOfMemoryError(message))
+            self._ended_for_memory(kq.queue.popleft(), kq, message)
         if kq.queue and not self.closing:
             self._dispatch(kq)
 
+    def _ended_for_memory(self, call, kq, message):
+        """The memory monitor ended the worker ``call`` ran on (or was to run on): a retriable
+        call runs again, first in line, on its own budget of memory retries (its max_retries are
+        for crashes); the others fail with OutOfMemoryError."""
+        if call.retries_left > 0 and call.oom_retries_left > 0 and not self.closing:
+            call.oom_retries_left -= 1
+            self.out.append(("log", "warning", f"{call.name} was ended for memory; retrying "
+                                               f"({call.oom_retries_left} memory retries left)"))
+            if call.state != S.QUEUED:
+                self._to(call, S.QUEUED)
+            kq.queue.appendleft(call)
+        else:
+            self._fail(call, exc.OutOfMemoryError(message))
+
     def _worker_died(self, call, kq, lease=None):
         if lease is not None and lease.oom and not call.cancelled:
-            # ended by its node's memory monitor: a retriable task runs again on its own OOM
-            # budget (its max_retries are for crashes); the others fail with OutOfMemoryError
-            if call.retries_left > 0 and call.oom_retries_left > 0 and not self.closing:
-                call.oom_retries_left -= 1
-                self._retry_first(call, kq, "warning", f"{call.name} was ended for memory; retrying "
-                                                       f"({call.oom_retries_left} memory retries left)")
-            else:
-                self._fail(call, exc.OutOfMemoryError(lease.oom))
+            self._ended_for_memory(call, kq, lease.oom)
             return
         if call.cancelled:
             self._fail(call, exc.TaskCancelledError(call.tid.hex()))
